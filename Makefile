@@ -1,0 +1,56 @@
+# lazygrpc: every install step lives here, so `make demo` and `make test` work on a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.installed
+NODE_STAMP := clients/node/node_modules/.installed
+PROTOS  := $(wildcard protos/lazygrpc/v1/*.proto)
+
+.PHONY: all venv install protos check-protos lint demo test bench soak node clean
+
+all: test
+
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(PYTHON) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,otel]'
+	touch $@
+
+venv install: $(STAMP)
+
+$(NODE_STAMP): clients/node/package.json
+	cd clients/node && npm install --silent --no-audit --no-fund
+	touch $@
+
+node: $(NODE_STAMP)
+
+# Regenerates lazygrpc/v1 from protos/ (pb2, grpc stubs and mypy-protobuf .pyi).
+protos: $(STAMP)
+	$(PYTHON) tools/protogen.py
+
+check-protos: $(STAMP)
+	$(PYTHON) tools/protogen.py --check
+	cd protos && ../$(BIN)/buf lint
+
+lint: $(STAMP)
+	$(BIN)/ruff check lazygrpc servers tests benchmarks
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(PYTHON) -m lazygrpc up --demo "How does lazygrpc keep a slow client from filling memory?"
+
+test: $(STAMP) $(NODE_STAMP)
+	$(MAKE) --no-print-directory check-protos lint
+	$(PYTHON) -m pytest -q
+
+bench: $(STAMP)
+	$(PYTHON) -m benchmarks.run_all
+
+soak: $(STAMP)
+	$(PYTHON) -m pytest -q -m soak tests/soak
+
+clean:
+	rm -rf $(VENV) clients/node/node_modules

@@ -1,0 +1,5 @@
+"""`python -m lazygrpc` runs the CLI."""
+
+from lazygrpc.cli import main
+
+raise SystemExit(main())

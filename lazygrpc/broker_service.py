@@ -1,0 +1,84 @@
+"""`BrokerService`: publish into named topics from other processes, and broker stats."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from lazygrpc import broker
+from lazygrpc.errors import InvalidArgument, NotFound
+from lazygrpc.v1 import broker_pb2, broker_pb2_grpc, module_pb2
+
+if TYPE_CHECKING:
+    from lazygrpc.server import Server
+
+SERVICE_NAME = "lazygrpc.v1.BrokerService"
+
+
+def stats_message(stats: broker.BrokerStats) -> broker_pb2.BrokerStats:
+    return broker_pb2.BrokerStats(
+        open_topics=stats.open_topics,
+        queued_events=stats.queued_events,
+        queued_bytes=stats.queued_bytes,
+        blocked_producers=stats.blocked_producers,
+        published_events=stats.published_events,
+        coalesced_events=stats.coalesced_events,
+    )
+
+
+class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
+    """Implementation of `lazygrpc.v1.BrokerService` over the process-wide broker."""
+
+    def __init__(self, topic_options: dict[str, Any]) -> None:
+        self.topic_options = topic_options
+
+    async def Publish(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.PublishResponse:
+        accepted = 0
+        async for request in request_iterator:
+            topic = broker.BROKER.named(request.topic)
+            if topic is None:
+                raise NotFound(f"topic {request.topic!r} has no subscriber")
+            if not request.HasField("value"):
+                raise InvalidArgument("value: missing")
+            item = (
+                broker.INTERMEDIATE,
+                request.source,
+                request.value,
+                request.value.ByteSize() + 8,
+            )
+            await topic.aput(item)
+            accepted += 1
+        return broker_pb2.PublishResponse(accepted=accepted)
+
+    async def Subscribe(
+        self, request: broker_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        if not request.topic or len(request.topic) > 256:
+            raise InvalidArgument(f"topic: {request.topic[:40]!r} must be 1-256 characters")
+        try:
+            topic = broker.BROKER.open_named(request.topic, **self.topic_options)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        seq = 0
+        try:
+            while (item := await topic.get()) is not None:
+                yield module_pb2.Event(seq=seq, source=item[1], intermediate=item[2])
+                seq += 1
+        finally:
+            broker.BROKER.close(topic)
+
+    async def GetBrokerStats(
+        self, request: broker_pb2.GetBrokerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.BrokerStats:
+        return stats_message(broker.BROKER.stats())
+
+
+def add_broker_service(server: Server) -> None:
+    server.add_service(
+        SERVICE_NAME,
+        broker_pb2_grpc.add_BrokerServiceServicer_to_server,
+        BrokerServicer(server.topic_options),
+    )

@@ -1,0 +1,100 @@
+"""The incoming call a piece of code runs under: deadline, child calls to cancel, its topic.
+
+grpcio propagates neither deadlines nor cancellation to calls a handler makes (grpc PRs
+#17489, #18358 left core's parent-call propagation unexposed), so the server interceptor
+records the deadline here and the client interceptor reads it; child calls register here and
+are cancelled when the parent ends early.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from lazygrpc.broker import Topic
+    from lazygrpc.session import Session
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
+
+class CallScope:
+    """State of one incoming RPC, shared by every thread and task working for it."""
+
+    __slots__ = (
+        "_children",
+        "_lock",
+        "cancelled",
+        "deadline",
+        "method",
+        "service",
+        "session",
+        "topic",
+        "trace_id",
+    )
+
+    def __init__(
+        self, session: Session, service: str, method: str, time_remaining: float | None
+    ) -> None:
+        self.session = session
+        self.service = service
+        self.method = method
+        # grpcio reports "no deadline" as None (aio) or a huge number (sync).
+        self.deadline = (
+            time.monotonic() + time_remaining
+            if time_remaining is not None and time_remaining < 1e8
+            else None
+        )
+        self.topic: Topic | None = None
+        self.trace_id = ""
+        self.cancelled = False
+        self._children: set[Cancellable] = set()
+        self._lock = threading.Lock()
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def add_child(self, call: Cancellable) -> bool:
+        """Track a child call; False (and the call is cancelled) if this call already ended."""
+        with self._lock:
+            if not self.cancelled:
+                self._children.add(call)
+                return True
+        call.cancel()
+        return False
+
+    def discard_child(self, call: Cancellable) -> None:
+        with self._lock:
+            self._children.discard(call)
+
+    def cancel(self) -> None:
+        """The parent call ended early: cancel every child call and close the topic."""
+        with self._lock:
+            self.cancelled = True
+            children, self._children = self._children, set()
+        for child in children:
+            child.cancel()
+        if self.topic is not None:
+            self.topic.cancel()
+
+
+_current: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
+    "lazygrpc_call", default=None
+)
+
+
+def current_call() -> CallScope | None:
+    """The incoming call the running code works for, if any."""
+    return _current.get()
+
+
+def bind_call(scope: CallScope | None) -> contextvars.Token[CallScope | None]:
+    return _current.set(scope)
+
+
+def unbind_call(token: contextvars.Token[CallScope | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,206 @@
+"""Exception chains ⇄ `google.rpc.Status` details, pure functions (DESIGN.md "CallChain").
+
+The failing service writes the first `CallFrame`; every service above it that lets the
+`RemoteError` escape prepends its own, so a chain reads entry → failure point. Limits keep
+the trailer inside gRPC's 8 KiB default metadata budget of any receiving client.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback as tb
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from lazygrpc.errors import RemoteError, StatusError, status_code_of
+from lazygrpc.v1 import chain_pb2
+
+DETAILS_TRAILER = "grpc-status-details-bin"
+DOMAIN = "lazygrpc"
+MAX_TRACEBACK_BYTES = 2048
+MAX_FRAMES = 32
+MAX_MESSAGE_CHARS = 1024
+#: Serialized `google.rpc.Status` budget: base64 makes it 4/3 larger, and the whole trailer
+#: block must stay under the 8 KiB `grpc.max_metadata_size` default of external clients.
+STATUS_BUDGET_BYTES = 4800
+
+_HOST = socket.gethostname()
+
+
+def _clip_tail(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return "…" + data[-(limit - 3) :].decode(errors="ignore")
+
+
+def make_frame(
+    exc: BaseException,
+    *,
+    service: str,
+    method: str,
+    session_id: str = "",
+    trace_id: str = "",
+    expose_traceback: bool = False,
+) -> chain_pb2.CallFrame:
+    """The frame a service writes for an exception escaping one of its handlers."""
+    if isinstance(exc, RemoteError):
+        error_type, message = exc.remote_type or exc.code.name, exc.message
+    else:
+        error_type, message = type(exc).__name__, str(exc)
+    frame = chain_pb2.CallFrame(
+        service=service,
+        method=method,
+        host=_HOST,
+        pid=os.getpid(),
+        error_type=error_type,
+        message=message[:MAX_MESSAGE_CHARS],
+        session_id=session_id,
+        trace_id=trace_id,
+    )
+    if expose_traceback and not isinstance(exc, RemoteError):
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        frame.traceback = _clip_tail(text, MAX_TRACEBACK_BYTES)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(time.time_ns())
+    frame.time.CopyFrom(ts)
+    return frame
+
+
+def extend_chain(
+    frame: chain_pb2.CallFrame, below: Sequence[chain_pb2.CallFrame], elided: int = 0
+) -> chain_pb2.CallChain:
+    """Prepend `frame` to the chain below it, eliding middle frames past `MAX_FRAMES`."""
+    frames = [frame, *below]
+    if len(frames) > MAX_FRAMES:
+        keep_head = MAX_FRAMES // 2
+        keep_tail = MAX_FRAMES - keep_head
+        elided += len(frames) - MAX_FRAMES
+        frames = frames[:keep_head] + frames[-keep_tail:]
+    return chain_pb2.CallChain(frames=frames, elided_frames=elided)
+
+
+def _fit(status: status_pb2.Status, chain: chain_pb2.CallChain, pack: Any) -> None:
+    """Shrink tracebacks, then messages, until the status fits `STATUS_BUDGET_BYTES`."""
+    while status.ByteSize() > STATUS_BUDGET_BYTES:
+        longest = max(chain.frames, key=lambda f: len(f.traceback) + len(f.message))
+        if longest.traceback:
+            longest.traceback = _clip_tail(longest.traceback, len(longest.traceback) // 2)
+            if len(longest.traceback) < 64:
+                longest.traceback = ""
+        elif len(longest.message) > 80:
+            longest.message = longest.message[: len(longest.message) // 2] + "…"
+        elif len(chain.frames) > 2:
+            del chain.frames[1]
+            chain.elided_frames += 1
+        else:
+            return
+        pack(chain)
+
+
+def status_message(exc: BaseException) -> str:
+    """The status line message an escaping exception gets."""
+    if isinstance(exc, RemoteError):
+        return exc.message
+    if isinstance(exc, StatusError):
+        return str(exc) or exc.code.name
+    return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
+
+
+def to_grpc_status(
+    exc: BaseException, chain: chain_pb2.CallChain, *, service: str, method: str, session_id: str
+) -> grpc.Status:
+    """Build the `grpc.Status` (code, message, details trailer) for an escaping exception."""
+    code = status_code_of(exc)
+    if code == grpc.StatusCode.OK:
+        code = grpc.StatusCode.UNKNOWN
+    message = status_message(exc)
+    reason = (exc.remote_type if isinstance(exc, RemoteError) else "") or type(exc).__name__
+    info = error_details_pb2.ErrorInfo(
+        reason=reason,
+        domain=DOMAIN,
+        metadata={"session_id": session_id, "service": service, "method": method},
+    )
+    status = status_pb2.Status(code=code.value[0], message=message)
+    any_info = any_pb2.Any()
+    any_info.Pack(info)
+    any_chain = any_pb2.Any()
+    any_chain.Pack(chain)
+    status.details.extend([any_info, any_chain])
+
+    def pack(c: chain_pb2.CallChain) -> None:
+        status.details[1].Pack(c)
+
+    _fit(status, chain, pack)
+    return rpc_status.to_status(status)
+
+
+def remote_error_from(
+    code: grpc.StatusCode,
+    details: str,
+    trailing: Iterable[tuple[str, str | bytes]] | None,
+    *,
+    service: str = "",
+    method: str = "",
+) -> RemoteError:
+    """Decode a failed call's status into a `RemoteError`.
+
+    Without lazygrpc details (a bare grpcio peer) or with corrupt ones, the chain holds one
+    frame built from the plain status; decoding never raises.
+    """
+    raw = next((v for k, v in trailing or () if k == DETAILS_TRAILER), None)
+    if isinstance(raw, bytes):
+        try:
+            status = status_pb2.Status.FromString(raw)
+            info = error_details_pb2.ErrorInfo()
+            chain = chain_pb2.CallChain()
+            found = False
+            for detail in status.details:
+                if detail.Is(chain_pb2.CallChain.DESCRIPTOR):
+                    found = detail.Unpack(chain)
+                elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    detail.Unpack(info)
+            if found and chain.frames:
+                last = chain.frames[-1]
+                return RemoteError(
+                    code,
+                    details or status.message,
+                    remote_type=info.reason or last.error_type,
+                    chain=list(chain.frames),
+                    elided_frames=chain.elided_frames,
+                    session_id=info.metadata.get("session_id", last.session_id),
+                )
+        except Exception:
+            pass
+    frame = chain_pb2.CallFrame(
+        service=service, method=method, error_type=code.name, message=details or ""
+    )
+    return RemoteError(code, details or code.name, remote_type=code.name, chain=[frame])
+
+
+def remote_error_from_rpc(
+    err: grpc.RpcError, *, service: str = "", method: str = ""
+) -> RemoteError:
+    """`RemoteError` for a raw `grpc.RpcError` (sync or aio), with the error as `__cause__`."""
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    trailing = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else ()
+    remote = remote_error_from(
+        code or grpc.StatusCode.UNKNOWN, details or "", trailing, service=service, method=method
+    )
+    remote.__cause__ = err
+    return remote
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """`/lazygrpc.v1.ModelService/Generate` → (`lazygrpc.v1.ModelService`, `Generate`)."""
+    _, _, rest = full_method.partition("/")
+    service, _, method = rest.partition("/")
+    return service, method

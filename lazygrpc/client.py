@@ -1,0 +1,309 @@
+"""The Python client: `connect(url)` for modules, `LLM(url)` for models, sync and asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+
+from lazygrpc import broker, chain, channels
+from lazygrpc.calls import current_call
+from lazygrpc.v1 import model_pb2, model_pb2_grpc, module_pb2, module_pb2_grpc
+from lazygrpc.values import from_value, to_struct, to_value
+
+EventKind = Literal["delta", "intermediate", "result"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a module stream: a `delta`, an `intermediate` from below, or the `result`."""
+
+    kind: EventKind
+    value: Any
+    source: str
+    seq: int
+
+    @classmethod
+    def from_pb(cls, ev: module_pb2.Event) -> Event:
+        kind = ev.WhichOneof("body")
+        if kind is None:
+            raise ValueError(f"event {ev.seq} has no body")
+        return cls(kind, from_value(getattr(ev, kind), where=kind), ev.source, ev.seq)  # type: ignore[arg-type]
+
+
+def _relay_source(module: str, source: str) -> str:
+    """Source path of an event relayed from `module`'s stream: `retriever/embedder`."""
+    return module if not source or source == module else f"{module}/{source}"
+
+
+def _relay_topic() -> broker.Topic | None:
+    scope = current_call()
+    topic = scope.topic if scope is not None else None
+    return topic if topic is not None and topic.accepts_intermediate else None
+
+
+class RemoteModule:
+    """A module served by a lazygrpc `ModuleService`, called like a local function.
+
+    Under a streaming call, calls use the streaming RPC and re-publish the intermediate
+    events from below into the current stream, so progress from any depth reaches the entry.
+    """
+
+    def __init__(self, url: str, *, timeout: float | None = None) -> None:
+        self.url = url
+        self.target, self.module = channels.parse_url(url)
+        if not self.module:
+            raise ValueError(
+                f"invalid lazygrpc URL {url!r}: no module name (grpc://HOST:PORT/MODULE)"
+            )
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"RemoteModule({self.url!r})"
+
+    def _request(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> module_pb2.CallRequest:
+        if len(args) > 1:
+            raise TypeError(f"{self.module}() takes one positional input, got {len(args)}")
+        request = module_pb2.CallRequest(module=self.module, kwargs=to_struct(kwargs))
+        if args:
+            request.input.CopyFrom(to_value(args[0], where="input"))
+        return request
+
+    def _error(self, err: grpc.RpcError) -> Exception:
+        return chain.remote_error_from_rpc(err, service=self.target, method=self.module)
+
+    def _relayed(self, ev: module_pb2.Event) -> broker.Item:
+        v = ev.intermediate
+        return (broker.INTERMEDIATE, _relay_source(self.module, ev.source), v, v.ByteSize() + 8)
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the module and return its result. Raises `RemoteError` if it fails."""
+        request = self._request(args, kwargs)
+        if _relay_topic() is not None:
+            for ev in self._stream(request):
+                if ev.kind == "result":
+                    return ev.value
+            raise RuntimeError(f"stream of {self.module!r} ended without a result")
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        future = stub.Call.future(request, timeout=self.timeout)
+        try:
+            return from_value(future.result().output, where="output")
+        except grpc.RpcError as err:
+            raise self._error(err) from err
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
+        """Stream the module's events; the last one is the `result`.
+
+        Under a streaming call, `intermediate` events go straight into the current stream
+        instead of being yielded here.
+        """
+        return self._stream(self._request(args, kwargs))
+
+    def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
+        topic = _relay_topic()
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        call = stub.Stream(request, timeout=self.timeout)
+        try:
+            for ev in call:
+                if topic is not None and ev.HasField("intermediate"):
+                    topic.put(self._relayed(ev))
+                else:
+                    yield Event.from_pb(ev)
+        except grpc.RpcError as err:
+            raise self._error(err) from err
+        finally:
+            call.cancel()  # no-op when the stream ended; stops it when the caller left early
+
+    def list_modules(self) -> list[dict[str, Any]]:
+        """The modules the server exposes: name, streaming, doc."""
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        try:
+            response = stub.ListModules(module_pb2.ListModulesRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from err
+        return [{"name": m.name, "streaming": m.streaming, "doc": m.doc} for m in response.modules]
+
+    # -- asyncio ------------------------------------------------------------------------
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """`await m.acall(x)`: the asyncio twin of `m(x)`."""
+        request = self._request(args, kwargs)
+        if _relay_topic() is not None:
+            async for ev in self._astream(request):
+                if ev.kind == "result":
+                    return ev.value
+            raise RuntimeError(f"stream of {self.module!r} ended without a result")
+        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
+        try:
+            response = await stub.Call(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from err
+        return from_value(response.output, where="output")
+
+    def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
+        """`async for ev in m.astream(x)`: the asyncio twin of `m.stream(x)`."""
+        return self._astream(self._request(args, kwargs))
+
+    async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
+        topic = _relay_topic()
+        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
+        call = stub.Stream(request, timeout=self.timeout)
+        try:
+            async for ev in call:
+                if topic is not None and ev.HasField("intermediate"):
+                    await topic.aput(self._relayed(ev))
+                else:
+                    yield Event.from_pb(ev)
+        except grpc.RpcError as err:
+            raise self._error(err) from err
+        finally:
+            call.cancel()
+
+
+def connect(url: str, *, timeout: float | None = None) -> RemoteModule:
+    """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`."""
+    return RemoteModule(url, timeout=timeout)
+
+
+_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+
+
+def _params_message(params: Mapping[str, Any]) -> model_pb2.GenerationParams:
+    msg = model_pb2.GenerationParams()
+    for key, value in params.items():
+        if key not in _PARAMS:
+            raise TypeError(f"unknown generation param {key!r} (known: {', '.join(_PARAMS)})")
+        if value is None:
+            continue
+        if key == "stop":
+            msg.stop.extend([value] if isinstance(value, str) else list(value))
+        else:
+            try:
+                setattr(msg, key, value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"generation param {key!r}: {value!r} ({exc})") from None
+    return msg
+
+
+class LLM:
+    """A model served by a lazygrpc `ModelService`.
+
+    `share(prompt=..., **params)` gives a new instance on the same channel and service
+    with its own prompt template and params; the server's presets stay on the server.
+    """
+
+    def __init__(
+        self, url: str, *, prompt: str | None = None, timeout: float | None = None, **params: Any
+    ) -> None:
+        self.url = url
+        self.target, path = channels.parse_url(url)
+        if path:
+            raise ValueError(f"invalid lazygrpc URL {url!r}: a model URL has no path")
+        self.prompt = prompt
+        self.timeout = timeout
+        _params_message(params)  # validate names and types now
+        self.params: dict[str, Any] = dict(params)
+
+    def __repr__(self) -> str:
+        return f"LLM({self.url!r}, prompt={self.prompt!r}, params={self.params!r})"
+
+    def share(self, prompt: str | None = None, **params: Any) -> LLM:
+        """A new instance sharing this one's channel, with its own prompt and params."""
+        return LLM(
+            self.url,
+            prompt=self.prompt if prompt is None else prompt,
+            timeout=self.timeout,
+            **{**self.params, **params},
+        )
+
+    def _request(self, text: str, params: Mapping[str, Any]) -> model_pb2.GenerateRequest:
+        request = model_pb2.GenerateRequest(params=_params_message({**self.params, **params}))
+        if self.prompt is None:
+            request.input = text
+        elif "{input}" in self.prompt:
+            request.input = self.prompt.replace("{input}", text)
+        else:  # a template without a slot acts as the system prompt
+            request.messages.add(role="system", content=self.prompt)
+            request.messages.add(role="user", content=text)
+        return request
+
+    def _error(self, err: grpc.RpcError, method: str) -> Exception:
+        return chain.remote_error_from_rpc(err, service=self.target, method=method)
+
+    def _stub(self) -> Any:
+        return channels.stub(model_pb2_grpc.ModelServiceStub, self.target)
+
+    def _astub(self) -> Any:
+        return channels.astub(model_pb2_grpc.ModelServiceStub, self.target)
+
+    def __call__(self, text: str, **params: Any) -> str:
+        """The whole answer (`Complete`)."""
+        future = self._stub().Complete.future(self._request(text, params), timeout=self.timeout)
+        try:
+            return str(future.result().text)
+        except grpc.RpcError as err:
+            raise self._error(err, "Complete") from err
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stream(self, text: str, **params: Any) -> Iterator[str]:
+        """The answer's text deltas as they are generated (`Generate`)."""
+        for chunk in self.chunks(text, **params):
+            if chunk.text:
+                yield chunk.text
+
+    def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
+        """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
+        call = self._stub().Generate(self._request(text, params), timeout=self.timeout)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise self._error(err, "Generate") from err
+        finally:
+            call.cancel()
+
+    async def acall(self, text: str, **params: Any) -> str:
+        """`await llm.acall(x)`: the asyncio twin of `llm(x)`."""
+        try:
+            response = await self._astub().Complete(
+                self._request(text, params), timeout=self.timeout
+            )
+        except grpc.RpcError as err:
+            raise self._error(err, "Complete") from err
+        return str(response.text)
+
+    async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+        """`async for delta in llm.astream(x)`: the asyncio twin of `llm.stream(x)`."""
+        async for chunk in self.achunks(text, **params):
+            if chunk.text:
+                yield chunk.text
+
+    async def achunks(self, text: str, **params: Any) -> AsyncIterator[model_pb2.GenerateChunk]:
+        call = self._astub().Generate(self._request(text, params), timeout=self.timeout)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.RpcError as err:
+            raise self._error(err, "Generate") from err
+        finally:
+            call.cancel()
+
+    def info(self) -> dict[str, Any]:
+        """Name, backend and the params a caller may set, with their ranges."""
+        try:
+            info = self._stub().GetModelInfo(model_pb2.GetModelInfoRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err, "GetModelInfo") from err
+        return {
+            "name": info.name,
+            "backend": info.backend,
+            "settable_params": {p.name: (p.min, p.max) for p in info.settable_params},
+        }

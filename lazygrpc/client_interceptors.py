@@ -1,0 +1,292 @@
+"""Client interceptors (sync `grpc.Channel` and `grpc.aio`) over one shared core.
+
+Every outgoing call carries `lazy-session-id`, the session globals as `lazy.` baggage
+entries, `traceparent` when a trace is active, and the parent call's remaining deadline. The
+call registers with the parent call so that it is cancelled when the parent ends early, and
+its `lazy-globals-update` trailer is merged into the caller's session when it ends.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
+
+import grpc
+import grpc.aio
+
+from lazygrpc import metadata
+from lazygrpc import session as sessions
+from lazygrpc.calls import CallScope, current_call
+
+_OWN_KEYS = (metadata.SESSION_HEADER, metadata.BAGGAGE_HEADER)
+
+
+class Outgoing(NamedTuple):
+    metadata: list[tuple[str, str | bytes]]
+    timeout: float | None
+    session: sessions.Session
+    scope: CallScope | None
+
+
+def prepare(md: Any, timeout: float | None) -> Outgoing:
+    """Metadata and timeout for a call made from the current context. No I/O."""
+    s = sessions.current()
+    scope = current_call()
+    out: list[tuple[str, str | bytes]] = []
+    caller_sid = None
+    foreign: list[str] = []
+    for key, value in md or ():
+        if key == metadata.BAGGAGE_HEADER and isinstance(value, str):
+            _, others, _ = metadata.split_baggage(value)
+            foreign.extend(others)
+            continue
+        if key == metadata.SESSION_HEADER:
+            caller_sid = value
+        out.append((key, value))
+    if caller_sid is None:
+        out.append((metadata.SESSION_HEADER, s.id))
+    own = s.baggage()
+    baggage = ",".join(x for x in (",".join(foreign), own) if x)
+    if baggage:
+        out.append((metadata.BAGGAGE_HEADER, baggage))
+    if "opentelemetry.trace" in sys.modules:
+        _inject_trace_context(out)
+    if scope is not None:
+        remaining = scope.time_remaining()
+        if remaining is not None and (timeout is None or remaining < timeout):
+            timeout = remaining
+    return Outgoing(out, timeout, s, scope)
+
+
+def _inject_trace_context(out: list[tuple[str, str | bytes]]) -> None:
+    if any(k == "traceparent" for k, _ in out):
+        return
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    out.extend(carrier.items())
+
+
+def merge_trailers(s: sessions.Session, trailing: Any) -> None:
+    """Merge a callee's `lazy-globals-update` into the caller's session."""
+    value = metadata.get_header(trailing, metadata.UPDATE_TRAILER)
+    if value:
+        try:
+            values, deleted = metadata.decode_update(value)
+        except ValueError:
+            return  # a peer's broken trailer must not fail a call that succeeded
+        s.merge_update(values, deleted)
+
+
+# -- sync ---------------------------------------------------------------------------------
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
+
+
+class _ClientCallDetails(_CallDetails, grpc.ClientCallDetails):  # type: ignore[misc]
+    pass
+
+
+class _TrackedCall:
+    """Wraps a sync call/future/iterator: merges trailers before the caller sees the end.
+
+    grpcio runs done-callbacks after waking the caller (grpc/_channel.py), so a callback
+    alone would race with code that reads `lazygrpc.globals` right after the call returns.
+    Everything else is delegated untouched.
+    """
+
+    __slots__ = ("_call", "_lock", "_merged", "_scope", "_session")
+
+    def __init__(self, call: Any, out: Outgoing) -> None:
+        self._call = call
+        self._session = out.session
+        self._scope = out.scope
+        self._merged = False
+        self._lock = threading.Lock()
+        if out.scope is not None:
+            out.scope.add_child(call)
+        call.add_done_callback(lambda _: self._finish())
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._merged:
+                return
+            self._merged = True
+        if self._scope is not None:
+            self._scope.discard_child(self._call)
+        try:
+            trailing = self._call.trailing_metadata()
+        except Exception:
+            return
+        merge_trailers(self._session, trailing)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._call.result(timeout)
+        finally:
+            if self._call.done():
+                self._finish()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        exc = self._call.exception(timeout)
+        self._finish()
+        return exc
+
+    def __iter__(self) -> _TrackedCall:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except (StopIteration, grpc.RpcError):
+            self._finish()
+            raise
+
+
+class ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """lazygrpc's interceptor for sync channels: `grpc.intercept_channel(ch, ClientInterceptor())`."""
+
+    def _details(self, details: Any) -> tuple[Any, Outgoing]:
+        out = prepare(details.metadata, details.timeout)
+        new = _ClientCallDetails(
+            details.method,
+            out.timeout,
+            out.metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+        return new, out
+
+    def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
+        new, out = self._details(details)
+        return _TrackedCall(continuation(new, request), out)
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Implementation of grpc.UnaryUnaryClientInterceptor; not part of the lazygrpc API."""
+        return self._intercept(continuation, client_call_details, request)
+
+    def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Implementation of grpc.UnaryStreamClientInterceptor; not part of the lazygrpc API."""
+        return self._intercept(continuation, client_call_details, request)
+
+    def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Implementation of grpc.StreamUnaryClientInterceptor; not part of the lazygrpc API."""
+        return self._intercept(continuation, client_call_details, request_iterator)
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Implementation of grpc.StreamStreamClientInterceptor; not part of the lazygrpc API."""
+        return self._intercept(continuation, client_call_details, request_iterator)
+
+
+# -- asyncio ------------------------------------------------------------------------------
+
+
+def _aio_details(details: Any) -> tuple[Any, Outgoing]:
+    out = prepare(details.metadata, details.timeout)
+    md = grpc.aio.Metadata(*out.metadata)
+    return details._replace(metadata=md, timeout=out.timeout), out
+
+
+def _track_aio(call: Any, out: Outgoing) -> None:
+    scope = out.scope
+    if scope is not None and scope.add_child(call):
+        call.add_done_callback(lambda _: scope.discard_child(call))
+
+
+async def _finish_aio(call: Any, out: Outgoing) -> None:
+    try:
+        trailing = await call.trailing_metadata()
+    except Exception:
+        return
+    merge_trailers(out.session, trailing)
+
+
+class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        new, out = _aio_details(details)
+        call = await continuation(new, request)
+        _track_aio(call, out)
+        try:
+            await call  # finish here so the trailers are merged before the caller resumes
+        except grpc.RpcError:
+            pass
+        await _finish_aio(call, out)
+        return call
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Implementation of grpc.aio.UnaryUnaryClientInterceptor; not part of the lazygrpc API."""
+        return await self._unary(continuation, client_call_details, request)
+
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Implementation of grpc.aio.StreamUnaryClientInterceptor; not part of the lazygrpc API."""
+        return await self._unary(continuation, client_call_details, request_iterator)
+
+
+class _AioStream(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def _stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        new, out = _aio_details(details)
+        call = await continuation(new, request)
+        _track_aio(call, out)
+
+        async def responses() -> AsyncIterator[Any]:
+            try:
+                async for response in call:
+                    yield response
+            finally:
+                if call.done():
+                    await _finish_aio(call, out)
+
+        return responses()
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Implementation of grpc.aio.UnaryStreamClientInterceptor; not part of the lazygrpc API."""
+        return await self._stream(continuation, client_call_details, request)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Implementation of grpc.aio.StreamStreamClientInterceptor; not part of the lazygrpc API."""
+        return await self._stream(continuation, client_call_details, request_iterator)
+
+
+def aio_client_interceptors() -> list[Any]:
+    """Interceptors for `grpc.aio.insecure_channel(target, interceptors=...)`."""
+    return [_AioUnary(), _AioStream()]
+
+
+def intercept_channel(channel: grpc.Channel) -> grpc.Channel:
+    """A sync channel with lazygrpc's client interceptor."""
+    return grpc.intercept_channel(channel, ClientInterceptor())

@@ -1,0 +1,163 @@
+"""The lazygrpc exception hierarchy.
+
+    LazyGrpcError
+     ├── StatusError             raise one in a handler to answer with its status code
+     │    ├── InvalidArgument    INVALID_ARGUMENT
+     │    ├── NotFound           NOT_FOUND
+     │    ├── AlreadyExists      ALREADY_EXISTS
+     │    ├── PermissionDenied   PERMISSION_DENIED
+     │    ├── ResourceExhausted  RESOURCE_EXHAUSTED
+     │    ├── FailedPrecondition FAILED_PRECONDITION
+     │    ├── Aborted            ABORTED
+     │    ├── Unimplemented      UNIMPLEMENTED
+     │    ├── Internal           INTERNAL
+     │    ├── Unavailable        UNAVAILABLE
+     │    └── DeadlineExceeded   DEADLINE_EXCEEDED
+     ├── RemoteError             a service you called failed: code, remote type, call chain
+     └── StreamClosed            the stream you emit into is gone (client cancelled or left)
+
+"You called it wrong" stays a plain `ValueError` / `TypeError` whose message names the
+offending key or value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import grpc
+
+if TYPE_CHECKING:
+    from lazygrpc.v1 import chain_pb2
+
+
+class LazyGrpcError(Exception):
+    """Base of every lazygrpc error."""
+
+
+class StatusError(LazyGrpcError):
+    """An error that maps to one gRPC status code when it escapes a handler."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgument(StatusError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(StatusError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(StatusError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(StatusError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(StatusError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(StatusError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(StatusError):
+    code = grpc.StatusCode.ABORTED
+
+
+class Unimplemented(StatusError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(StatusError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unavailable(StatusError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(StatusError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class StreamClosed(LazyGrpcError):
+    """Raised in a producer when the stream it emits into has closed."""
+
+
+class RemoteError(LazyGrpcError):
+    """A called service failed. `__cause__` is the raw `grpc.RpcError`.
+
+    `chain` lists the services on the path, entry first, failure point last.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        remote_type: str = "",
+        chain: list[chain_pb2.CallFrame] | None = None,
+        elided_frames: int = 0,
+        session_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.remote_type = remote_type
+        self.chain = list(chain or [])
+        self.elided_frames = elided_frames
+        self.session_id = session_id
+
+    @property
+    def path(self) -> str:
+        """`gateway.Run → retriever.search → model.Generate`, or "" without a chain."""
+        hops = [f"{f.service}.{f.method}" if f.method else f.service for f in self.chain]
+        if self.elided_frames and len(hops) > 1:
+            hops.insert(1, f"… {self.elided_frames} more …")
+        return " → ".join(hops)
+
+    def __str__(self) -> str:
+        kind = self.remote_type or self.code.name
+        head = f"{self.path}: " if self.chain else ""
+        return f"{head}{kind}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"RemoteError(code={self.code.name}, remote_type={self.remote_type!r}, "
+            f"message={self.message!r}, frames={len(self.chain)})"
+        )
+
+
+STATUS_ERRORS: dict[grpc.StatusCode, type[StatusError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DeadlineExceeded,
+    )
+}
+
+
+def status_code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status an exception escaping a handler turns into."""
+    if isinstance(exc, RemoteError | StatusError):
+        return exc.code
+    if isinstance(exc, StreamClosed):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,295 @@
+"""`ModelService`: serve a model backend with server-side presets and checked overrides."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from lazygrpc import broker
+from lazygrpc.backends.base import Backend, SamplingParams
+from lazygrpc.calls import current_call
+from lazygrpc.errors import InvalidArgument
+from lazygrpc.session import current as current_session
+from lazygrpc.v1 import model_pb2, model_pb2_grpc
+
+if TYPE_CHECKING:
+    from lazygrpc.server import Server
+
+SERVICE_NAME = "lazygrpc.v1.ModelService"
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """A caller-settable param and the closed range the server accepts."""
+
+    min: float
+    max: float
+    description: str = ""
+
+
+#: Every param a deployment may open to callers, with the widest range it may allow.
+KNOWN_PARAMS: dict[str, ParamRange] = {
+    "max_tokens": ParamRange(1, 4096, "most tokens to generate"),
+    "temperature": ParamRange(0.0, 2.0, "sampling temperature; 0 is greedy"),
+    "top_p": ParamRange(0.0, 1.0, "nucleus sampling mass"),
+    "top_k": ParamRange(0, 1000, "sample among the k likeliest; 0 is off"),
+    "stop": ParamRange(0, 4, "up to 4 stop strings of at most 64 characters"),
+    "seed": ParamRange(0, 2**63 - 1, "makes sampling deterministic"),
+}
+MAX_STOP_CHARS = 64
+MAX_PROMPT_CHARS = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A deployment: the backend, preset params (never exposed) and what callers may set."""
+
+    backend: Backend
+    name: str = ""
+    presets: SamplingParams = field(default_factory=SamplingParams)
+    settable: Mapping[str, ParamRange] = field(
+        default_factory=lambda: {
+            k: KNOWN_PARAMS[k] for k in ("max_tokens", "temperature", "top_p", "stop", "seed")
+        }
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.settable) - set(KNOWN_PARAMS)
+        if unknown:
+            raise ValueError(f"unknown settable params: {sorted(unknown)!r}")
+        if not self.name:
+            object.__setattr__(self, "name", self.backend.name)
+
+
+def effective_params(config: ModelConfig, params: model_pb2.GenerationParams) -> SamplingParams:
+    """Presets overlaid with the caller's params; `InvalidArgument` names a bad param."""
+    changes: dict[str, Any] = {}
+    for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
+        if not params.HasField(name):
+            continue
+        value = getattr(params, name)
+        _check(config, name, value)
+        changes[name] = value
+    if params.stop:
+        _check(config, "stop", len(params.stop))
+        for s in params.stop:
+            if not s or len(s) > MAX_STOP_CHARS:
+                raise InvalidArgument(
+                    f"param 'stop': each stop string must be 1-{MAX_STOP_CHARS} characters, got {s!r:.80}"
+                )
+        changes["stop"] = tuple(params.stop)
+    return replace(config.presets, **changes)
+
+
+def _check(config: ModelConfig, name: str, value: float) -> None:
+    allowed = config.settable.get(name)
+    if allowed is None:
+        settable = ", ".join(sorted(config.settable)) or "none"
+        raise InvalidArgument(
+            f"param {name!r} is not settable on model {config.name!r} (settable: {settable})"
+        )
+    if not (math.isfinite(value) and allowed.min <= value <= allowed.max):
+        raise InvalidArgument(
+            f"param {name!r}={value!r} is out of range [{allowed.min:g}, {allowed.max:g}]"
+        )
+
+
+def prompt_of(request: model_pb2.GenerateRequest) -> str:
+    """The prompt: chat messages as `role: content` lines, then `input`."""
+    parts = [f"{m.role}: {m.content}" if m.role else m.content for m in request.messages]
+    if request.input:
+        parts.append(request.input)
+    prompt = "\n".join(parts)
+    if not prompt.strip():
+        raise InvalidArgument("input: the request has neither input nor messages")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidArgument(
+            f"input: {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}"
+        )
+    return prompt
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one generation: text so far, finish reason, usage."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: int = model_pb2.FINISH_REASON_LENGTH
+
+    def usage(self) -> model_pb2.Usage:
+        return model_pb2.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
+
+
+async def _tokens(
+    config: ModelConfig, prompt: str, params: SamplingParams, run: _Run
+) -> AsyncIterator[str]:
+    """The backend's deltas with `max_tokens` and `stop` enforced by the server."""
+    text = ""
+    gen = config.backend.generate(prompt, params)
+    try:
+        async for delta in gen:
+            if params.stop:
+                candidate = text + delta
+                start = max(0, len(text) - MAX_STOP_CHARS)
+                hits = [i for stop in params.stop if (i := candidate.find(stop, start)) >= 0]
+                if hits:
+                    # A stop string that began in text already sent ends the stream here.
+                    head = candidate[len(text) : min(hits)]
+                    if head:
+                        run.completion_tokens += 1
+                        yield head
+                    run.finish_reason = model_pb2.FINISH_REASON_STOP
+                    return
+            text += delta
+            run.completion_tokens += 1
+            yield delta
+            if run.completion_tokens >= params.max_tokens:
+                run.finish_reason = model_pb2.FINISH_REASON_LENGTH
+                return
+        run.finish_reason = model_pb2.FINISH_REASON_STOP
+    finally:
+        await gen.aclose()  # type: ignore[attr-defined]
+
+
+def _account(run: _Run) -> None:
+    """Add this call's token counts to the session's `usage` global (flows back upstream)."""
+    session = current_session()
+    usage = dict(session.get("usage") or {})
+    for key, n in (
+        ("prompt_tokens", run.prompt_tokens),
+        ("completion_tokens", run.completion_tokens),
+        ("total_tokens", run.prompt_tokens + run.completion_tokens),
+        ("calls", 1),
+    ):
+        usage[key] = int(usage.get(key, 0)) + n
+    session.set("usage", usage)
+
+
+class ModelServicer(model_pb2_grpc.ModelServiceServicer):
+    """Implementation of `lazygrpc.v1.ModelService` over a `ModelConfig`."""
+
+    def __init__(
+        self, config: ModelConfig, *, topic_options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.topic_options = dict(topic_options or {})
+
+    def _start(self, request: model_pb2.GenerateRequest) -> tuple[str, SamplingParams, _Run]:
+        prompt = prompt_of(request)
+        params = effective_params(self.config, request.params)
+        return prompt, params, _Run(prompt_tokens=self.config.backend.count_tokens(prompt))
+
+    async def Generate(
+        self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        prompt, params, run = self._start(request)
+        topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
+        scope = current_call()
+        if scope is not None:
+            scope.topic = topic
+
+        async def produce() -> None:
+            try:
+                async for delta in _tokens(self.config, prompt, params, run):
+                    await topic.aput((broker.DELTA, self.config.name, delta, len(delta) + 8))
+            except BaseException as exc:
+                topic.finish(exc)
+                raise
+            topic.finish()
+
+        producer = asyncio.ensure_future(produce())
+        index = 0
+        name = self.config.name
+        try:
+            while (item := await topic.get()) is not None:
+                yield model_pb2.GenerateChunk(text=item[2], index=index, source=name)
+                index += 1
+            await producer
+            _account(run)
+            yield model_pb2.GenerateChunk(
+                index=index, source=name, finish_reason=run.finish_reason, usage=run.usage()
+            )
+        finally:
+            broker.BROKER.close(topic)
+            if not producer.done():
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
+            elif not producer.cancelled():
+                producer.exception()
+
+    async def Complete(
+        self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> model_pb2.GenerateResponse:
+        prompt, params, run = self._start(request)
+        text = "".join([d async for d in _tokens(self.config, prompt, params, run)])
+        _account(run)
+        return model_pb2.GenerateResponse(
+            text=text, finish_reason=run.finish_reason, usage=run.usage()
+        )
+
+    async def GetModelInfo(
+        self, request: model_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> model_pb2.ModelInfo:
+        return model_pb2.ModelInfo(
+            name=self.config.name,
+            backend=type(self.config.backend).__name__,
+            settable_params=[
+                model_pb2.ParamSpec(
+                    name=name,
+                    type="repeated string"
+                    if name == "stop"
+                    else ("double" if isinstance(r.min, float) else "integer"),
+                    min=r.min,
+                    max=r.max,
+                    description=r.description,
+                )
+                for name, r in sorted(self.config.settable.items())
+            ],
+        )
+
+
+def add_model_service(server: Server, servicer: ModelServicer) -> None:
+    server.add_service(SERVICE_NAME, model_pb2_grpc.add_ModelServiceServicer_to_server, servicer)
+
+
+def make_backend(kind: str, *, token_delay: float = 0.0, name: str | None = None) -> Backend:
+    """A built-in backend by name: `markov` (the default) or `echo`."""
+    if kind == "markov":
+        from lazygrpc.backends.markov import MarkovBackend
+
+        return MarkovBackend(token_delay=token_delay, name=name or "markov")
+    if kind == "echo":
+        from lazygrpc.backends.echo import EchoBackend
+
+        return EchoBackend(token_delay=token_delay, name=name or "echo")
+    raise ValueError(f"unknown backend {kind!r} (choose markov or echo)")
+
+
+def presets_from(values: Mapping[str, Any], base: SamplingParams | None = None) -> SamplingParams:
+    """Presets from a config mapping (`--preset key=value`); `ValueError` names a bad key."""
+    base = base or SamplingParams()
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in KNOWN_PARAMS:
+            raise ValueError(f"unknown preset {key!r} (known: {', '.join(KNOWN_PARAMS)})")
+        if key == "stop":
+            changes[key] = (
+                tuple(value)
+                if isinstance(value, Sequence) and not isinstance(value, str)
+                else (str(value),)
+            )
+        elif key in ("temperature", "top_p"):
+            changes[key] = float(value)
+        else:
+            changes[key] = int(value)
+    return replace(base, **changes)

@@ -1,0 +1,277 @@
+"""`ModuleService`: serve plain Python callables and generators, sync or async alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from lazygrpc import broker
+from lazygrpc.calls import current_call
+from lazygrpc.errors import Internal, NotFound, StreamClosed
+from lazygrpc.session import ThreadPoolExecutor
+from lazygrpc.v1 import module_pb2, module_pb2_grpc
+from lazygrpc.values import from_struct, from_value, to_value
+
+if TYPE_CHECKING:
+    from lazygrpc.server import Server
+
+SERVICE_NAME = "lazygrpc.v1.ModuleService"
+#: Threads for sync modules; a sync producer blocked on a full topic holds one.
+_EXECUTOR = ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
+
+
+@dataclass(frozen=True)
+class Module:
+    """A served callable: its name, whether it streams, and its docstring."""
+
+    name: str
+    fn: Callable[..., Any]
+    streaming: bool
+    is_async: bool
+    doc: str
+
+    @classmethod
+    def of(cls, name: str, fn: Callable[..., Any]) -> Module:
+        if not callable(fn):
+            raise TypeError(f"module {name!r}: {fn!r} is not callable")
+        agen = inspect.isasyncgenfunction(fn)
+        gen = inspect.isgeneratorfunction(fn)
+        return cls(
+            name=name,
+            fn=fn,
+            streaming=agen or gen,
+            is_async=agen or inspect.iscoroutinefunction(fn),
+            doc=inspect.getdoc(fn) or "",
+        )
+
+
+def _as_modules(
+    modules: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+) -> dict[str, Module]:
+    items = (
+        modules.items() if isinstance(modules, Mapping) else ((fn.__name__, fn) for fn in modules)
+    )
+    out: dict[str, Module] = {}
+    for name, fn in items:
+        if name in out:
+            raise ValueError(f"module name {name!r} is used twice")
+        out[name] = Module.of(name, fn)
+    if not out:
+        raise ValueError("no modules to serve")
+    return out
+
+
+def _decode(request: module_pb2.CallRequest) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args = (from_value(request.input, where="input"),) if request.HasField("input") else ()
+    return args, from_struct(request.kwargs, where="kwargs")
+
+
+def _encode(module: Module, value: Any) -> Any:
+    try:
+        return to_value(value, where=f"output of module {module.name!r}")
+    except TypeError as exc:
+        raise Internal(str(exc)) from None
+
+
+def _aggregate(deltas: list[Any]) -> Any:
+    """A streaming module's result when it returns nothing: its text, or its deltas."""
+    if all(type(d) is str for d in deltas):
+        return "".join(deltas)
+    return deltas
+
+
+class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
+    """Implementation of `lazygrpc.v1.ModuleService` over a set of callables."""
+
+    def __init__(
+        self,
+        modules: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+        *,
+        topic_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.modules = _as_modules(modules)
+        self.topic_options = dict(topic_options or {})
+
+    def default_name(self) -> str:
+        return next(iter(self.modules)) if len(self.modules) == 1 else "modules"
+
+    def _lookup(self, request: module_pb2.CallRequest) -> Module:
+        module = self.modules.get(request.module)
+        if module is None:
+            known = ", ".join(sorted(self.modules))
+            raise NotFound(f"module {request.module!r} not found (this server has: {known})")
+        scope = current_call()
+        if scope is not None:
+            scope.method = module.name
+        return module
+
+    async def Call(
+        self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
+    ) -> module_pb2.CallResponse:
+        module = self._lookup(request)
+        args, kwargs = _decode(request)
+        if module.streaming:
+            topic = None
+            result = await self._run(module, args, kwargs, topic)
+        elif module.is_async:
+            result = await module.fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            ctx = contextvars.copy_context()
+            result = await loop.run_in_executor(
+                _EXECUTOR, ctx.run, lambda: module.fn(*args, **kwargs)
+            )
+        return module_pb2.CallResponse(output=_encode(module, result))
+
+    async def Stream(
+        self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        module = self._lookup(request)
+        args, kwargs = _decode(request)
+        scope = current_call()
+        topic = broker.BROKER.open(**self.topic_options)
+        if scope is not None:
+            scope.topic = topic
+        producer = asyncio.ensure_future(self._run(module, args, kwargs, topic))
+        seq = 0
+        try:
+            while (item := await topic.get()) is not None:
+                kind, source, payload, _ = item
+                value = to_value(payload) if type(payload) is str else payload
+                if kind == broker.DELTA:
+                    yield module_pb2.Event(seq=seq, source=source, delta=value)
+                else:
+                    yield module_pb2.Event(seq=seq, source=source, intermediate=value)
+                seq += 1
+            result = await producer
+            yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
+        finally:
+            broker.BROKER.close(topic)
+            if producer.done() and not producer.cancelled():
+                producer.exception()  # already raised through the topic; mark it retrieved
+            elif not producer.done():
+                producer.cancel()
+                # The producer may be a thread blocked in put(); close() above unblocked it.
+                await asyncio.gather(producer, return_exceptions=True)
+
+    async def _run(
+        self,
+        module: Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        topic: broker.Topic | None,
+    ) -> Any:
+        """Run a module to completion, putting its deltas into `topic`; returns the result.
+
+        Errors end the topic after what was already queued.
+        """
+        try:
+            if module.streaming and inspect.isasyncgenfunction(module.fn):
+                result = await self._drive_async(module, args, kwargs, topic)
+            elif module.streaming:
+                loop = asyncio.get_running_loop()
+                ctx = contextvars.copy_context()
+                result = await loop.run_in_executor(
+                    _EXECUTOR, ctx.run, self._drive_sync, module, args, kwargs, topic
+                )
+            elif module.is_async:
+                result = await module.fn(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                ctx = contextvars.copy_context()
+                result = await loop.run_in_executor(
+                    _EXECUTOR, ctx.run, lambda: module.fn(*args, **kwargs)
+                )
+        except StreamClosed:
+            raise
+        except BaseException as exc:
+            if topic is not None:
+                topic.finish(exc)
+            raise
+        if topic is not None:
+            topic.finish()
+        return result
+
+    @staticmethod
+    async def _drive_async(
+        module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic | None
+    ) -> Any:
+        deltas: list[Any] = []
+        gen = module.fn(*args, **kwargs)
+        try:
+            async for delta in gen:
+                deltas.append(delta)
+                if topic is not None:
+                    await topic.aput(broker.make_item(broker.DELTA, module.name, delta))
+        finally:
+            await gen.aclose()
+        return _aggregate(deltas)
+
+    @staticmethod
+    def _drive_sync(
+        module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic | None
+    ) -> Any:
+        deltas: list[Any] = []
+        gen = module.fn(*args, **kwargs)
+        try:
+            while True:
+                try:
+                    delta = next(gen)
+                except StopIteration as stop:
+                    return stop.value if stop.value is not None else _aggregate(deltas)
+                deltas.append(delta)
+                if topic is not None:
+                    topic.put(broker.make_item(broker.DELTA, module.name, delta))
+        finally:
+            gen.close()
+
+    async def ListModules(
+        self, request: module_pb2.ListModulesRequest, context: grpc.aio.ServicerContext
+    ) -> module_pb2.ListModulesResponse:
+        return module_pb2.ListModulesResponse(
+            modules=[
+                module_pb2.ModuleInfo(name=m.name, streaming=m.streaming, doc=m.doc)
+                for m in self.modules.values()
+            ]
+        )
+
+
+def add_module_service(server: Server, servicer: ModuleServicer) -> None:
+    server.add_service(SERVICE_NAME, module_pb2_grpc.add_ModuleServiceServicer_to_server, servicer)
+
+
+def load_target(spec: str) -> tuple[str, Callable[..., Any]]:
+    """Resolve `path/to/file.py:name` or `pkg.module:name` to (name, callable)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"module spec {spec!r} must look like FILE.py:NAME or pkg.module:NAME")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise ValueError(f"module spec {spec!r}: no such file {str(path)!r}")
+        mod_name = f"lazygrpc_user_{path.stem}_{abs(hash(path)) & 0xFFFF:x}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"module spec {spec!r}: cannot load {str(path)!r}")
+        mod = importlib.util.module_from_spec(loader_spec)
+        import sys
+
+        sys.modules[mod_name] = mod
+        loader_spec.loader.exec_module(mod)
+    else:
+        mod = importlib.import_module(target)
+    try:
+        fn = getattr(mod, attr)
+    except AttributeError:
+        raise ValueError(f"module spec {spec!r}: {target!r} has no attribute {attr!r}") from None
+    return attr, fn

@@ -1,0 +1,199 @@
+"""One builder for a `grpc.aio` server: health, reflection, interceptors, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lazygrpc import broker
+from lazygrpc.server_interceptors import AioServerInterceptor
+
+#: Options of every server lazygrpc builds. Metadata limits sit above lazygrpc's own checks
+#: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
+SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_metadata_size", 32 << 10),
+    ("grpc.absolute_max_metadata_size", 64 << 10),
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+)
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+class Server:
+    """A lazygrpc server: add services, `await start()`, then `await wait()` or `stop()`.
+
+    >>> server = Server(name="gateway")            # doctest: +SKIP
+    >>> server.add_modules({"echo": lambda x: x})  # doctest: +SKIP
+    >>> port = await server.start()                # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        expose_tracebacks: bool | None = None,
+        interceptors: Sequence[Any] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        grace: float = 5.0,
+        topic_events: int = broker.DEFAULT_TOPIC_EVENTS,
+        topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
+        coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
+        telemetry: bool = False,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.requested_port = port
+        self.port = 0
+        self.grace = grace
+        # Tracebacks leave a server only where it opted in; loopback servers default to on.
+        self.expose_tracebacks = (
+            host in ("127.0.0.1", "localhost", "::1")
+            if expose_tracebacks is None
+            else expose_tracebacks
+        )
+        self.topic_options = {
+            "max_events": topic_events,
+            "max_bytes": topic_bytes,
+            "coalesce_bytes": coalesce_bytes,
+        }
+        own = self._own = AioServerInterceptor(name, expose_tracebacks=self.expose_tracebacks)
+        chain: list[Any] = []
+        if telemetry:
+            from lazygrpc.telemetry import server_interceptor
+
+            chain.append(server_interceptor(name))
+        chain += [own, *interceptors]
+        self._server = grpc.aio.server(interceptors=chain, options=[*SERVER_OPTIONS, *options])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.service_names: list[str] = [HEALTH_SERVICE]
+        self._stopped = asyncio.Event()
+        self._started = False
+
+    @property
+    def grpc_server(self) -> grpc.aio.Server:
+        return self._server
+
+    def add_service(self, full_name: str, add_to_server: Any, servicer: Any) -> None:
+        """Register a servicer (`add_XServicer_to_server`) under its full service name."""
+        add_to_server(servicer, self._server)
+        self.service_names.append(full_name)
+
+    def add_modules(self, modules: Any) -> Any:
+        """Serve callables through `ModuleService` (see `lazygrpc.modules.ModuleServicer`)."""
+        from lazygrpc.modules import ModuleServicer, add_module_service
+
+        servicer = ModuleServicer(modules, topic_options=self.topic_options)
+        add_module_service(self, servicer)
+        if self.name is None:
+            self.name = servicer.default_name()
+            self._set_service_name(self.name)
+        return servicer
+
+    def add_model(self, model: Any) -> Any:
+        """Serve a `lazygrpc.model.ModelConfig` through `ModelService`."""
+        from lazygrpc.model import ModelServicer, add_model_service
+
+        servicer = ModelServicer(model, topic_options=self.topic_options)
+        add_model_service(self, servicer)
+        if self.name is None:
+            self.name = model.name
+            self._set_service_name(self.name)
+        return servicer
+
+    def _set_service_name(self, name: str) -> None:
+        self._own.core.service = name
+
+    async def start(self) -> int:
+        """Bind, start serving and mark every service SERVING; returns the bound port."""
+        from lazygrpc.broker_service import add_broker_service
+
+        add_broker_service(self)
+        reflection.enable_server_reflection(
+            [*self.service_names, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        if not self.port:
+            raise OSError(f"could not bind {self.host}:{self.requested_port}")
+        await self._server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._started = True
+        return self.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: health NOT_SERVING, refuse new calls, let in-flight calls
+        finish within `grace` seconds, then cancel what is left."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        result = self.health.enter_graceful_shutdown()
+        if inspect.isawaitable(result):
+            await result
+        await self._server.stop(self.grace if grace is None else grace)
+
+    async def wait(self) -> None:
+        """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""
+        loop = asyncio.get_running_loop()
+        stop_task: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if not stop_task:
+                stop_task.append(loop.create_task(self.stop()))
+
+        installed = []
+        if sys.platform != "win32":
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, on_signal)
+                    installed.append(sig)
+                except (RuntimeError, ValueError):  # not the main thread
+                    pass
+        try:
+            await self._server.wait_for_termination()
+            if stop_task:
+                await stop_task[0]
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(0)
+
+
+def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
+    """Options of the channels lazygrpc opens between hops.
+
+    BDP probing off keeps each stream's HTTP/2 window at `lookahead_bytes`, so a relay hop
+    holds a bounded amount per stream instead of growing to ~4-6 MB (DESIGN.md, measured).
+    """
+    return [
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", lookahead_bytes),
+        ("grpc.max_metadata_size", 32 << 10),
+        ("grpc.absolute_max_metadata_size", 64 << 10),
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.so_reuseport", 0),
+    ]

@@ -1,0 +1,318 @@
+"""Server interceptors (sync `grpc.server` and `grpc.aio.server`) over one shared core.
+
+For every call they bind the session and the call scope (deadline, child calls, topic) for
+the whole call — every step of a streaming response too, in both aio handler styles (async
+generator and `await context.write()`, grpc #28728) — turn an escaping exception into a
+status with a `CallChain`, and return changed globals in the `lazy-globals-update` trailer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from lazygrpc import chain, metadata
+from lazygrpc import session as sessions
+from lazygrpc.calls import CallScope, bind_call
+from lazygrpc.errors import InvalidArgument, RemoteError
+
+_SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+_FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class ServerCore:
+    """Decisions shared by the sync and asyncio interceptors; no I/O."""
+
+    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
+        self.service = service
+        self.expose_tracebacks = expose_tracebacks
+
+    def begin(
+        self, full_method: str, invocation_metadata: Any, time_remaining: float | None
+    ) -> CallScope:
+        """Scope for a new call; `InvalidArgument` names a bad header."""
+        sid = baggage = traceparent = None
+        for key, value in invocation_metadata or ():
+            if isinstance(value, bytes):
+                continue
+            if len(value) > metadata.MAX_HEADER_BYTES:
+                raise InvalidArgument(
+                    f"{key}: {len(value)} bytes, over the limit of {metadata.MAX_HEADER_BYTES}"
+                )
+            if key == metadata.SESSION_HEADER:
+                sid = value
+            elif key == metadata.BAGGAGE_HEADER:
+                baggage = value
+            elif key == "traceparent":
+                traceparent = value
+        try:
+            if sid is not None:
+                metadata.validate_session_id(sid)
+            values, others, _ = metadata.split_baggage(baggage) if baggage else ({}, [], set())
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        session = sessions.Session(sid, values, others)
+        service, method = chain.split_method(full_method)
+        scope = CallScope(
+            session, self.service or service.rsplit(".", 1)[-1], method, time_remaining
+        )
+        if traceparent and traceparent.count("-") == 3:
+            scope.trace_id = traceparent.split("-")[1]
+        return scope
+
+    def trailers(
+        self, scope: CallScope, existing: Sequence[tuple[str, Any]] = ()
+    ) -> tuple[Any, ...]:
+        update = scope.session.update_trailer()
+        extra = ((metadata.UPDATE_TRAILER, update),) if update else ()
+        return (*tuple(existing or ()), *extra)
+
+    def failure(self, scope: CallScope, exc: BaseException) -> grpc.Status:
+        """Status (code, message, details and globals trailers) for an escaping exception."""
+        if isinstance(exc, grpc.RpcError):
+            # A child call made with a raw stub failed: read its status like a lazygrpc client.
+            exc = chain.remote_error_from_rpc(exc)
+        frame = chain.make_frame(
+            exc,
+            service=scope.service,
+            method=scope.method,
+            session_id=scope.session.id,
+            trace_id=scope.trace_id,
+            expose_traceback=self.expose_tracebacks,
+        )
+        below = exc.chain if isinstance(exc, RemoteError) else []
+        elided = exc.elided_frames if isinstance(exc, RemoteError) else 0
+        status = chain.to_grpc_status(
+            exc,
+            chain.extend_chain(frame, below, elided),
+            service=scope.service,
+            method=scope.method,
+            session_id=scope.session.id,
+        )
+        return _Status(status.code, status.details, self.trailers(scope, status.trailing_metadata))
+
+    def skips(self, full_method: str) -> bool:
+        return full_method.startswith(_SKIP_PREFIXES)
+
+
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _enter(scope: CallScope) -> None:
+    sessions.bind(scope.session)
+    bind_call(scope)
+
+
+def _existing_trailers(context: Any) -> Any:
+    getter = getattr(context, "trailing_metadata", None)
+    return (getter() if getter else ()) or ()
+
+
+def _wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:
+    changes = {}
+    for field in _FIELDS:
+        behavior = getattr(handler, field)
+        if behavior is not None:
+            changes[field] = wrap(behavior, handler.response_streaming)
+    return handler._replace(**changes)
+
+
+class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """lazygrpc's interceptor for a sync `grpc.server`."""
+
+    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
+        self.core = ServerCore(service, expose_tracebacks=expose_tracebacks)
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or self.core.skips(method):
+            return handler
+        # This runs on grpc's polling thread under a lock: only build wrappers here.
+        return _wrap_handler(handler, lambda b, streaming: self._wrap(b, streaming, method))
+
+    def _start(self, method: str, context: Any) -> tuple[CallScope, contextvars.Context]:
+        try:
+            scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
+        except InvalidArgument as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ctx = contextvars.copy_context()
+        ctx.run(_enter, scope)
+        context.add_callback(scope.cancel)
+        return scope, ctx
+
+    def _fail(self, scope: CallScope, context: Any, exc: Exception) -> None:
+        if type(exc) is Exception and context.code() is not None:
+            raise exc  # the handler called context.abort() itself
+        context.abort_with_status(self.core.failure(scope, exc))
+
+    def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
+        if not streaming:
+
+            def unary(request: Any, context: Any) -> Any:
+                scope, ctx = self._start(method, context)
+                try:
+                    response = ctx.run(behavior, request, context)
+                except Exception as exc:
+                    self._fail(scope, context, exc)
+                context.set_trailing_metadata(
+                    self.core.trailers(scope, _existing_trailers(context))
+                )
+                return response
+
+            return unary
+
+        def stream(request: Any, context: Any) -> Any:
+            scope, ctx = self._start(method, context)
+            iterator = None
+            try:
+                iterator = ctx.run(behavior, request, context)
+                while True:
+                    try:
+                        item = ctx.run(next, iterator)
+                    except StopIteration:
+                        break
+                    yield item
+            except Exception as exc:
+                self._fail(scope, context, exc)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    ctx.run(close)
+            context.set_trailing_metadata(self.core.trailers(scope, _existing_trailers(context)))
+
+        return stream
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """lazygrpc's interceptor for a `grpc.aio.server`."""
+
+    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
+        self.core = ServerCore(service, expose_tracebacks=expose_tracebacks)
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or self.core.skips(method):
+            return handler
+        return _wrap_handler(handler, lambda b, streaming: self._wrap(b, streaming, method))
+
+    async def _start(self, method: str, context: Any) -> CallScope:
+        try:
+            scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # In aio the interceptor's wrapper and the handler share one task, so these bindings
+        # hold for the whole call, across every await and every yield.
+        _enter(scope)
+        return scope
+
+    async def _fail(self, scope: CallScope, context: Any, exc: Exception) -> None:
+        status = self.core.failure(scope, exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
+        core = self.core
+        if not streaming:
+
+            async def unary(request: Any, context: Any) -> Any:
+                scope = await self._start(method, context)
+                try:
+                    if inspect.iscoroutinefunction(behavior):
+                        response = await behavior(request, context)
+                    else:  # a sync handler runs in a thread: carry the context (#37881)
+                        ctx = contextvars.copy_context()
+                        loop = asyncio.get_running_loop()
+                        response = await loop.run_in_executor(
+                            None, ctx.run, behavior, request, context
+                        )
+                except grpc.aio.AbortError:
+                    raise
+                except asyncio.CancelledError:
+                    scope.cancel()
+                    raise
+                except Exception as exc:
+                    await self._fail(scope, context, exc)
+                context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+                return response
+
+            return unary
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def agen_stream(request: Any, context: Any) -> Any:
+                scope = await self._start(method, context)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    scope.cancel()
+                    raise
+                except Exception as exc:
+                    await self._fail(scope, context, exc)
+                context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+
+            return agen_stream
+
+        if inspect.isgeneratorfunction(behavior):
+
+            async def sync_gen_stream(request: Any, context: Any) -> Any:
+                scope = await self._start(method, context)
+                ctx = contextvars.copy_context()
+                loop = asyncio.get_running_loop()
+                done = object()
+                iterator = ctx.run(behavior, request, context)
+                try:
+                    while (
+                        item := await loop.run_in_executor(None, ctx.run, next, iterator, done)
+                    ) is not done:
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):
+                    scope.cancel()
+                    raise
+                except Exception as exc:
+                    await self._fail(scope, context, exc)
+                finally:
+                    await loop.run_in_executor(None, ctx.run, iterator.close)
+                context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+
+            return sync_gen_stream
+
+        async def write_stream(request: Any, context: Any) -> None:
+            scope = await self._start(method, context)
+            try:
+                await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                scope.cancel()
+                raise
+            except Exception as exc:
+                await self._fail(scope, context, exc)
+            context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+
+        return write_stream
+
+
+def server_interceptors(
+    service: str | None = None, *, aio: bool = True, expose_tracebacks: bool = False
+) -> list[Any]:
+    """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`)."""
+    cls = AioServerInterceptor if aio else ServerInterceptor
+    return [cls(service, expose_tracebacks=expose_tracebacks)]

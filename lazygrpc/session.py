@@ -1,0 +1,185 @@
+"""Sessions: an id and JSON globals that follow a request through every hop.
+
+Resolution order: an explicit `session()` scope, else the session of the incoming call the
+code runs under, else a per-thread default session in plain sync code. Each incoming call
+gets its own `Session` object (two concurrent calls with one session id never share a dict);
+what a call changes goes back to its caller in the `lazy-globals-update` trailer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import uuid
+from collections.abc import Callable, Iterator, MutableMapping
+from concurrent import futures
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+from lazygrpc import metadata
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def new_session_id() -> str:
+    """A fresh unique session id."""
+    return uuid.uuid4().hex
+
+
+class Session:
+    """One session's id and globals, with a record of what changed since it was created."""
+
+    __slots__ = ("_baggage", "_deleted", "_dirty", "_values", "foreign_baggage", "id")
+
+    def __init__(
+        self,
+        id: str | None = None,
+        values: dict[str, Any] | None = None,
+        foreign_baggage: list[str] | None = None,
+    ) -> None:
+        self.id = metadata.validate_session_id(id) if id is not None else new_session_id()
+        self._values: dict[str, Any] = values or {}
+        self.foreign_baggage: list[str] = foreign_baggage or []
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._baggage: str | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"session global key {key!r} must be a non-empty str")
+        metadata.encode_json(key, value)  # raises TypeError naming the key
+        self._values[key] = value
+        self._dirty.add(key)
+        self._deleted.discard(key)
+        self._baggage = None
+
+    def delete(self, key: str) -> None:
+        del self._values[key]
+        self._dirty.discard(key)
+        self._deleted.add(key)
+        self._baggage = None
+
+    def merge_update(self, values: dict[str, Any], deleted: set[str]) -> None:
+        """Apply a callee's `lazy-globals-update`; the keys count as changed here too."""
+        for key, value in values.items():
+            self.set(key, value)
+        for key in deleted:
+            if key in self._values:
+                self.delete(key)
+            else:
+                self._deleted.add(key)
+
+    def values(self) -> dict[str, Any]:
+        return self._values
+
+    def baggage(self) -> str:
+        """The encoded `baggage` header, cached until the globals change."""
+        if self._baggage is None:
+            self._baggage = metadata.encode_globals(self._values, self.foreign_baggage)
+        return self._baggage
+
+    def update_trailer(self) -> str:
+        """The `lazy-globals-update` value for what changed, or "" when nothing did."""
+        if not self._dirty and not self._deleted:
+            return ""
+        changed = {k: self._values[k] for k in self._dirty if k in self._values}
+        return metadata.encode_update(changed, self._deleted)
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, globals={self._values!r})"
+
+
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "lazygrpc_session", default=None
+)
+_thread_default = threading.local()
+
+
+def current() -> Session:
+    """The session code runs under now (explicit scope > incoming call > thread default)."""
+    s = _current.get()
+    if s is not None:
+        return s
+    s = getattr(_thread_default, "session", None)
+    if s is None:
+        s = _thread_default.session = Session()
+    return s
+
+
+def bind(s: Session) -> contextvars.Token[Session | None]:
+    """Make `s` current in this context (used by the server interceptors)."""
+    return _current.set(s)
+
+
+def unbind(token: contextvars.Token[Session | None]) -> None:
+    _current.reset(token)
+
+
+@contextmanager
+def session(id: str | None = None, **initial: Any) -> Iterator[Session]:
+    """Run a block under a session: a given id (validated) or a fresh one.
+
+    >>> with session("demo-1", user="ada") as s:
+    ...     session_id(), globals["user"]
+    ('demo-1', 'ada')
+    """
+    s = Session(id)
+    for key, value in initial.items():
+        s.set(key, value)
+    token = _current.set(s)
+    try:
+        yield s
+    finally:
+        _current.reset(token)
+
+
+def session_id() -> str:
+    """The current session's id."""
+    return current().id
+
+
+class Globals(MutableMapping[str, Any]):
+    """The current session's globals as a mapping; values must be JSON-serialisable."""
+
+    def __getitem__(self, key: str) -> Any:
+        return current().values()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        current().set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        current().delete(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(current().values()))
+
+    def __len__(self) -> int:
+        return len(current().values())
+
+    def __repr__(self) -> str:
+        return f"lazygrpc.globals({current().values()!r})"
+
+
+globals = Globals()
+
+
+class ThreadPoolExecutor(futures.ThreadPoolExecutor):
+    """A thread pool whose tasks run in the submitter's context: session and call follow."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
+        ctx = contextvars.copy_context()
+        return super().submit(ctx.run, fn, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def in_context(fn: Callable[P, T]) -> Callable[P, T]:
+    """Wrap `fn` so that it runs in the current context from any thread."""
+    ctx = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run

@@ -1,0 +1,190 @@
+"""`lazygrpc up`: a local demo mesh (model, retriever, gateway) as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lazygrpc.demo import MODEL_URL_ENV, RETRIEVER_URL_ENV
+
+READY_TIMEOUT = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[str]
+    address: str
+
+
+def _spawn(name: str, args: Sequence[str], env: dict[str, str]) -> Child:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazygrpc", *args],
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{name} did not start (printed {line!r})")
+    # Keep draining stdout so the child never blocks on a full pipe.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return Child(name, proc, line.split()[-1])
+
+
+def _wait_serving(child: Child) -> None:
+    with grpc.insecure_channel(child.address) as ch:
+        grpc.channel_ready_future(ch).result(READY_TIMEOUT)
+        resp = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=READY_TIMEOUT
+        )
+    if resp.status != health_pb2.HealthCheckResponse.SERVING:
+        raise RuntimeError(f"{child.name} at {child.address} is not SERVING")
+
+
+def _stop(children: Sequence[Child], grace: float = 5.0) -> None:
+    for c in children:
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
+    for c in children:
+        try:
+            c.proc.wait(grace + 2)
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait()
+
+
+def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> list[Child]:
+    """Start model → retriever → gateway, each waiting for the one it calls."""
+
+    def port(i: int) -> str:
+        return str(base_port + i if base_port else 0)
+
+    extra = ["--expose-tracebacks", *(["--otel"] if otel else [])]
+    children: list[Child] = []
+    try:
+        children.append(
+            _spawn(
+                "model",
+                [
+                    "serve-model",
+                    "--backend",
+                    "markov",
+                    "--name",
+                    "model",
+                    "--port",
+                    port(0),
+                    "--token-delay",
+                    str(token_delay),
+                    "--preset",
+                    "temperature=0.8",
+                    *extra,
+                ],
+                {},
+            )
+        )
+        model_url = f"grpc://{children[0].address}"
+        children.append(
+            _spawn(
+                "retriever",
+                ["serve", "lazygrpc.demo:rag", "--name", "retriever", "--port", port(1), *extra],
+                {MODEL_URL_ENV: model_url},
+            )
+        )
+        children.append(
+            _spawn(
+                "gateway",
+                ["serve", "lazygrpc.demo:ask", "--name", "gateway", "--port", port(2), *extra],
+                {RETRIEVER_URL_ENV: f"grpc://{children[1].address}"},
+            )
+        )
+        for c in children:
+            _wait_serving(c)
+    except BaseException:
+        _stop(children)
+        raise
+    return children
+
+
+def ask(gateway: str, question: str) -> int:
+    """Stream one answer through the mesh to the terminal; 0 on success."""
+    import lazygrpc
+    from lazygrpc.cli import _print_error
+
+    ask_module = lazygrpc.connect(f"grpc://{gateway}/ask", timeout=60)
+    print(f"\nQ: {question}")
+    with lazygrpc.session() as s:
+        try:
+            for ev in ask_module.stream(question):
+                if ev.kind == "intermediate":
+                    print(f"  [{ev.source}] {_describe(ev.value)}", flush=True)
+                elif ev.kind == "delta":
+                    if ev.seq == 0 or not getattr(ask, "_started", False):
+                        print("A: ", end="")
+                        ask._started = True  # type: ignore[attr-defined]
+                    print(ev.value, end="", flush=True)
+            print()
+        except lazygrpc.RemoteError as exc:
+            print()
+            _print_error(exc)
+            return 1
+        finally:
+            ask._started = False  # type: ignore[attr-defined]
+        print(f"session {s.id} usage: {json.dumps(s.get('usage'))}")
+    return 0
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict) and "passages" in value:
+        return "retrieved: " + "; ".join(f"{p['source']} ({p['score']})" for p in value["passages"])
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def run_mesh(
+    question: str | None, token_delay: float, base_port: int = 0, otel: bool = False
+) -> int:
+    children = start_mesh(token_delay, base_port, otel)
+    model, retriever, gateway = (c.address for c in children)
+    print("lazygrpc demo mesh is up:")
+    print(f"  model      grpc://{model}        (ModelService, markov backend)")
+    print(f"  retriever  grpc://{retriever}/rag")
+    print(f"  gateway    grpc://{gateway}/ask")
+    print("try:")
+    print(f"  lazygrpc call grpc://{gateway}/ask 'What is a session?' --stream")
+    print(f"  lazygrpc call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
+    print(
+        f'  grpcurl -plaintext -d \'{{"module": "ask", "input": "How do deadlines work?"}}\' '
+        f"{gateway} lazygrpc.v1.ModuleService/Stream"
+    )
+    code = 0
+    try:
+        if question is not None:
+            code = ask(gateway, question)
+        else:
+            print("Ctrl-C stops the mesh.", flush=True)
+            signal.sigwait({signal.SIGINT, signal.SIGTERM}) if _block_signals() else None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping the mesh…", flush=True)
+        _stop(children)
+    print("mesh stopped.")
+    return code
+
+
+def _block_signals() -> bool:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    return True

@@ -47,6 +47,8 @@ test: $(STAMP) $(NODE_STAMP)
 	$(PYTHON) -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,otel,bench]'
+	bash benchmarks/lazyllm/setup.sh
 	$(PYTHON) -m benchmarks.run_all
 
 soak: $(STAMP)

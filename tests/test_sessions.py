@@ -1,0 +1,281 @@
+"""Session ids and globals across three hops, sync and asyncio, clients and servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+import lazygrpc
+from tests.hops import SERVER_KINDS, Mesh
+
+CLIENT_KINDS = ["sync", "aio"]
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def mesh(request: pytest.FixtureRequest, servers: Any) -> Iterator[Mesh]:
+    m = Mesh(servers, request.param)
+    yield m
+    m.close()
+
+
+def call(mesh: Mesh, client: str, x: str, **kwargs: Any) -> Any:
+    if client == "sync":
+        return mesh.run(x, **kwargs)
+
+    async def go() -> Any:
+        try:
+            return await mesh.run.acall(x, **kwargs)
+        finally:
+            await lazygrpc.channels.aclose_all()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("client", CLIENT_KINDS)
+def test_globals_reach_hop3_and_changes_come_back(mesh: Mesh, client: str) -> None:
+    with lazygrpc.session("entry-1") as s:
+        lazygrpc.globals["user"] = "ada"
+        lazygrpc.globals["budget"] = {"tokens": 100, "tags": ["a", "b"]}
+        assert call(mesh, client, "x1") == "done:x1"
+        seen = mesh.record.seen["x1"]
+        assert seen["sid"] == "entry-1"
+        assert seen["globals"] == {"user": "ada", "budget": {"tokens": 100, "tags": ["a", "b"]}}
+        assert s.values()["from_hop3"] == "hop3 saw x1"
+        assert lazygrpc.globals["from_hop3"] == "hop3 saw x1"
+
+
+@pytest.mark.parametrize("client", CLIENT_KINDS)
+def test_fresh_session_id_when_the_entry_sets_none(mesh: Mesh, servers: Any, client: str) -> None:
+    # A raw grpcio call with no lazygrpc metadata: the entry server makes a fresh id,
+    # and every hop below sees that same id.
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    target = mesh.entry.removeprefix("grpc://")
+    with grpc.insecure_channel(target) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        for key in ("fresh-a", "fresh-b"):
+            stub.Call(module_pb2.CallRequest(module="run", input=to_value(key)), timeout=10)
+    a, b = mesh.record.seen["fresh-a"]["sid"], mesh.record.seen["fresh-b"]["sid"]
+    assert a and b and a != b
+
+
+def test_non_ascii_globals_round_trip(mesh: Mesh) -> None:
+    with lazygrpc.session() as s:
+        lazygrpc.globals["名前"] = "Ада Лавлейс, 😀; a=b, c"
+        mesh.run("unicode")
+        assert mesh.record.seen["unicode"]["globals"] == {"名前": "Ада Лавлейс, 😀; a=b, c"}
+        assert s.values()["from_hop3"] == "hop3 saw unicode"
+
+
+def test_concurrent_calls_with_one_session_id_do_not_share_globals(servers: Any) -> None:
+    seen: list[tuple[int, Any]] = []
+
+    async def slow(i: int) -> Any:
+        lazygrpc.globals["mine"] = i
+        await asyncio.sleep(0.05)  # let the other calls of the same session overlap
+        seen.append((i, lazygrpc.globals["mine"]))
+        return lazygrpc.globals["mine"]
+
+    url = servers.modules({"slow": slow})
+
+    async def go() -> list[Any]:
+        m = lazygrpc.connect(f"{url}/slow")
+
+        async def one(i: int) -> Any:
+            with lazygrpc.session("shared-id"):
+                return await m.acall(i)
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(20)))
+        finally:
+            await lazygrpc.channels.aclose_all()
+
+    assert asyncio.run(go()) == list(range(20))
+    assert all(i == v for i, v in seen)
+
+
+def test_500_concurrent_sessions_through_three_hops_have_no_cross_talk(servers: Any) -> None:
+    mesh = Mesh(servers, "aio")
+
+    async def go() -> list[tuple[int, Any, Any, str]]:
+        async def one(i: int) -> tuple[int, Any, Any, str]:
+            with lazygrpc.session(f"s-{i}") as s:
+                lazygrpc.globals["i"] = i
+                lazygrpc.globals["tag"] = f"tag-{i}"
+                out = await mesh.run.acall(f"k{i}")
+                return i, out, s.values().get("from_hop3"), s.id
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(500)))
+        finally:
+            await lazygrpc.channels.aclose_all()
+
+    results = asyncio.run(go())
+    assert len(results) == 500
+    for i, out, back, sid in results:
+        assert out == f"done:k{i}"
+        assert back == f"hop3 saw k{i}"
+        seen = mesh.record.seen[f"k{i}"]
+        assert seen["sid"] == sid == f"s-{i}"
+        assert seen["globals"] == {"i": i, "tag": f"tag-{i}"}
+
+
+def test_parent_deadline_reaches_hop3(mesh: Mesh) -> None:
+    m = lazygrpc.connect(mesh.entry + "/run", timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        m("sleep-deadline")
+    assert time.monotonic() - t0 < 3
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = mesh.record.seen["sleep-deadline"]["deadline"]
+    assert deadline is not None and deadline <= 0.3
+
+
+@pytest.mark.parametrize("client", CLIENT_KINDS)
+def test_cancel_stops_hop3_generator(mesh: Mesh, client: str) -> None:
+    x = "slow-cancel"
+    if client == "sync":
+        stream = mesh.stream.stream(x, n=100000)
+        first = next(stream)
+        assert first.kind == "delta"
+        cancelled_at = time.monotonic()
+        stream.close()  # cancels the RPC
+    else:
+
+        async def go() -> float:
+            try:
+                agen = mesh.stream.astream(x, n=100000)
+                await agen.__anext__()
+                at = time.monotonic()
+                await agen.aclose()
+                return at
+            finally:
+                await lazygrpc.channels.aclose_all()
+
+        cancelled_at = asyncio.run(go())
+    deadline = time.monotonic() + 5
+    while x not in mesh.record.finally_at and time.monotonic() < deadline:
+        time.sleep(0.005)  # polling for the effect under test, not for readiness
+    assert x in mesh.record.finally_at, "hop3's generator never ran its finally"
+    lag = mesh.record.finally_at[x] - cancelled_at
+    print(f"cancel → hop3 finally: {lag * 1000:.1f} ms")
+    assert lag < 1.0  # the 100 ms target is measured in benchmarks; this catches hangs
+
+
+def test_globals_limits_are_checked_before_sending(mesh: Mesh) -> None:
+    with lazygrpc.session():
+        lazygrpc.globals["big"] = "x" * 9000
+        with pytest.raises(ValueError, match=r"over the limit of 8192 bytes"):
+            mesh.run("never-sent")
+    with lazygrpc.session():
+        for i in range(181):
+            lazygrpc.globals[f"k{i}"] = i
+        with pytest.raises(ValueError, match=r"181 baggage entries, over the limit of 180"):
+            mesh.run("never-sent")
+    assert "never-sent" not in mesh.record.seen
+
+
+def test_non_json_global_is_refused_naming_the_key() -> None:
+    with lazygrpc.session(), pytest.raises(TypeError, match="'when'"):
+        lazygrpc.globals["when"] = object()
+
+
+def test_thread_default_session_is_per_thread() -> None:
+    import threading
+
+    ids: list[str] = []
+
+    def grab() -> None:
+        ids.append(lazygrpc.session_id())
+        ids.append(lazygrpc.session_id())
+
+    threads = [threading.Thread(target=grab) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
+
+
+def test_session_follows_into_thread_pool_and_tasks() -> None:
+    with lazygrpc.session("pool-1"):
+        lazygrpc.globals["k"] = "v"
+        with lazygrpc.ThreadPoolExecutor(2) as pool:
+            got = pool.submit(lambda: (lazygrpc.session_id(), dict(lazygrpc.globals))).result()
+        assert got == ("pool-1", {"k": "v"})
+
+        async def in_task() -> str:
+            return await asyncio.create_task(asyncio.sleep(0, lazygrpc.session_id()))
+
+        assert asyncio.run(in_task()) == "pool-1"
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "named"),
+    [
+        ("baggage", "lazy.k=%7Bnot-json", "baggage"),
+        ("baggage", "no equals sign", "baggage"),
+        ("lazy-session-id", "bad id with spaces", "lazy-session-id"),
+        ("lazy-session-id", "x" * 200, "lazy-session-id"),
+        ("x-padding", "p" * 9000, "x-padding"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["aio", "sync"])
+def test_bad_metadata_gets_invalid_argument_and_the_server_goes_on(
+    servers: Any, kind: str, header: str, value: str, named: str
+) -> None:
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    mesh = Mesh(servers, kind)
+    target = mesh.entry.removeprefix("grpc://")
+    request = module_pb2.CallRequest(module="run", input=to_value("ok"))
+    with grpc.insecure_channel(target) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Call(request, metadata=[(header, value)], timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith(f"{named}:")
+        assert stub.Call(request, timeout=10).output.string_value == "done:ok"
+    mesh.close()
+
+
+def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:
+    """A middle hop with no lazygrpc code passes the context on by forwarding two headers."""
+    from concurrent import futures
+
+    from lazygrpc.v1 import module_pb2_grpc
+    from tests.hops import Record, make_modules
+
+    record = Record()
+    hop3 = servers.modules(make_modules("aio", record, None), name="hop3")
+    hop3_channel = grpc.insecure_channel(hop3.removeprefix("grpc://"))
+    hop3_stub = module_pb2_grpc.ModuleServiceStub(hop3_channel)
+
+    class BareHop(module_pb2_grpc.ModuleServiceServicer):
+        def Call(self, request: Any, context: Any) -> Any:
+            # The two lines a bare grpcio hop needs (docs/sessions.md):
+            keep = ("lazy-session-id", "baggage")
+            md = [(k, v) for k, v in context.invocation_metadata() if k in keep]
+            return hop3_stub.Call(request, metadata=md)
+
+    bare = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
+    module_pb2_grpc.add_ModuleServiceServicer_to_server(BareHop(), bare)
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        hop1 = servers.modules(make_modules("aio", record, f"grpc://127.0.0.1:{port}"), name="hop1")
+        with lazygrpc.session("through-bare"):
+            lazygrpc.globals["user"] = "grace"
+            assert lazygrpc.connect(f"{hop1}/run")("bare") == "done:bare"
+        assert record.seen["bare"]["sid"] == "through-bare"
+        assert record.seen["bare"]["globals"] == {"user": "grace"}
+    finally:
+        bare.stop(0)
+        hop3_channel.close()

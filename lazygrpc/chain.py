@@ -171,7 +171,7 @@ def remote_error_from(
                 last = chain.frames[-1]
                 return RemoteError(
                     code,
-                    details or status.message,
+                    last.message or details or status.message,
                     remote_type=info.reason or last.error_type,
                     chain=list(chain.frames),
                     elided_frames=chain.elided_frames,

@@ -173,6 +173,7 @@ class Mesh:
     """hop1 → hop2 → hop3, all of one server kind."""
 
     def __init__(self, servers: Any, kind: str) -> None:
+        self.kind = kind
         self.record = Record()
         self._sync_servers: list[grpc.Server] = []
         url = None
@@ -187,6 +188,10 @@ class Mesh:
         self.entry = url
         self.run = lazygrpc.connect(f"{url}/run")
         self.stream = lazygrpc.connect(f"{url}/stream")
+
+    def method(self, module: str, rpc: str) -> str:
+        """The method name frames carry: the module, or the RPC on a hand-written servicer."""
+        return rpc if self.kind == "sync" else module
 
     def close(self) -> None:
         for s in self._sync_servers:

@@ -1,0 +1,162 @@
+"""ModuleService: sync/async functions and generators, ListModules, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+import lazygrpc
+from lazygrpc.modules import load_target
+from lazygrpc.v1 import module_pb2, module_pb2_grpc
+
+
+def add(x: int, y: int = 1) -> int:
+    """Add y to x."""
+    return x + y
+
+
+async def shout(x: str) -> str:
+    """Upper-case the input."""
+    return x.upper()
+
+
+def words(text: str) -> Iterator[str]:
+    """Stream the words of the text."""
+    for w in text.split():
+        yield w + " "
+
+
+async def awords(text: str) -> AsyncIterator[str]:
+    """Stream the words of the text, asynchronously."""
+    for w in text.split():
+        yield w + " "
+        await asyncio.sleep(0)
+
+
+def numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+    return sum(range(n))  # a generator's return value becomes the result
+
+
+def bad_output(x: Any) -> Any:
+    return {1, 2}
+
+
+MODULES = {"add": add, "shout": shout, "words": words, "awords": awords, "numbers": numbers}
+
+
+@pytest.fixture
+def url(servers: Any) -> str:
+    return servers.modules({**MODULES, "bad_output": bad_output}, name="mods")
+
+
+def test_sync_and_async_functions(url: str) -> None:
+    assert lazygrpc.connect(f"{url}/add")(2, y=40) == 42
+    assert lazygrpc.connect(f"{url}/shout")("hi") == "HI"
+
+
+@pytest.mark.parametrize("module", ["words", "awords"])
+def test_generators_stream_deltas_then_one_result(url: str, module: str) -> None:
+    events = list(lazygrpc.connect(f"{url}/{module}").stream("a b c"))
+    assert [e.kind for e in events][-1] == "result"
+    assert sum(e.kind == "result" for e in events) == 1
+    assert "".join(e.value for e in events if e.kind == "delta") == "a b c "
+    assert events[-1].value == "a b c "
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert all(e.source == module for e in events)
+
+
+@pytest.mark.parametrize("module", ["words", "awords"])
+def test_generators_stream_from_asyncio(url: str, module: str) -> None:
+    async def go() -> list[Any]:
+        try:
+            return [e async for e in lazygrpc.connect(f"{url}/{module}").astream("x y")]
+        finally:
+            await lazygrpc.channels.aclose_all()
+
+    events = asyncio.run(go())
+    assert events[-1].kind == "result" and events[-1].value == "x y "
+
+
+def test_generator_return_value_is_the_result_and_call_aggregates(url: str) -> None:
+    events = list(lazygrpc.connect(f"{url}/numbers").stream(4))
+    assert [e.value for e in events if e.kind == "delta"] == [0, 1, 2, 3]
+    assert events[-1].value == 6
+    assert lazygrpc.connect(f"{url}/words")("p q") == "p q "
+
+
+def test_list_modules_describes_them(url: str) -> None:
+    modules = {m["name"]: m for m in lazygrpc.connect(f"{url}/add").list_modules()}
+    assert set(modules) == {*MODULES, "bad_output"}
+    assert modules["words"]["streaming"] and not modules["add"]["streaming"]
+    assert modules["add"]["doc"] == "Add y to x."
+
+
+def _stub(url: str) -> tuple[grpc.Channel, Any]:
+    ch = grpc.insecure_channel(url.removeprefix("grpc://"))
+    return ch, module_pb2_grpc.ModuleServiceStub(ch)
+
+
+def test_unknown_module_is_not_found_naming_it(url: str) -> None:
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        lazygrpc.connect(f"{url}/nope")(1)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in info.value.message
+    assert lazygrpc.connect(f"{url}/add")(1) == 2
+
+
+@pytest.mark.parametrize("rpc", ["Call", "Stream"])
+def test_malformed_value_is_invalid_argument(url: str, rpc: str) -> None:
+    ch, stub = _stub(url)
+    with ch:
+        request = module_pb2.CallRequest(module="add", input=struct_pb2.Value())
+        with pytest.raises(grpc.RpcError) as info:
+            result = getattr(stub, rpc)(request, timeout=10)
+            list(result) if rpc == "Stream" else result
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "input: google.protobuf.Value has no kind set" in info.value.details()
+        nested = module_pb2.CallRequest(module="add", input=struct_pb2.Value(number_value=1))
+        nested.kwargs.fields["y"].CopyFrom(struct_pb2.Value())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Call(nested, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "kwargs['y']" in info.value.details()
+        ok = stub.Call(module_pb2.CallRequest(module="add", input=struct_pb2.Value(number_value=1)))
+        assert ok.output.number_value == 2
+
+
+def test_unconvertible_output_is_internal_and_names_the_module(url: str) -> None:
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        lazygrpc.connect(f"{url}/bad_output")(1)
+    assert info.value.code == grpc.StatusCode.INTERNAL
+    assert "'bad_output'" in info.value.message and "set" in info.value.message
+
+
+def test_unconvertible_input_fails_at_the_client() -> None:
+    with pytest.raises(TypeError, match="input: object is not JSON-like"):
+        lazygrpc.connect("grpc://127.0.0.1:1/add")(object())
+
+
+def test_wrong_arguments_are_reported_with_the_type(url: str) -> None:
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        lazygrpc.connect(f"{url}/add")(1, z=2)
+    assert info.value.remote_type == "TypeError"
+    assert "'z'" in info.value.message
+
+
+def test_load_target_from_file_and_package(tmp_path: Path) -> None:
+    f = tmp_path / "mine.py"
+    f.write_text("def hello(x):\n    return f'hello {x}'\n")
+    name, fn = load_target(f"{f}:hello")
+    assert name == "hello" and fn("you") == "hello you"
+    name, fn = load_target("lazygrpc.demo:ask")
+    assert name == "ask"
+    for bad in ("nocolon", f"{tmp_path}/missing.py:x", "lazygrpc.demo:missing"):
+        with pytest.raises(ValueError, match="module spec"):
+            load_target(bad)

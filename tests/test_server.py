@@ -1,0 +1,82 @@
+"""The server builder: health per service, graceful shutdown with a drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import lazygrpc
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _check(ch: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(ch)
+    return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def test_health_reports_every_service_and_the_server(servers: Any) -> None:
+    url = servers.model("echo")
+    with grpc.insecure_channel(url.removeprefix("grpc://")) as ch:
+        for service in ("", "lazygrpc.v1.ModelService", "lazygrpc.v1.BrokerService"):
+            assert _check(ch, service) == SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            _check(ch, "no.such.Service")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_graceful_stop_drains_streams_and_flips_health(server_loop: Any) -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(n: int) -> Any:
+        for i in range(n):
+            if i == 1:
+                started.set()
+                release.wait(10)
+            yield f"t{i} "
+
+    async def build() -> lazygrpc.Server:
+        s = lazygrpc.Server(name="drain", grace=5)
+        s.add_modules({"slow": slow})
+        await s.start()
+        return s
+
+    server = server_loop.run(build())
+    target = f"127.0.0.1:{server.port}"
+    results: list[Any] = []
+    stream = lazygrpc.connect(f"grpc://{target}/slow")
+
+    def consume() -> None:
+        results.extend(e.value for e in stream.stream(4) if e.kind == "delta")
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert started.wait(10)
+    health_ch = grpc.insecure_channel(target)
+    assert _check(health_ch, "") == SERVING
+    stopping = asyncio.run_coroutine_threadsafe(server.stop(), server_loop.loop)
+    # Health turns NOT_SERVING first; the in-flight stream is still running.
+    statuses = set()
+    for _ in range(200):
+        try:
+            statuses.add(_check(health_ch, ""))
+        except grpc.RpcError:
+            break
+        if NOT_SERVING in statuses:
+            break
+    assert NOT_SERVING in statuses
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        lazygrpc.connect(f"grpc://{target}/slow", timeout=2)(1)
+    assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    release.set()
+    stopping.result(10)
+    consumer.join(10)
+    health_ch.close()
+    assert "".join(results) == "t0 t1 t2 t3 "

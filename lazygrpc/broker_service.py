@@ -9,6 +9,7 @@ import grpc
 from lazygrpc import broker
 from lazygrpc.errors import InvalidArgument, NotFound
 from lazygrpc.v1 import broker_pb2, broker_pb2_grpc, module_pb2
+from lazygrpc.values import to_value
 
 if TYPE_CHECKING:
     from lazygrpc.server import Server
@@ -65,7 +66,10 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         seq = 0
         try:
             while (item := await topic.get()) is not None:
-                yield module_pb2.Event(seq=seq, source=item[1], intermediate=item[2])
+                value = item[2]
+                if isinstance(value, str):  # only Values are published into named topics
+                    value = to_value(value)
+                yield module_pb2.Event(seq=seq, source=item[1], intermediate=value)
                 seq += 1
         finally:
             broker.BROKER.close(topic)

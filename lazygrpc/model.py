@@ -120,7 +120,7 @@ class _Run:
 
     prompt_tokens: int
     completion_tokens: int = 0
-    finish_reason: int = model_pb2.FINISH_REASON_LENGTH
+    finish_reason: model_pb2.FinishReason.ValueType = model_pb2.FINISH_REASON_LENGTH
 
     def usage(self) -> model_pb2.Usage:
         return model_pb2.Usage(
@@ -212,7 +212,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         name = self.config.name
         try:
             while (item := await topic.get()) is not None:
-                yield model_pb2.GenerateChunk(text=item[2], index=index, source=name)
+                text = item[2]
+                assert isinstance(text, str)  # this topic only ever holds text deltas
+                yield model_pb2.GenerateChunk(text=text, index=index, source=name)
                 index += 1
             await producer
             _account(run)

@@ -143,7 +143,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         try:
             while (item := await topic.get()) is not None:
                 kind, source, payload, _ = item
-                value = to_value(payload) if type(payload) is str else payload
+                value = to_value(payload) if isinstance(payload, str) else payload
                 if kind == broker.DELTA:
                     yield module_pb2.Event(seq=seq, source=source, delta=value)
                 else:

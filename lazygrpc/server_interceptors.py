@@ -276,10 +276,12 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 loop = asyncio.get_running_loop()
                 done = object()
                 iterator = ctx.run(behavior, request, context)
+
+                def step() -> Any:
+                    return ctx.run(next, iterator, done)
+
                 try:
-                    while (
-                        item := await loop.run_in_executor(None, ctx.run, next, iterator, done)
-                    ) is not done:
+                    while (item := await loop.run_in_executor(None, step)) is not done:
                         yield item
                 except grpc.aio.AbortError:
                     raise

@@ -27,6 +27,9 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
+_Keys = set[str]
+
+
 class Session:
     """One session's id and globals, with a record of what changed since it was created."""
 
@@ -41,8 +44,8 @@ class Session:
         self.id = metadata.validate_session_id(id) if id is not None else new_session_id()
         self._values: dict[str, Any] = values or {}
         self.foreign_baggage: list[str] = foreign_baggage or []
-        self._dirty: set[str] = set()
-        self._deleted: set[str] = set()
+        self._dirty: _Keys = set()
+        self._deleted: _Keys = set()
         self._baggage: str | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -63,7 +66,7 @@ class Session:
         self._deleted.add(key)
         self._baggage = None
 
-    def merge_update(self, values: dict[str, Any], deleted: set[str]) -> None:
+    def merge_update(self, values: dict[str, Any], deleted: _Keys) -> None:
         """Apply a callee's `lazy-globals-update`; the keys count as changed here too."""
         for key, value in values.items():
             self.set(key, value)

@@ -194,7 +194,6 @@ def test_chain_limits_elide_middle_frames_and_fit_the_trailer() -> None:
     from lazygrpc import chain
 
     exc = ValueError("x" * 5000)
-    frames: list[chain_pb2.CallFrame] = []
     c = chain_pb2.CallChain()
     for i in range(40):
         frame = chain.make_frame(exc, service=f"s{i}", method="m", expose_traceback=True)

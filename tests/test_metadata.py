@@ -18,7 +18,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**53), max_value=2**53)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 keys = st.text(min_size=1, max_size=12)
@@ -54,7 +56,9 @@ def test_too_many_entries_are_refused_with_the_count(n: int) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(keys, json_values, max_size=5), st.sets(keys, max_size=3))
-def test_update_trailer_round_trips_sets_and_deletes(values: dict[str, Any], gone: set[str]) -> None:
+def test_update_trailer_round_trips_sets_and_deletes(
+    values: dict[str, Any], gone: set[str]
+) -> None:
     gone -= set(values)
     decoded, deleted = metadata.decode_update(metadata.encode_update(values, gone))
     assert json.dumps(decoded, sort_keys=True) == json.dumps(values, sort_keys=True)
@@ -66,7 +70,7 @@ def test_update_trailer_round_trips_sets_and_deletes(values: dict[str, Any], gon
     ["lazy.k", "lazy.k=%7B", "bad key=1", "lazy.k=%ZZ", "=1", "lazy.k=%FF%FE"],
 )
 def test_malformed_baggage_names_the_header(header: str) -> None:
-    with pytest.raises(ValueError, match="^baggage: "):
+    with pytest.raises(ValueError, match=r"^baggage: "):
         metadata.split_baggage(header)
 
 

@@ -6,7 +6,8 @@ import asyncio
 import inspect
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -28,6 +29,76 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+_ALWAYS_OPEN = ("/grpc.health.", "/grpc.reflection.")
+_HANDLER_FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class _DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts calls in flight and, once draining, refuses new ones with UNAVAILABLE.
+
+    grpc's own `stop(grace)` closes the listener and sends GOAWAY at once, so nobody could
+    ever read the NOT_SERVING that graceful shutdown sets. Draining here instead keeps health
+    and reflection answering while in-flight calls finish.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_ALWAYS_OPEN):
+            return handler
+        changes = {}
+        for field in _HANDLER_FIELDS:
+            behavior = getattr(handler, field)
+            if behavior is not None:
+                changes[field] = self._wrap(behavior)
+        return handler._replace(**changes)
+
+    async def _enter(self, context: Any) -> None:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        self.active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    def _wrap(self, behavior: Callable[..., Any]) -> Any:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def agen(request_or_iterator: Any, context: Any) -> Any:
+                await self._enter(context)
+                try:
+                    async for item in behavior(request_or_iterator, context):
+                        yield item
+                finally:
+                    self._leave()
+
+            return agen
+        if inspect.iscoroutinefunction(behavior):
+
+            async def coro(request_or_iterator: Any, context: Any) -> Any:
+                await self._enter(context)
+                try:
+                    return await behavior(request_or_iterator, context)
+                finally:
+                    self._leave()
+
+            return coro
+        return behavior  # a sync handler runs in grpc's executor; not counted
+
+    async def wait_idle(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
 
 
 class Server:
@@ -70,12 +141,14 @@ class Server:
             "coalesce_bytes": coalesce_bytes,
         }
         own = self._own = AioServerInterceptor(name, expose_tracebacks=self.expose_tracebacks)
-        chain: list[Any] = []
+        self._gate = _DrainGate()
+        chain: list[Any] = [self._gate, own]
         if telemetry:
             from lazygrpc.telemetry import server_interceptor
 
-            chain.append(server_interceptor(name))
-        chain += [own, *interceptors]
+            # Inside our own: the span then sees the call scope (session, module name).
+            chain.append(server_interceptor())
+        chain += interceptors
         self._server = grpc.aio.server(interceptors=chain, options=[*SERVER_OPTIONS, *options])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -140,14 +213,22 @@ class Server:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: health NOT_SERVING, refuse new calls, let in-flight calls
-        finish within `grace` seconds, then cancel what is left."""
+        finish within `grace` seconds, then cancel what is left.
+
+        While draining, health and reflection still answer (health says NOT_SERVING).
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
+        grace = self.grace if grace is None else grace
+        deadline = time.monotonic() + grace
         result = self.health.enter_graceful_shutdown()
         if inspect.isawaitable(result):
             await result
-        await self._server.stop(self.grace if grace is None else grace)
+        if self._started and grace > 0:
+            self._gate.draining = True
+            await self._gate.wait_idle(grace)
+        await self._server.stop(max(0.0, deadline - time.monotonic()))
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""

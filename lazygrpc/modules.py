@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,30 @@ if TYPE_CHECKING:
 SERVICE_NAME = "lazygrpc.v1.ModuleService"
 #: Threads for sync modules; a sync producer blocked on a full topic holds one.
 _EXECUTOR = ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
+
+
+class _Counter:
+    """Generator producers running right now, in threads or tasks (for tests and stats)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.value += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.value -= 1
+
+
+_PRODUCERS = _Counter()
+
+
+def active_producers() -> int:
+    """How many module generators are running in this process now."""
+    return _PRODUCERS.value
 
 
 @dataclass(frozen=True)
@@ -204,13 +229,17 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         deltas: list[Any] = []
         gen = module.fn(*args, **kwargs)
+        _PRODUCERS.enter()
         try:
             async for delta in gen:
                 deltas.append(delta)
                 if topic is not None:
                     await topic.aput(broker.make_item(broker.DELTA, module.name, delta))
         finally:
-            await gen.aclose()
+            try:
+                await gen.aclose()
+            finally:
+                _PRODUCERS.leave()
         return _aggregate(deltas)
 
     @staticmethod
@@ -219,6 +248,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         deltas: list[Any] = []
         gen = module.fn(*args, **kwargs)
+        _PRODUCERS.enter()
         try:
             while True:
                 try:
@@ -229,7 +259,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 if topic is not None:
                     topic.put(broker.make_item(broker.DELTA, module.name, delta))
         finally:
-            gen.close()
+            try:
+                gen.close()
+            finally:
+                _PRODUCERS.leave()
 
     async def ListModules(
         self, request: module_pb2.ListModulesRequest, context: grpc.aio.ServicerContext

@@ -279,3 +279,80 @@ def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:
     finally:
         bare.stop(0)
         hop3_channel.close()
+
+
+@pytest.mark.parametrize("style", ["write", "async-generator"])
+def test_aio_streaming_handlers_of_both_styles_see_the_session(servers: Any, style: str) -> None:
+    """The session is bound for every step of a hand-written aio stream (grpc #28728)."""
+    from lazygrpc.modules import SERVICE_NAME
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    def event(i: int) -> Any:
+        seen = f"{lazygrpc.session_id()}:{lazygrpc.globals.get('user')}"
+        return module_pb2.Event(seq=i, source="h", delta=to_value(seen))
+
+    class WriteStyle(module_pb2_grpc.ModuleServiceServicer):
+        async def Stream(self, request: Any, context: Any) -> None:
+            for i in range(3):
+                await asyncio.sleep(0.001)
+                await context.write(event(i))
+            lazygrpc.globals["written"] = style
+
+    class GeneratorStyle(module_pb2_grpc.ModuleServiceServicer):
+        async def Stream(self, request: Any, context: Any) -> Any:
+            for i in range(3):
+                await asyncio.sleep(0.001)
+                yield event(i)
+            lazygrpc.globals["written"] = style
+
+    async def build() -> lazygrpc.Server:
+        s = lazygrpc.Server(name="handwritten")
+        servicer = WriteStyle() if style == "write" else GeneratorStyle()
+        s.add_service(SERVICE_NAME, module_pb2_grpc.add_ModuleServiceServicer_to_server, servicer)
+        await s.start()
+        return s
+
+    server = servers.lt.run(build())
+    servers.started.append(server)
+    with lazygrpc.session("hw-1", user="ada") as s:
+        values = [e.value for e in lazygrpc.connect(f"grpc://127.0.0.1:{server.port}/x").stream()]
+        assert values == ["hw-1:ada"] * 3
+        assert s.get("written") == style
+
+
+def test_cancel_leaves_no_producer_thread_or_task_behind(servers: Any) -> None:
+
+    from lazygrpc import broker
+    from lazygrpc.modules import active_producers
+
+    mesh = Mesh(servers, "aio-threads")
+    before = servers.lt.run(_tasks())
+    stream = mesh.stream.stream("slow-leftover", n=100000)
+    next(stream)
+    stream.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        "slow-leftover" not in mesh.record.finally_at
+        or broker.stats().open_topics
+        or active_producers()
+    ):
+        time.sleep(0.005)  # polling for the effect under test
+    assert broker.stats().open_topics == 0
+
+    # grpc keeps one task waiting for the next request; anything else is a leftover
+    # handler or producer of the cancelled stream.
+    assert servers.lt.run(_tasks()) - before == set()
+    from lazygrpc.modules import active_producers
+
+    assert active_producers() == 0
+
+
+async def _tasks() -> set[str]:
+    current = asyncio.current_task()
+    names = {t: getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks()}
+    return {
+        f"{id(t)}:{name}"
+        for t, name in names.items()
+        if t is not current and not name.endswith("_request_registered_call")
+    }

@@ -1,0 +1,91 @@
+"""The demo pipeline: client → gateway → retriever → model, usage flowing back, failures chained."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import grpc
+import pytest
+
+import lazygrpc
+from lazygrpc import demo
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def gateway(servers: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    model = servers.model("echo", server_name="model")
+    monkeypatch.setenv(demo.MODEL_URL_ENV, model)
+    retriever = servers.modules({"rag": demo.rag}, name="retriever")
+    monkeypatch.setenv(demo.RETRIEVER_URL_ENV, retriever)
+    return servers.modules({"ask": demo.ask}, name="gateway")
+
+
+def test_three_hops_bring_the_models_usage_back_to_the_client(gateway: str) -> None:
+    with lazygrpc.session() as s:
+        events = list(lazygrpc.connect(f"{gateway}/ask").stream("What is a session?"))
+        usage = s.get("usage")
+    kinds = [(e.kind, e.source) for e in events]
+    assert kinds[0] == ("intermediate", "ask")
+    assert events[1].kind == "intermediate" and events[1].source == "rag"
+    assert [p["source"] for p in events[1].value["passages"]]
+    assert ("intermediate", "rag") in kinds[:4] and events[2].value == "generating…"
+    answer = "".join(e.value for e in events if e.kind == "delta")
+    assert events[-1].kind == "result" and events[-1].value == answer
+    # The echo model streams its prompt back: the instructions and the retrieved notes,
+    # cut at the pipeline's max_tokens=60.
+    assert answer.startswith("Answer the question from these notes.")
+    assert usage is not None and usage["calls"] == 1
+    assert usage["completion_tokens"] == 60
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert s.get("question") == "What is a session?"
+
+
+def test_a_question_that_explodes_shows_the_chain(gateway: str) -> None:
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        list(lazygrpc.connect(f"{gateway}/ask").stream("please explode"))
+    err = info.value
+    assert err.code == grpc.StatusCode.UNKNOWN
+    assert err.remote_type == "RetrievalError"
+    assert [(f.service, f.method) for f in err.chain] == [("gateway", "ask"), ("retriever", "rag")]
+    assert str(err).startswith("gateway.ask → retriever.rag: RetrievalError: ")
+
+
+def test_cli_call_prints_the_chain(gateway: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lazygrpc", "call", f"{gateway}/ask", "please explode", "--stream"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "gateway.ask → retriever.rag: RetrievalError" in result.stderr
+    assert "1. gateway.ask" in result.stderr and "2. retriever.rag" in result.stderr
+    assert "raise RetrievalError" in result.stderr  # loopback servers expose tracebacks
+
+
+def test_lazygrpc_up_demo_streams_an_answer_and_stops_cleanly() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lazygrpc",
+            "up",
+            "--demo",
+            "How do deadlines work?",
+            "--token-delay",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "grpcurl -plaintext" in out
+    assert "[rag] retrieved:" in out and "A: " in out
+    assert '"completion_tokens"' in out and "mesh stopped." in out

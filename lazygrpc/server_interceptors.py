@@ -313,8 +313,20 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def server_interceptors(
-    service: str | None = None, *, aio: bool = True, expose_tracebacks: bool = False
+    service: str | None = None,
+    *,
+    aio: bool = True,
+    expose_tracebacks: bool = False,
+    telemetry: bool = False,
 ) -> list[Any]:
-    """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`)."""
+    """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
+
+    `telemetry=True` adds a span per call (extra `otel`; see `lazygrpc.telemetry`).
+    """
     cls = AioServerInterceptor if aio else ServerInterceptor
-    return [cls(service, expose_tracebacks=expose_tracebacks)]
+    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks)]
+    if telemetry:
+        from lazygrpc.telemetry import server_interceptor
+
+        interceptors.append(server_interceptor(aio=aio))
+    return interceptors

@@ -1,0 +1,328 @@
+"""OpenTelemetry spans for every hop (extra `otel`): one SERVER span per call, one trace.
+
+The span is started from the caller's W3C `traceparent`, is current while the handler runs
+(so the client interceptor's `traceparent` on child calls continues the trace), carries
+`session.id` and the module or model name, and records a failure's `CallChain` as span
+events, entry first.
+
+Why not `opentelemetry-instrumentation-grpc`'s server interceptors: the aio one iterates
+every response-streaming behavior with `async for`, which breaks `await context.write()`
+handlers, the async health `Watch` included (opentelemetry-python-contrib #3066); and it
+knows nothing of sessions or chains. Its sync client loses `.cancel()` on server streams
+(#2014). So this module wraps handlers itself, keeping each behavior's own style: a
+coroutine stays a coroutine, an async generator an async generator, sync ones stay sync.
+
+Install it right after lazygrpc's own server interceptor (`Server(telemetry=True)` and
+`server_interceptors(telemetry=True)` do): it then runs inside the call scope, so the
+session and the module name are known, and inside a context that ends with the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
+    raise ImportError(
+        "lazygrpc telemetry needs OpenTelemetry, which is not installed: "
+        "pip install 'lazygrpc[otel]'"
+    ) from exc
+
+import grpc
+import grpc.aio
+
+from lazygrpc import chain
+from lazygrpc.calls import CallScope, current_call
+from lazygrpc.errors import RemoteError, status_code_of
+from lazygrpc.server_interceptors import _SKIP_PREFIXES, _wrap_handler
+from lazygrpc.v1 import chain_pb2
+
+TRACER_NAME = "lazygrpc"
+FRAME_EVENT = "lazygrpc.call_frame"
+MODULE_SERVICE = "lazygrpc.v1.ModuleService"
+MODEL_SERVICE = "lazygrpc.v1.ModelService"
+
+#: Codes that mark a SERVER span as an error (OpenTelemetry semantic conventions for gRPC):
+#: the others (NOT_FOUND, INVALID_ARGUMENT, ...) are the caller's mistake, not the server's.
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+Attributes = dict[str, str | int]
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+
+def trace_carrier(invocation_metadata: Any) -> dict[str, str]:
+    """The W3C trace context headers of a call's metadata, as a propagator carrier."""
+    return {
+        key: value
+        for key, value in invocation_metadata or ()
+        if key in _PROPAGATOR.fields and isinstance(value, str)
+    }
+
+
+def start_attributes(full_method: str, scope: CallScope | None) -> Attributes:
+    """Attributes known when the call starts: rpc.*, the serving name, `session.id`."""
+    service, method = chain.split_method(full_method)
+    attributes: Attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    if scope is not None:
+        attributes["lazygrpc.service"] = scope.service
+        attributes["session.id"] = scope.session.id
+    return attributes
+
+
+def end_attributes(full_method: str, scope: CallScope | None) -> Attributes:
+    """Attributes known only once the handler ran: the module the request named (the module
+    servicer writes it into `CallScope.method`) or the model that served it."""
+    service, method = chain.split_method(full_method)
+    if scope is None:
+        return {}
+    if service == MODULE_SERVICE and scope.method != method:
+        return {"lazygrpc.module": scope.method}
+    if service == MODEL_SERVICE:
+        return {"lazygrpc.model": scope.service}
+    return {}
+
+
+def frame_event(index: int, frame: chain_pb2.CallFrame) -> tuple[Attributes, int | None]:
+    """Attributes and timestamp (ns) of the span event for one frame of a `CallChain`."""
+    attributes: Attributes = {
+        "lazygrpc.frame.index": index,
+        "lazygrpc.frame.service": frame.service,
+        "lazygrpc.frame.method": frame.method,
+        "lazygrpc.frame.host": frame.host,
+        "lazygrpc.frame.pid": frame.pid,
+        "lazygrpc.frame.session_id": frame.session_id,
+        "lazygrpc.frame.trace_id": frame.trace_id,
+        "exception.type": frame.error_type,
+        "exception.message": frame.message,
+    }
+    if frame.traceback:
+        attributes["exception.stacktrace"] = frame.traceback
+    timestamp = frame.time.ToNanoseconds() if frame.HasField("time") else None
+    return attributes, timestamp
+
+
+def failure_chain(exc: BaseException, scope: CallScope | None) -> chain_pb2.CallChain:
+    """The chain this hop sends for `exc`: its own frame, then the frames from below.
+
+    Mirrors `ServerCore.failure`, minus the traceback (the span's exception event has it).
+    """
+    if isinstance(exc, grpc.RpcError):
+        exc = chain.remote_error_from_rpc(exc)
+    frame = chain.make_frame(
+        exc,
+        service=scope.service if scope is not None else "",
+        method=scope.method if scope is not None else "",
+        session_id=scope.session.id if scope is not None else "",
+        trace_id=scope.trace_id if scope is not None else "",
+    )
+    below = exc.chain if isinstance(exc, RemoteError) else []
+    elided = exc.elided_frames if isinstance(exc, RemoteError) else 0
+    return chain.extend_chain(frame, below, elided)
+
+
+def _context_code(context: Any) -> grpc.StatusCode | None:
+    code = context.code()
+    if isinstance(code, int):  # grpc.aio keeps the raw integer
+        return _CODES_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+def _context_details(context: Any) -> str:
+    details = getattr(context, "details", None)
+    value = details() if callable(details) else None
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value or ""
+
+
+def _aborted_by_handler(exc: BaseException, context: Any) -> bool:
+    # aio raises AbortError; the sync server raises a bare Exception after setting the code.
+    return isinstance(exc, grpc.aio.AbortError) or (
+        type(exc) is Exception and _context_code(context) is not None
+    )
+
+
+# -- one span per call ---------------------------------------------------------------------
+
+
+class HopSpan:
+    """The SERVER span of one incoming call, current from `__init__` until the call ends."""
+
+    __slots__ = ("full_method", "scope", "span")
+
+    def __init__(self, tracer: trace.Tracer, full_method: str, context: Any) -> None:
+        self.full_method = full_method
+        self.scope = current_call()
+        parent = _PROPAGATOR.extract(trace_carrier(context.invocation_metadata()))
+        self.span = tracer.start_span(
+            full_method.lstrip("/"),
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes=start_attributes(full_method, self.scope),
+        )
+        # Not detached: this runs in the call's own context (the call's task in aio, the
+        # per-call `ctx.run` of lazygrpc's interceptor otherwise), which ends with the call;
+        # a generator may be closed from another context, where detaching would fail.
+        otel_context.attach(trace.set_span_in_context(self.span))
+
+    def end(self, context: Any, exc: BaseException | None = None) -> None:
+        """Record the outcome (status, chain events) and end the span."""
+        span = self.span
+        try:
+            span.set_attributes(end_attributes(self.full_method, self.scope))
+            if exc is None:
+                code = _context_code(context) or grpc.StatusCode.OK
+                description = _context_details(context)
+            elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                code, description = grpc.StatusCode.CANCELLED, "cancelled"
+            elif _aborted_by_handler(exc, context):
+                code = _context_code(context) or grpc.StatusCode.UNKNOWN
+                description = _context_details(context)
+            else:
+                code = status_code_of(exc)
+                if code == grpc.StatusCode.OK:
+                    code = grpc.StatusCode.UNKNOWN
+                description = chain.status_message(exc)
+                self._record_chain(exc)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in SERVER_ERROR_CODES:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {description}"))
+        finally:
+            span.end()
+
+    def _record_chain(self, exc: BaseException) -> None:
+        self.span.record_exception(exc, escaped=True)
+        call_chain = failure_chain(exc, self.scope)
+        if call_chain.elided_frames:
+            self.span.set_attribute("lazygrpc.chain.elided_frames", call_chain.elided_frames)
+        for index, frame in enumerate(call_chain.frames):
+            attributes, timestamp = frame_event(index, frame)
+            self.span.add_event(FRAME_EVENT, attributes, timestamp)
+
+
+def wrap_behavior(behavior: Callable[..., Any], start: Callable[[Any], HopSpan]) -> Any:
+    """Wrap one handler behavior in a span, keeping its style.
+
+    Dispatching on the behavior itself rather than on `response_streaming` is the fix for
+    opentelemetry-python-contrib #3066: a streaming handler may be a coroutine that calls
+    `await context.write()`, and must then be awaited, not iterated.
+    """
+    if inspect.isasyncgenfunction(behavior):
+
+        async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
+            hop = start(context)
+            try:
+                async with contextlib.aclosing(behavior(request, context)) as items:
+                    async for item in items:
+                        yield item
+            except BaseException as exc:
+                hop.end(context, exc)
+                raise
+            hop.end(context)
+
+        return agen
+
+    if inspect.iscoroutinefunction(behavior):  # unary, or streaming by `context.write()`
+
+        async def coroutine(request: Any, context: Any) -> Any:
+            hop = start(context)
+            try:
+                response = await behavior(request, context)
+            except BaseException as exc:
+                hop.end(context, exc)
+                raise
+            hop.end(context)
+            return response
+
+        return coroutine
+
+    if inspect.isgeneratorfunction(behavior):
+
+        def generator(request: Any, context: Any) -> Iterator[Any]:
+            hop = start(context)
+            try:
+                with contextlib.closing(behavior(request, context)) as items:
+                    yield from items
+            except BaseException as exc:
+                hop.end(context, exc)
+                raise
+            hop.end(context)
+
+        return generator
+
+    def function(request: Any, context: Any) -> Any:
+        hop = start(context)
+        try:
+            response = behavior(request, context)
+        except BaseException as exc:
+            hop.end(context, exc)
+            raise
+        hop.end(context)
+        return response
+
+    return function
+
+
+class _TracingBase:
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        from lazygrpc import __version__
+
+        self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider)
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        if handler is None or method.startswith(_SKIP_PREFIXES):
+            return handler
+
+        def start(context: Any) -> HopSpan:
+            return HopSpan(self.tracer, method, context)
+
+        return _wrap_handler(handler, lambda behavior, _streaming: wrap_behavior(behavior, start))
+
+
+class TracingServerInterceptor(_TracingBase, grpc.ServerInterceptor):  # type: ignore[misc]
+    """A SERVER span per call on a sync `grpc.server`; goes right after lazygrpc's own."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
+        return self._wrap(continuation(handler_call_details), handler_call_details.method)
+
+
+class AioTracingServerInterceptor(_TracingBase, grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A SERVER span per call on a `grpc.aio.server`; goes right after lazygrpc's own."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
+        handler = await continuation(handler_call_details)
+        return self._wrap(handler, handler_call_details.method)
+
+
+def server_interceptor(
+    *, aio: bool = True, tracer_provider: trace.TracerProvider | None = None
+) -> TracingServerInterceptor | AioTracingServerInterceptor:
+    """The tracing interceptor; put it right after lazygrpc's own server interceptor.
+
+    Spans go to `tracer_provider`, or to the global one (`trace.set_tracer_provider`).
+    """
+    cls = AioTracingServerInterceptor if aio else TracingServerInterceptor
+    return cls(tracer_provider)

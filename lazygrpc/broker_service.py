@@ -65,6 +65,9 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             raise InvalidArgument(str(exc)) from None
         seq = 0
         try:
+            # Headers go out now, not with the first event: a subscriber that has them knows
+            # the topic is open and that Publish into it will be accepted.
+            await context.send_initial_metadata(())
             while (item := await topic.get()) is not None:
                 value = item[2]
                 if isinstance(value, str):  # only Values are published into named topics

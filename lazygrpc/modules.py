@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import threading
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 SERVICE_NAME = "lazygrpc.v1.ModuleService"
 #: Threads for sync modules; a sync producer blocked on a full topic holds one.
 _EXECUTOR = ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
+#: Seconds a stream's producer gets to end by itself once its client is gone.
+CLOSE_GRACE = 0.1
 
 
 class _Counter:
@@ -178,6 +181,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
         finally:
             broker.BROKER.close(topic)
+            if not producer.done():
+                # Closing the topic woke a producer waiting on it with StreamClosed: let it end
+                # by itself, so that it sees StreamClosed (not CancelledError) and its cleanup
+                # runs now; only a producer busy elsewhere is cancelled after the grace.
+                await asyncio.wait({producer}, timeout=CLOSE_GRACE)
             if producer.done() and not producer.cancelled():
                 producer.exception()  # already raised through the topic; mark it retrieved
             elif not producer.done():
@@ -234,7 +242,13 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             async for delta in gen:
                 deltas.append(delta)
                 if topic is not None:
-                    await topic.aput(broker.make_item(broker.DELTA, module.name, delta))
+                    try:
+                        await topic.aput(broker.make_item(broker.DELTA, module.name, delta))
+                    except StreamClosed as closed:
+                        # The generator is the producer: it sees StreamClosed at its `yield`.
+                        with contextlib.suppress(StreamClosed, StopAsyncIteration):
+                            await gen.athrow(closed)
+                        raise
         finally:
             try:
                 await gen.aclose()
@@ -257,7 +271,13 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                     return stop.value if stop.value is not None else _aggregate(deltas)
                 deltas.append(delta)
                 if topic is not None:
-                    topic.put(broker.make_item(broker.DELTA, module.name, delta))
+                    try:
+                        topic.put(broker.make_item(broker.DELTA, module.name, delta))
+                    except StreamClosed as closed:
+                        # The generator is the producer: it sees StreamClosed at its `yield`.
+                        with contextlib.suppress(StreamClosed, StopIteration):
+                            gen.throw(closed)
+                        raise
         finally:
             try:
                 gen.close()

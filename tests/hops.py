@@ -154,7 +154,9 @@ class SyncModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         for i, d in enumerate(fn(from_value(request.input), **from_struct(request.kwargs))):
             parts.append(d)
             yield module_pb2.Event(seq=i, source=request.module, delta=to_value(d))
-        yield module_pb2.Event(seq=len(parts), source=request.module, result=to_value("".join(parts)))
+        yield module_pb2.Event(
+            seq=len(parts), source=request.module, result=to_value("".join(parts))
+        )
 
 
 def start_sync_server(name: str, modules: dict[str, Callable[..., Any]]) -> tuple[grpc.Server, str]:

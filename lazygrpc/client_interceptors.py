@@ -113,9 +113,13 @@ class _TrackedCall:
         self._scope = out.scope
         self._merged = False
         self._lock = threading.Lock()
-        if out.scope is not None:
+        # Another interceptor may hand back a bare iterator without the Call/Future API
+        # (OpenTelemetry's sync client does for streams, opentelemetry-python-contrib #2014):
+        # then trailers are merged when iteration ends, and the call cannot be cancelled.
+        if out.scope is not None and hasattr(call, "cancel"):
             out.scope.add_child(call)
-        call.add_done_callback(lambda _: self._finish())
+        if hasattr(call, "add_done_callback"):
+            call.add_done_callback(lambda _: self._finish())
 
     def _finish(self) -> None:
         with self._lock:
@@ -125,7 +129,7 @@ class _TrackedCall:
         if self._scope is not None:
             self._scope.discard_child(self._call)
         try:
-            trailing = self._call.trailing_metadata()
+            trailing = self._call.trailing_metadata()  # AttributeError on a bare iterator
         except Exception:
             return
         merge_trailers(self._session, trailing)
@@ -137,7 +141,7 @@ class _TrackedCall:
         try:
             return self._call.result(timeout)
         finally:
-            if self._call.done():
+            if getattr(self._call, "done", lambda: True)():
                 self._finish()
 
     def exception(self, timeout: float | None = None) -> Any:

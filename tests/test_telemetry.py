@@ -383,3 +383,43 @@ def test_missing_otel_extra_is_a_clear_import_error(monkeypatch: pytest.MonkeyPa
         lazygrpc.server_interceptors(telemetry=True)
     with pytest.raises(ImportError, match=r"pip install 'lazygrpc\[otel\]'"):
         importlib.import_module("lazygrpc.telemetry")
+
+
+def test_upstream_otel_interceptors_work_beside_lazygrpcs(
+    servers: Any, spans: InMemorySpanExporter
+) -> None:
+    """OpenTelemetry's own sync client and aio server interceptors, stacked with ours."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, client_interceptor
+    from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+
+    async def tagged(x: str) -> dict[str, Any]:
+        lazygrpc.globals["back"] = x
+        return {"sid": lazygrpc.session_id(), "user": lazygrpc.globals.get("user")}
+
+    async def words(x: str) -> Any:
+        for w in x.split():
+            yield w
+
+    url = servers.modules(
+        {"tagged": tagged, "words": words},
+        name="beside",
+        interceptors=[aio_server_interceptor()],
+    )
+    target = url.removeprefix("grpc://")
+    raw = grpc.insecure_channel(target)
+    channel = lazygrpc.intercept_channel(intercept_channel(raw, client_interceptor()))
+    try:
+        stub = module_pb2_grpc.ModuleServiceStub(channel)
+        with lazygrpc.session("beside-1", user="ada") as s:
+            out = stub.Call(module_pb2.CallRequest(module="tagged", input=to_value("v")))
+            assert from_value(out.output) == {"sid": "beside-1", "user": "ada"}
+            assert s.get("back") == "v"
+            events = list(
+                stub.Stream(module_pb2.CallRequest(module="words", input=to_value("a b")))
+            )
+            assert events[-1].WhichOneof("body") == "result"
+            assert from_value(events[-1].result) == "ab"
+    finally:
+        raw.close()
+    kinds = {span.kind for span in spans.get_finished_spans()}
+    assert trace.SpanKind.CLIENT in kinds and trace.SpanKind.SERVER in kinds

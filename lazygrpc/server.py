@@ -7,7 +7,7 @@ import inspect
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from lazygrpc import broker
-from lazygrpc.server_interceptors import AioServerInterceptor
+from lazygrpc.server_interceptors import AioServerInterceptor, DrainGate
 
 #: Options of every server lazygrpc builds. Metadata limits sit above lazygrpc's own checks
 #: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
@@ -29,76 +29,6 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
-_ALWAYS_OPEN = ("/grpc.health.", "/grpc.reflection.")
-_HANDLER_FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-
-
-class _DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts calls in flight and, once draining, refuses new ones with UNAVAILABLE.
-
-    grpc's own `stop(grace)` closes the listener and sends GOAWAY at once, so nobody could
-    ever read the NOT_SERVING that graceful shutdown sets. Draining here instead keeps health
-    and reflection answering while in-flight calls finish.
-    """
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_ALWAYS_OPEN):
-            return handler
-        changes = {}
-        for field in _HANDLER_FIELDS:
-            behavior = getattr(handler, field)
-            if behavior is not None:
-                changes[field] = self._wrap(behavior)
-        return handler._replace(**changes)
-
-    async def _enter(self, context: Any) -> None:
-        if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        self.active += 1
-        self._idle.clear()
-
-    def _leave(self) -> None:
-        self.active -= 1
-        if not self.active:
-            self._idle.set()
-
-    def _wrap(self, behavior: Callable[..., Any]) -> Any:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def agen(request_or_iterator: Any, context: Any) -> Any:
-                await self._enter(context)
-                try:
-                    async for item in behavior(request_or_iterator, context):
-                        yield item
-                finally:
-                    self._leave()
-
-            return agen
-        if inspect.iscoroutinefunction(behavior):
-
-            async def coro(request_or_iterator: Any, context: Any) -> Any:
-                await self._enter(context)
-                try:
-                    return await behavior(request_or_iterator, context)
-                finally:
-                    self._leave()
-
-            return coro
-        return behavior  # a sync handler runs in grpc's executor; not counted
-
-    async def wait_idle(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 class Server:
@@ -140,9 +70,11 @@ class Server:
             "max_bytes": topic_bytes,
             "coalesce_bytes": coalesce_bytes,
         }
-        own = self._own = AioServerInterceptor(name, expose_tracebacks=self.expose_tracebacks)
-        self._gate = _DrainGate()
-        chain: list[Any] = [self._gate, own]
+        self._gate = DrainGate()
+        own = self._own = AioServerInterceptor(
+            name, expose_tracebacks=self.expose_tracebacks, gate=self._gate
+        )
+        chain: list[Any] = [own]
         if telemetry:
             from lazygrpc.telemetry import server_interceptor
 

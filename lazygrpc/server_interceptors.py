@@ -195,11 +195,51 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return stream
 
 
+class DrainGate:
+    """Counts calls in flight; once draining, new calls are refused with UNAVAILABLE.
+
+    grpc's own `stop(grace)` closes the listener and sends GOAWAY at once, so no client could
+    ever read the NOT_SERVING that a graceful shutdown sets. `Server.stop()` drains here
+    first (health and reflection keep answering), then stops grpc.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> bool:
+        if self.draining:
+            return False
+        self.active += 1
+        self._idle.clear()
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
 class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """lazygrpc's interceptor for a `grpc.aio.server`."""
 
-    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
+    def __init__(
+        self,
+        service: str | None = None,
+        *,
+        expose_tracebacks: bool = False,
+        gate: DrainGate | None = None,
+    ) -> None:
         self.core = ServerCore(service, expose_tracebacks=expose_tracebacks)
+        self.gate = gate or DrainGate()
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
@@ -210,9 +250,13 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _wrap_handler(handler, lambda b, streaming: self._wrap(b, streaming, method))
 
     async def _start(self, method: str, context: Any) -> CallScope:
+        """Admit the call (counted by the gate until `_end`) and bind its scope."""
+        if not self.gate.enter():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         try:
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
         except InvalidArgument as exc:
+            self.gate.leave()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield.
@@ -245,6 +289,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 except Exception as exc:
                     await self._fail(scope, context, exc)
+                finally:
+                    self.gate.leave()
                 context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
                 return response
 
@@ -254,8 +300,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def agen_stream(request: Any, context: Any) -> Any:
                 scope = await self._start(method, context)
+                inner = behavior(request, context)
                 try:
-                    async for item in behavior(request, context):
+                    async for item in inner:
                         yield item
                 except grpc.aio.AbortError:
                     raise
@@ -264,6 +311,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 except Exception as exc:
                     await self._fail(scope, context, exc)
+                finally:
+                    self.gate.leave()
+                    await inner.aclose()  # closed with us, not whenever it is collected
                 context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
 
             return agen_stream
@@ -291,6 +341,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except Exception as exc:
                     await self._fail(scope, context, exc)
                 finally:
+                    self.gate.leave()
                     await loop.run_in_executor(None, ctx.run, iterator.close)
                 context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
 
@@ -307,6 +358,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 raise
             except Exception as exc:
                 await self._fail(scope, context, exc)
+            finally:
+                self.gate.leave()
             context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
 
         return write_stream

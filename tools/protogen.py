@@ -36,7 +36,9 @@ def generate(into: Path) -> list[Path]:
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         *(str(p.relative_to(PROTO_ROOT)) for p in protos),
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    result = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"protoc failed:\n{result.stderr}")
     return sorted(p for p in (into / OUT_PACKAGE).iterdir() if p.is_file())
 
 

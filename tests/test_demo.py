@@ -89,3 +89,33 @@ def test_lazygrpc_up_demo_streams_an_answer_and_stops_cleanly() -> None:
     assert "grpcurl -plaintext" in out
     assert "[rag] retrieved:" in out and "A: " in out
     assert '"completion_tokens"' in out and "mesh stopped." in out
+
+
+def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
+    import signal
+
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazygrpc", "up", "--token-delay", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C stops the mesh"):
+            break
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) == 3
+    gateway = next(line.split()[1] for line in lines if line.strip().startswith("gateway"))
+    assert lazygrpc.connect(gateway)("What is a session?", max_tokens=5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "mesh stopped." in out
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive

@@ -1,0 +1,79 @@
+"""Issue 3: what lazygrpc's interceptors cost, against the same servicer without them.
+
+One hand-written grpcio `ModuleService` servicer (`benchmarks/_servers.py`, `bare-modules`)
+runs in two server processes: one with `server_interceptors(aio=True)`, one without. The load
+client (this process) calls the first through a channel with `aio_client_interceptors()` and
+the second through a plain channel. Rounds alternate A/B, B/A, ... in one run.
+
+Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
+
+    python -m benchmarks.bench_interceptors [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from benchmarks import _clients as c
+from benchmarks._common import Row, Servers, log, print_rows
+
+
+async def run(quick: bool = False) -> list[Row]:
+    from lazygrpc import aio_client_interceptors
+
+    rounds = 4 if quick else 8
+    seconds = 0.6 if quick else 1.5
+    n_stream = 5_000 if quick else 20_000
+    with Servers() as servers:
+        on = servers.start("bare-modules", "--interceptors")
+        off = servers.start("bare-modules")
+        ch_on = c.bare_channel(on.address, interceptors=aio_client_interceptors())
+        ch_off = c.bare_channel(off.address)
+        try:
+            unary = {"on": c.bare_unary(ch_on), "off": c.bare_unary(ch_off)}
+            stream = {
+                "on": c.bare_module_stream(ch_on, "tokens", n_stream),
+                "off": c.bare_module_stream(ch_off, "tokens", n_stream),
+            }
+            await c.warm(unary["on"], unary["off"], times=200)
+            await c.stream_once(stream["on"])
+            await c.stream_once(stream["off"])
+            res: dict[str, dict[str, list[float]]] = {
+                k: {"on": [], "off": []} for k in ("q1", "q32", "stream")
+            }
+            for r in range(rounds):
+                order = ("on", "off") if r % 2 == 0 else ("off", "on")
+                for side in order:
+                    res["q1"][side].append(await c.qps(unary[side], 1, seconds))
+                for side in order:
+                    res["q32"][side].append(await c.qps(unary[side], 32, seconds))
+                for side in order:
+                    _, total, _ = await c.stream_once(stream[side], n_stream)
+                    res["stream"][side].append(n_stream / total)
+                log(f"interceptors round {r + 1}/{rounds} done")
+        finally:
+            await ch_on.close()
+            await ch_off.close()
+    base = "the same grpcio servicer and channel without lazygrpc's interceptors"
+    scen = "interceptors (issue 3)"
+    return [
+        Row(scen, "unary QPS, 1 caller", "calls/s", res["q1"]["on"], res["q1"]["off"],
+            "≥ 0.90×", "ratio>=0.9", base),
+        Row(scen, "unary QPS, 32 callers", "calls/s", res["q32"]["on"], res["q32"]["off"],
+            "≥ 0.90×", "ratio>=0.9", base),
+        Row(scen, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"]["on"],
+            res["stream"]["off"], "≥ 0.95×", "ratio>=0.95", base),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short run")
+    a = p.parse_args()
+    rows = asyncio.run(run(a.quick))
+    print_rows(rows, "lazygrpc interceptors vs none (same servicer, same run, interleaved)")
+
+
+if __name__ == "__main__":
+    main()

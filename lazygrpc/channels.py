@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 
-from lazygrpc.client_interceptors import aio_client_interceptors, intercept_channel
 from lazygrpc.server import channel_options
 
 
@@ -52,11 +51,11 @@ _aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, grpc.aio.Ch
 
 
 def sync_channel(target: str) -> grpc.Channel:
-    """The shared sync channel (with lazygrpc's interceptor) for `target`."""
+    """The shared sync channel for `target` (lazygrpc's clients add metadata themselves)."""
     with _lock:
         ch = _sync.get(target)
         if ch is None:
-            ch = _sync[target] = intercept_channel(grpc.insecure_channel(target, channel_options()))
+            ch = _sync[target] = grpc.insecure_channel(target, channel_options())
         return ch
 
 
@@ -67,9 +66,7 @@ def aio_channel(target: str) -> grpc.aio.Channel:
         per_loop = _aio.setdefault(loop, {})
         ch = per_loop.get(target)
         if ch is None:
-            ch = per_loop[target] = grpc.aio.insecure_channel(
-                target, options=channel_options(), interceptors=aio_client_interceptors()
-            )
+            ch = per_loop[target] = grpc.aio.insecure_channel(target, options=channel_options())
         return ch
 
 

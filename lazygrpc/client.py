@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
 
-from lazygrpc import broker, chain, channels
+from lazygrpc import broker, chain, channels, invoke
 from lazygrpc.calls import current_call
 from lazygrpc.v1 import model_pb2, model_pb2_grpc, module_pb2, module_pb2_grpc
 from lazygrpc.values import from_value, to_struct, to_value
@@ -42,6 +42,13 @@ def _relay_topic() -> broker.Topic | None:
     scope = current_call()
     topic = scope.topic if scope is not None else None
     return topic if topic is not None and topic.accepts_intermediate else None
+
+
+def _result_of(module: str, events: list[Event]) -> Any:
+    for ev in reversed(events):
+        if ev.kind == "result":
+            return ev.value
+    raise RuntimeError(f"stream of {module!r} ended without a result")
 
 
 class RemoteModule:
@@ -84,19 +91,11 @@ class RemoteModule:
         """Call the module and return its result. Raises `RemoteError` if it fails."""
         request = self._request(args, kwargs)
         if _relay_topic() is not None:
-            for ev in self._stream(request):
-                if ev.kind == "result":
-                    return ev.value
-            raise RuntimeError(f"stream of {self.module!r} ended without a result")
+            # Read to the end, not just to the result: the trailers (globals) come after it.
+            return _result_of(self.module, [ev for ev in self._stream(request)])
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
-        future = stub.Call.future(request, timeout=self.timeout)
-        try:
-            return from_value(future.result().output, where="output")
-        except grpc.RpcError as err:
-            raise self._error(err) from err
-        except BaseException:
-            future.cancel()
-            raise
+        response = invoke.unary(stub.Call, request, self.timeout, self._error)
+        return from_value(response.output, where="output")
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
         """Stream the module's events; the last one is the `result`.
@@ -109,25 +108,17 @@ class RemoteModule:
     def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
         topic = _relay_topic()
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
-        call = stub.Stream(request, timeout=self.timeout)
-        try:
-            for ev in call:
-                if topic is not None and ev.HasField("intermediate"):
-                    topic.put(self._relayed(ev))
-                else:
-                    yield Event.from_pb(ev)
-        except grpc.RpcError as err:
-            raise self._error(err) from err
-        finally:
-            call.cancel()  # no-op when the stream ended; stops it when the caller left early
+        for ev in invoke.stream(stub.Stream, request, self.timeout, self._error):
+            if topic is not None and ev.HasField("intermediate"):
+                topic.put(self._relayed(ev))
+            else:
+                yield Event.from_pb(ev)
 
     def list_modules(self) -> list[dict[str, Any]]:
         """The modules the server exposes: name, streaming, doc."""
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
-        try:
-            response = stub.ListModules(module_pb2.ListModulesRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from err
+        request = module_pb2.ListModulesRequest()
+        response = invoke.unary(stub.ListModules, request, self.timeout, self._error)
         return [{"name": m.name, "streaming": m.streaming, "doc": m.doc} for m in response.modules]
 
     # -- asyncio ------------------------------------------------------------------------
@@ -136,15 +127,9 @@ class RemoteModule:
         """`await m.acall(x)`: the asyncio twin of `m(x)`."""
         request = self._request(args, kwargs)
         if _relay_topic() is not None:
-            async for ev in self._astream(request):
-                if ev.kind == "result":
-                    return ev.value
-            raise RuntimeError(f"stream of {self.module!r} ended without a result")
+            return _result_of(self.module, [ev async for ev in self._astream(request)])
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
-        try:
-            response = await stub.Call(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from err
+        response = await invoke.aunary(stub.Call, request, self.timeout, self._error)
         return from_value(response.output, where="output")
 
     def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
@@ -154,17 +139,11 @@ class RemoteModule:
     async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
         topic = _relay_topic()
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
-        call = stub.Stream(request, timeout=self.timeout)
-        try:
-            async for ev in call:
-                if topic is not None and ev.HasField("intermediate"):
-                    await topic.aput(self._relayed(ev))
-                else:
-                    yield Event.from_pb(ev)
-        except grpc.RpcError as err:
-            raise self._error(err) from err
-        finally:
-            call.cancel()
+        async for ev in invoke.astream(stub.Stream, request, self.timeout, self._error):
+            if topic is not None and ev.HasField("intermediate"):
+                await topic.aput(self._relayed(ev))
+            else:
+                yield Event.from_pb(ev)
 
 
 def connect(url: str, *, timeout: float | None = None) -> RemoteModule:
@@ -234,8 +213,11 @@ class LLM:
             request.messages.add(role="user", content=text)
         return request
 
-    def _error(self, err: grpc.RpcError, method: str) -> Exception:
-        return chain.remote_error_from_rpc(err, service=self.target, method=method)
+    def _error(self, method: str) -> Callable[[grpc.RpcError], Exception]:
+        def build(err: grpc.RpcError) -> Exception:
+            return chain.remote_error_from_rpc(err, service=self.target, method=method)
+
+        return build
 
     def _stub(self) -> Any:
         return channels.stub(model_pb2_grpc.ModelServiceStub, self.target)
@@ -245,14 +227,11 @@ class LLM:
 
     def __call__(self, text: str, **params: Any) -> str:
         """The whole answer (`Complete`)."""
-        future = self._stub().Complete.future(self._request(text, params), timeout=self.timeout)
-        try:
-            return str(future.result().text)
-        except grpc.RpcError as err:
-            raise self._error(err, "Complete") from err
-        except BaseException:
-            future.cancel()
-            raise
+        request = self._request(text, params)
+        response = invoke.unary(
+            self._stub().Complete, request, self.timeout, self._error("Complete")
+        )
+        return str(response.text)
 
     def stream(self, text: str, **params: Any) -> Iterator[str]:
         """The answer's text deltas as they are generated (`Generate`)."""
@@ -262,22 +241,14 @@ class LLM:
 
     def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
         """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
-        call = self._stub().Generate(self._request(text, params), timeout=self.timeout)
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise self._error(err, "Generate") from err
-        finally:
-            call.cancel()
+        request = self._request(text, params)
+        return invoke.stream(self._stub().Generate, request, self.timeout, self._error("Generate"))
 
     async def acall(self, text: str, **params: Any) -> str:
         """`await llm.acall(x)`: the asyncio twin of `llm(x)`."""
-        try:
-            response = await self._astub().Complete(
-                self._request(text, params), timeout=self.timeout
-            )
-        except grpc.RpcError as err:
-            raise self._error(err, "Complete") from err
+        request = self._request(text, params)
+        method = self._astub().Complete
+        response = await invoke.aunary(method, request, self.timeout, self._error("Complete"))
         return str(response.text)
 
     async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
@@ -286,22 +257,17 @@ class LLM:
             if chunk.text:
                 yield chunk.text
 
-    async def achunks(self, text: str, **params: Any) -> AsyncIterator[model_pb2.GenerateChunk]:
-        call = self._astub().Generate(self._request(text, params), timeout=self.timeout)
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.RpcError as err:
-            raise self._error(err, "Generate") from err
-        finally:
-            call.cancel()
+    def achunks(self, text: str, **params: Any) -> AsyncIterator[model_pb2.GenerateChunk]:
+        """The asyncio twin of `chunks`."""
+        request = self._request(text, params)
+        method = self._astub().Generate
+        return invoke.astream(method, request, self.timeout, self._error("Generate"))
 
     def info(self) -> dict[str, Any]:
         """Name, backend and the params a caller may set, with their ranges."""
-        try:
-            info = self._stub().GetModelInfo(model_pb2.GetModelInfoRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err, "GetModelInfo") from err
+        request = model_pb2.GetModelInfoRequest()
+        method = self._stub().GetModelInfo
+        info = invoke.unary(method, request, self.timeout, self._error("GetModelInfo"))
         return {
             "name": info.name,
             "backend": info.backend,

@@ -58,6 +58,7 @@ def hop3_work(record: Record, x: str) -> str:
 
 def hop3_stream_sync(record: Record, x: str, n: int = 5) -> Iterator[str]:
     record.note(x)
+    lazygrpc.globals["from_hop3"] = f"hop3 saw {x}"
     try:
         for i in range(n):
             record.started.set()
@@ -72,6 +73,7 @@ def hop3_stream_sync(record: Record, x: str, n: int = 5) -> Iterator[str]:
 
 async def hop3_stream_async(record: Record, x: str, n: int = 5) -> Any:
     record.note(x)
+    lazygrpc.globals["from_hop3"] = f"hop3 saw {x}"
     try:
         for i in range(n):
             record.started.set()

@@ -117,5 +117,5 @@ def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "mesh stopped." in out
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive

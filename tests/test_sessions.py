@@ -356,3 +356,46 @@ async def _tasks() -> set[str]:
         for t, name in names.items()
         if t is not current and not name.endswith("_request_registered_call")
     }
+
+
+@pytest.mark.parametrize("client", CLIENT_KINDS)
+def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> None:
+    """Users of plain stubs get sessions, globals back and deadlines from the interceptors."""
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import from_value, to_value
+
+    target = mesh.entry.removeprefix("grpc://")
+
+    def request(x: str) -> Any:
+        return module_pb2.CallRequest(module="run", input=to_value(x))
+
+    with lazygrpc.session("raw-1") as s:
+        lazygrpc.globals["user"] = "linus"
+        if client == "sync":
+            channel = lazygrpc.intercept_channel(grpc.insecure_channel(target))
+            stub = module_pb2_grpc.ModuleServiceStub(channel)
+            out = from_value(stub.Call(request("raw")).output)
+            events = list(module_pb2_grpc.ModuleServiceStub(channel).Stream(request("raw-stream")))
+            channel.close()
+        else:
+
+            async def go() -> tuple[Any, list[Any]]:
+                async with grpc.aio.insecure_channel(
+                    target, interceptors=lazygrpc.aio_client_interceptors()
+                ) as channel:
+                    stub = module_pb2_grpc.ModuleServiceStub(channel)
+                    response = await stub.Call(request("raw"))
+                    return from_value(response.output), [
+                        e async for e in stub.Stream(request("raw-stream"))
+                    ]
+
+            out, events = asyncio.run(go())
+        assert out == "done:raw"
+        assert events[-1].WhichOneof("body") == "result"
+        assert mesh.record.seen["raw"] == {
+            "sid": "raw-1",
+            "globals": {"user": "linus"},
+            "deadline": None,
+        }
+        assert mesh.record.seen["raw-stream"]["sid"] == "raw-1"
+        assert s.get("from_hop3") == "hop3 saw raw-stream"

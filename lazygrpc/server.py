@@ -71,17 +71,20 @@ class Server:
             "coalesce_bytes": coalesce_bytes,
         }
         self._gate = DrainGate()
-        own = self._own = AioServerInterceptor(
+        self._own = AioServerInterceptor(
             name, expose_tracebacks=self.expose_tracebacks, gate=self._gate
         )
-        chain: list[Any] = [own]
+        self._tracing: Any = None
         if telemetry:
             from lazygrpc.telemetry import server_interceptor
 
-            # Inside our own: the span then sees the call scope (session, module name).
-            chain.append(server_interceptor())
-        chain += interceptors
-        self._server = grpc.aio.server(interceptors=chain, options=[*SERVER_OPTIONS, *options])
+            self._tracing = server_interceptor()
+        # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
+        # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
+        # handler to every call. Interceptors passed in still run, before ours.
+        self._server = grpc.aio.server(
+            interceptors=list(interceptors) or None, options=[*SERVER_OPTIONS, *options]
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.service_names: list[str] = [HEALTH_SERVICE]
@@ -93,9 +96,17 @@ class Server:
         return self._server
 
     def add_service(self, full_name: str, add_to_server: Any, servicer: Any) -> None:
-        """Register a servicer (`add_XServicer_to_server`) under its full service name."""
-        add_to_server(servicer, self._server)
+        """Register a servicer (`add_XServicer_to_server`) under its full service name.
+
+        Its handlers get lazygrpc's session, deadline, error-chain and drain handling.
+        """
+        add_to_server(servicer, _WrappingRegistry(self._server, self._wrap_method))
         self.service_names.append(full_name)
+
+    def _wrap_method(self, full_method: str, handler: Any) -> Any:
+        if self._tracing is not None:
+            handler = self._tracing._wrap(handler, full_method)
+        return self._own.wrap(handler, full_method)
 
     def add_modules(self, modules: Any) -> Any:
         """Serve callables through `ModuleService` (see `lazygrpc.modules.ModuleServicer`)."""
@@ -193,6 +204,40 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(0)
+
+
+class _WrappingRegistry:
+    """Stands in for the server in `add_XServicer_to_server`, wrapping every handler once."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: Any) -> None:
+        self._server = server
+        self._wrap = wrap
+        self._wrapped: dict[str, dict[str, Any]] = {}
+
+    def _handlers(self, service: str, handlers: dict[str, Any]) -> dict[str, Any]:
+        if service not in self._wrapped:
+            self._wrapped[service] = {
+                name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()
+            }
+        return self._wrapped[service]
+
+    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
+        wrapped = []
+        for generic in generic_handlers:
+            service = generic.service_name()
+            # grpc's DictionaryGenericHandler keys its handlers by "/service/method".
+            handlers = getattr(generic, "_method_handlers", None)
+            if handlers is None:  # not from method_handlers_generic_handler: keep as is
+                wrapped.append(generic)
+                continue
+            short = {name.rsplit("/", 1)[-1]: h for name, h in handlers.items()}
+            wrapped.append(
+                grpc.method_handlers_generic_handler(service, self._handlers(service, short))
+            )
+        self._server.add_generic_rpc_handlers(tuple(wrapped))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._server.add_registered_method_handlers(service, self._handlers(service, handlers))
 
 
 def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:

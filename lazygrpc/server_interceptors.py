@@ -118,6 +118,14 @@ def _existing_trailers(context: Any) -> Any:
     return (getter() if getter else ()) or ()
 
 
+def _send_update(scope: CallScope, context: Any) -> None:
+    """Add `lazy-globals-update` to the call's trailers when the call changed a global."""
+    update = scope.session.update_trailer()
+    if update:
+        existing = tuple(_existing_trailers(context))
+        context.set_trailing_metadata((*existing, (metadata.UPDATE_TRAILER, update)))
+
+
 def _wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:
     changes = {}
     for field in _FIELDS:
@@ -166,9 +174,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     response = ctx.run(behavior, request, context)
                 except Exception as exc:
                     self._fail(scope, context, exc)
-                context.set_trailing_metadata(
-                    self.core.trailers(scope, _existing_trailers(context))
-                )
+                _send_update(scope, context)
                 return response
 
             return unary
@@ -190,7 +196,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     ctx.run(close)
-            context.set_trailing_metadata(self.core.trailers(scope, _existing_trailers(context)))
+            _send_update(scope, context)
 
         return stream
 
@@ -240,14 +246,23 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         self.core = ServerCore(service, expose_tracebacks=expose_tracebacks)
         self.gate = gate or DrainGate()
+        self._cache: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or self.core.skips(method):
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: Any, full_method: str) -> Any:
+        """`handler` with lazygrpc's per-call layer; the same wrapper is reused per handler."""
+        if handler is None or self.core.skips(full_method):
             return handler
-        return _wrap_handler(handler, lambda b, streaming: self._wrap(b, streaming, method))
+        cached = self._cache.get(full_method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap_handler(handler, lambda b, streaming: self._wrap(b, streaming, full_method))
+        self._cache[full_method] = (handler, wrapped)
+        return wrapped
 
     async def _start(self, method: str, context: Any) -> CallScope:
         """Admit the call (counted by the gate until `_end`) and bind its scope."""
@@ -268,13 +283,13 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
-        core = self.core
         if not streaming:
+            is_async = inspect.iscoroutinefunction(behavior)
 
             async def unary(request: Any, context: Any) -> Any:
                 scope = await self._start(method, context)
                 try:
-                    if inspect.iscoroutinefunction(behavior):
+                    if is_async:
                         response = await behavior(request, context)
                     else:  # a sync handler runs in a thread: carry the context (#37881)
                         ctx = contextvars.copy_context()
@@ -291,7 +306,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._fail(scope, context, exc)
                 finally:
                     self.gate.leave()
-                context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+                _send_update(scope, context)
                 return response
 
             return unary
@@ -314,7 +329,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self.gate.leave()
                     await inner.aclose()  # closed with us, not whenever it is collected
-                context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+                _send_update(scope, context)
 
             return agen_stream
 
@@ -343,7 +358,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self.gate.leave()
                     await loop.run_in_executor(None, ctx.run, iterator.close)
-                context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+                _send_update(scope, context)
 
             return sync_gen_stream
 
@@ -360,7 +375,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await self._fail(scope, context, exc)
             finally:
                 self.gate.leave()
-            context.set_trailing_metadata(core.trailers(scope, _existing_trailers(context)))
+            _send_update(scope, context)
 
         return write_stream
 

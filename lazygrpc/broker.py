@@ -88,6 +88,7 @@ class Topic:
         self._async_producers: deque[asyncio.Future[None]] = deque()
         self._finished = False
         self._error: BaseException | None = None
+        self._inline = False
 
     # -- producer side -------------------------------------------------------------------
 
@@ -139,6 +140,15 @@ class Topic:
                 if self.closed:
                     raise self._closed_error()
                 if self._has_room(item[3]):
+                    waiter = self._append(item)
+                    break
+                if self._inline:
+                    # The consumer itself is running this step (see `prime`): waiting for it
+                    # would deadlock, so overfill up to the same cap as a sync put on the loop.
+                    if len(self._q) >= LOOP_OVERFILL * self.max_events:
+                        raise ResourceExhausted(
+                            f"topic full ({len(self._q)} events) before the stream's first item"
+                        )
                     waiter = self._append(item)
                     break
                 fut = self._loop.create_future()
@@ -243,6 +253,25 @@ class Topic:
 
     def queued(self) -> tuple[int, int]:
         return len(self._q), self._bytes
+
+
+async def prime(topic: Topic, agen: Any, make: Any) -> bool:
+    """Run `agen` up to its first item on the calling (consumer) task; False if it ended.
+
+    The first item then leaves without a hop to a producer task and back, which is what
+    time to first token costs otherwise; the rest of `agen` runs in a producer task as
+    usual. `make(item)` turns the item into a topic `Item`. Errors propagate.
+    """
+    topic._inline = True
+    try:
+        first = await agen.__anext__()
+    except StopAsyncIteration:
+        return False
+    finally:
+        topic._inline = False
+    with topic._lock:
+        topic._append(make(first))  # no waiter: the consumer is us
+    return True
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +132,7 @@ class _Run:
 
 async def _tokens(
     config: ModelConfig, prompt: str, params: SamplingParams, run: _Run
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The backend's deltas with `max_tokens` and `stop` enforced by the server."""
     text = ""
     gen = config.backend.generate(prompt, params)
@@ -198,18 +198,33 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         if scope is not None:
             scope.topic = topic
 
-        async def produce() -> None:
+        name = self.config.name
+        tokens = _tokens(self.config, prompt, params, run)
+
+        def as_item(delta: str) -> broker.Item:
+            return (broker.DELTA, name, delta, len(delta) + 8)
+
+        async def produce(more: bool) -> None:
             try:
-                async for delta in _tokens(self.config, prompt, params, run):
-                    await topic.aput((broker.DELTA, self.config.name, delta, len(delta) + 8))
+                if more:
+                    async for delta in tokens:
+                        await topic.aput(as_item(delta))
             except BaseException as exc:
                 topic.finish(exc)
                 raise
+            finally:
+                await tokens.aclose()
             topic.finish()
 
-        producer = asyncio.ensure_future(produce())
+        # The first token goes out from this task; the rest come from the producer task.
+        try:
+            more = await broker.prime(topic, tokens, as_item)
+        except BaseException:
+            broker.BROKER.close(topic)
+            await tokens.aclose()
+            raise
+        producer = asyncio.ensure_future(produce(more))
         index = 0
-        name = self.config.name
         try:
             while (item := await topic.get()) is not None:
                 text = item[2]

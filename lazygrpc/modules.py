@@ -107,6 +107,21 @@ def _encode(module: Module, value: Any) -> Any:
         raise Internal(str(exc)) from None
 
 
+async def _close_async(gen: Any) -> None:
+    try:
+        await gen.aclose()
+    finally:
+        _PRODUCERS.leave()
+
+
+async def _done(result: Any) -> Any:
+    return result
+
+
+async def _failed(exc: BaseException) -> Any:
+    raise exc
+
+
 def _aggregate(deltas: list[Any]) -> Any:
     """A streaming module's result when it returns nothing: its text, or its deltas."""
     if all(type(d) is str for d in deltas):
@@ -166,7 +181,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:
             scope.topic = topic
-        producer = asyncio.ensure_future(self._run(module, args, kwargs, topic))
+        if module.streaming and inspect.isasyncgenfunction(module.fn):
+            producer = asyncio.ensure_future(await self._primed(module, args, kwargs, topic))
+        else:
+            producer = asyncio.ensure_future(self._run(module, args, kwargs, topic))
         seq = 0
         try:
             while (item := await topic.get()) is not None:
@@ -193,20 +211,52 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 # The producer may be a thread blocked in put(); close() above unblocked it.
                 await asyncio.gather(producer, return_exceptions=True)
 
+    async def _primed(
+        self, module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic
+    ) -> Any:
+        """Start an async generator module on this task up to its first delta (`prime`);
+        returns the coroutine that runs the rest as the producer."""
+        gen = module.fn(*args, **kwargs)
+        _PRODUCERS.enter()
+        deltas: list[Any] = []
+
+        def item(delta: Any) -> broker.Item:
+            deltas.append(delta)
+            return broker.make_item(broker.DELTA, module.name, delta)
+
+        try:
+            more = await broker.prime(topic, gen, item)
+        except BaseException as exc:
+            topic.finish(exc)
+            await _close_async(gen)
+            return _failed(exc)
+        if not more:
+            topic.finish()
+            await _close_async(gen)
+            return _done(_aggregate(deltas))
+        return self._run(module, args, kwargs, topic, gen=gen, deltas=deltas)
+
     async def _run(
         self,
         module: Module,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         topic: broker.Topic | None,
+        *,
+        gen: Any = None,
+        deltas: list[Any] | None = None,
     ) -> Any:
         """Run a module to completion, putting its deltas into `topic`; returns the result.
 
-        Errors end the topic after what was already queued.
+        `gen` and `deltas` continue an async generator `_primed` already started. Errors end
+        the topic after what was already queued.
         """
         try:
             if module.streaming and inspect.isasyncgenfunction(module.fn):
-                result = await self._drive_async(module, args, kwargs, topic)
+                if gen is None:
+                    gen = module.fn(*args, **kwargs)
+                    _PRODUCERS.enter()
+                result = await self._drive_async(module, gen, deltas or [], topic)
             elif module.streaming:
                 loop = asyncio.get_running_loop()
                 ctx = contextvars.copy_context()
@@ -233,11 +283,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
     @staticmethod
     async def _drive_async(
-        module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic | None
+        module: Module, gen: Any, deltas: list[Any], topic: broker.Topic | None
     ) -> Any:
-        deltas: list[Any] = []
-        gen = module.fn(*args, **kwargs)
-        _PRODUCERS.enter()
+        """Drive a started async generator (counted in `_PRODUCERS` by the caller)."""
         try:
             async for delta in gen:
                 deltas.append(delta)
@@ -250,10 +298,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                             await gen.athrow(closed)
                         raise
         finally:
-            try:
-                await gen.aclose()
-            finally:
-                _PRODUCERS.leave()
+            await _close_async(gen)
         return _aggregate(deltas)
 
     @staticmethod

@@ -83,7 +83,7 @@ class Topic:
         self._q: deque[Item] = deque()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
+        self._space_cond: threading.Condition | None = None  # made when a thread must wait
         self._consumer: asyncio.Future[None] | None = None
         self._async_producers: deque[asyncio.Future[None]] = deque()
         self._finished = False
@@ -91,6 +91,13 @@ class Topic:
         self._inline = False
 
     # -- producer side -------------------------------------------------------------------
+
+    @property
+    def _space(self) -> threading.Condition:
+        """Signalled when the consumer frees room; only sync producers wait on it."""
+        if self._space_cond is None:
+            self._space_cond = threading.Condition(self._lock)
+        return self._space_cond
 
     def _has_room(self, nbytes: int) -> bool:
         q = self._q
@@ -189,7 +196,8 @@ class Topic:
             self.closed = True
             self._q.clear()
             self._bytes = 0
-            self._space.notify_all()
+            if self._space_cond is not None:
+                self._space_cond.notify_all()
             producers = list(self._async_producers)
             self._async_producers.clear()
             waiter, self._consumer = self._consumer, None
@@ -211,7 +219,8 @@ class Topic:
                 if self._q:
                     item = self._pop()
                     if self.blocked:
-                        self._space.notify_all()
+                        if self._space_cond is not None:
+                            self._space_cond.notify_all()
                         producers = list(self._async_producers)
                         self._async_producers.clear()
                     else:

@@ -83,7 +83,7 @@ def effective_params(config: ModelConfig, params: model_pb2.GenerationParams) ->
                     f"param 'stop': each stop string must be 1-{MAX_STOP_CHARS} characters, got {s!r:.80}"
                 )
         changes["stop"] = tuple(params.stop)
-    return replace(config.presets, **changes)
+    return replace(config.presets, **changes) if changes else config.presets
 
 
 def _check(config: ModelConfig, name: str, value: float) -> None:
@@ -204,11 +204,10 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         def as_item(delta: str) -> broker.Item:
             return (broker.DELTA, name, delta, len(delta) + 8)
 
-        async def produce(more: bool) -> None:
+        async def produce() -> None:
             try:
-                if more:
-                    async for delta in tokens:
-                        await topic.aput(as_item(delta))
+                async for delta in tokens:
+                    await topic.aput(as_item(delta))
             except BaseException as exc:
                 topic.finish(exc)
                 raise
@@ -216,14 +215,18 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 await tokens.aclose()
             topic.finish()
 
-        # The first token goes out from this task; the rest come from the producer task.
+        # The first token goes out from this task; the producer task that makes the rest
+        # starts once it is written, so it does not compete with the first write.
         try:
             more = await broker.prime(topic, tokens, as_item)
         except BaseException:
             broker.BROKER.close(topic)
             await tokens.aclose()
             raise
-        producer = asyncio.ensure_future(produce(more))
+        producer: asyncio.Future[None] | None = None
+        if not more:
+            topic.finish()
+            await tokens.aclose()
         index = 0
         try:
             while (item := await topic.get()) is not None:
@@ -231,14 +234,19 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 assert isinstance(text, str)  # this topic only ever holds text deltas
                 yield model_pb2.GenerateChunk(text=text, index=index, source=name)
                 index += 1
-            await producer
+                if producer is None and more:
+                    producer = asyncio.ensure_future(produce())
+            if producer is not None:
+                await producer
             _account(run)
             yield model_pb2.GenerateChunk(
                 index=index, source=name, finish_reason=run.finish_reason, usage=run.usage()
             )
         finally:
             broker.BROKER.close(topic)
-            if not producer.done():
+            if producer is None:
+                await tokens.aclose()
+            elif not producer.done():
                 producer.cancel()
                 await asyncio.gather(producer, return_exceptions=True)
             elif not producer.cancelled():

@@ -181,10 +181,20 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:
             scope.topic = topic
+        producer: asyncio.Future[Any] | None = None
         if module.streaming and inspect.isasyncgenfunction(module.fn):
-            producer = asyncio.ensure_future(await self._primed(module, args, kwargs, topic))
+            # Primed up to its first delta on this task; the rest starts once that is written.
+            pending = await self._primed(module, args, kwargs, topic)
         else:
-            producer = asyncio.ensure_future(self._run(module, args, kwargs, topic))
+            pending = self._run(module, args, kwargs, topic)
+            producer = asyncio.ensure_future(pending)
+
+        def started() -> asyncio.Future[Any]:
+            nonlocal producer
+            if producer is None:
+                producer = asyncio.ensure_future(pending)
+            return producer
+
         seq = 0
         try:
             while (item := await topic.get()) is not None:
@@ -195,21 +205,23 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 else:
                     yield module_pb2.Event(seq=seq, source=source, intermediate=value)
                 seq += 1
-            result = await producer
+                started()
+            result = await started()
             yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
         finally:
             broker.BROKER.close(topic)
-            if not producer.done():
+            task = started()  # a producer never started still has to wind its generator down
+            if not task.done():
                 # Closing the topic woke a producer waiting on it with StreamClosed: let it end
                 # by itself, so that it sees StreamClosed (not CancelledError) and its cleanup
                 # runs now; only a producer busy elsewhere is cancelled after the grace.
-                await asyncio.wait({producer}, timeout=CLOSE_GRACE)
-            if producer.done() and not producer.cancelled():
-                producer.exception()  # already raised through the topic; mark it retrieved
-            elif not producer.done():
-                producer.cancel()
+                await asyncio.wait({task}, timeout=CLOSE_GRACE)
+            if task.done() and not task.cancelled():
+                task.exception()  # already raised through the topic; mark it retrieved
+            elif not task.done():
+                task.cancel()
                 # The producer may be a thread blocked in put(); close() above unblocked it.
-                await asyncio.gather(producer, return_exceptions=True)
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _primed(
         self, module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic

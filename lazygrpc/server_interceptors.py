@@ -32,6 +32,7 @@ class ServerCore:
     def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
         self.service = service
         self.expose_tracebacks = expose_tracebacks
+        self._names: dict[str, tuple[str, str]] = {}
 
     def begin(
         self, full_method: str, invocation_metadata: Any, time_remaining: float | None
@@ -58,10 +59,11 @@ class ServerCore:
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         session = sessions.Session(sid, values, others)
-        service, method = chain.split_method(full_method)
-        scope = CallScope(
-            session, self.service or service.rsplit(".", 1)[-1], method, time_remaining
-        )
+        names = self._names.get(full_method)
+        if names is None:
+            service, method = chain.split_method(full_method)
+            names = self._names[full_method] = (service.rsplit(".", 1)[-1], method)
+        scope = CallScope(session, self.service or names[0], names[1], time_remaining)
         if traceparent and traceparent.count("-") == 3:
             scope.trace_id = traceparent.split("-")[1]
         return scope

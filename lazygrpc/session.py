@@ -9,8 +9,8 @@ what a call changes goes back to its caller in the `lazy-globals-update` trailer
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent import futures
 from contextlib import contextmanager
@@ -23,8 +23,8 @@ T = TypeVar("T")
 
 
 def new_session_id() -> str:
-    """A fresh unique session id."""
-    return uuid.uuid4().hex
+    """A fresh unique session id (128 random bits, hex)."""
+    return os.urandom(16).hex()
 
 
 _Keys = set[str]

@@ -86,6 +86,9 @@ async def aclose_all() -> None:
     with _lock:
         channels = list(_aio.pop(loop, {}).values())
         _astubs.pop(loop, None)
+        for key, (owner, _) in list(_last_astub.items()):
+            if owner is loop:
+                del _last_astub[key]
     for ch in channels:
         await ch.close()
 
@@ -94,6 +97,10 @@ _stubs: dict[tuple[Any, str], Any] = {}
 _astubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, str], Any]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+# The stub last used per (class, target) and its loop: skips the weak-dict lookups per call.
+_last_astub: dict[tuple[Any, str], tuple[asyncio.AbstractEventLoop, Any]] = {}
 
 
 def stub(cls: Any, target: str) -> Any:
@@ -107,9 +114,14 @@ def stub(cls: Any, target: str) -> Any:
 
 def astub(cls: Any, target: str) -> Any:
     """A cached stub of `cls` on the running loop's shared channel for `target`."""
-    per_loop = _astubs.setdefault(asyncio.get_running_loop(), {})
+    loop = asyncio.get_running_loop()
+    cached = _last_astub.get((cls, target))
+    if cached is not None and cached[0] is loop:
+        return cached[1]
+    per_loop = _astubs.setdefault(loop, {})
     key = (cls, target)
     s = per_loop.get(key)
     if s is None:
         s = per_loop[key] = cls(aio_channel(target))
+    _last_astub[key] = (loop, s)
     return s

@@ -8,6 +8,7 @@ import contextvars
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,6 @@ import grpc
 from lazygrpc import broker
 from lazygrpc.calls import current_call
 from lazygrpc.errors import Internal, NotFound, StreamClosed
-from lazygrpc.session import ThreadPoolExecutor
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 from lazygrpc.values import from_struct, from_value, to_value
 
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "lazygrpc.v1.ModuleService"
 #: Threads for sync modules; a sync producer blocked on a full topic holds one.
-_EXECUTOR = ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
+#: Callers pass `contextvars.copy_context().run`, so a plain pool (no second copy) is enough.
+_EXECUTOR = futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
 #: Seconds a stream's producer gets to end by itself once its client is gone.
 CLOSE_GRACE = 0.1
 

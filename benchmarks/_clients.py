@@ -34,6 +34,39 @@ def bare_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
     return call
 
 
+def layered_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
+    """`bare_unary` through lazygrpc's client layer (`lazygrpc.invoke`, what connect() uses)."""
+    from lazygrpc import invoke
+
+    stub = module_pb2_grpc.ModuleServiceStub(channel)
+    request = module_pb2.CallRequest(module="echo", input=struct_pb2.Value(string_value=value))
+
+    async def call() -> Any:
+        return (await invoke.aunary(stub.Call, request, None, _same)).output.string_value
+
+    return call
+
+
+def layered_module_stream(channel: grpc.aio.Channel, module: str, value: Any) -> StreamFn:
+    """`bare_module_stream` through lazygrpc's client layer."""
+    from lazygrpc import invoke
+
+    stub = module_pb2_grpc.ModuleServiceStub(channel)
+    v = struct_pb2.Value(number_value=value)
+    request = module_pb2.CallRequest(module=module, input=v)
+
+    async def stream() -> AsyncIterator[str]:
+        async for ev in invoke.astream(stub.Stream, request, None, _same):
+            if ev.HasField("delta"):
+                yield ev.delta.string_value
+
+    return stream
+
+
+def _same(err: Any) -> Any:
+    return err
+
+
 def bare_module_stream(channel: grpc.aio.Channel, module: str, value: Any) -> StreamFn:
     stub = module_pb2_grpc.ModuleServiceStub(channel)
     v = (

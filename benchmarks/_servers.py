@@ -32,6 +32,7 @@ import grpc
 import grpc.aio
 from google.protobuf import struct_pb2
 
+import lazygrpc
 from lazygrpc.backends.echo import split_tokens
 from lazygrpc.v1 import model_pb2, model_pb2_grpc, module_pb2, module_pb2_grpc
 
@@ -196,15 +197,31 @@ async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False)
     await server.wait()
 
 
+async def serve_wrapped(servicer: Any) -> None:
+    """The hand-written servicer on `lazygrpc.Server`: lazygrpc's layer wraps its handlers."""
+    server = lazygrpc.Server(name="bench")
+    server.add_service(
+        "lazygrpc.v1.ModuleService", module_pb2_grpc.add_ModuleServiceServicer_to_server, servicer
+    )
+    port = await server.start()
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    await server.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind")
     p.add_argument("--model", help="downstream model server (bare: HOST:PORT, lazy: URL)")
     p.add_argument("--interceptors", action="store_true")
+    p.add_argument(
+        "--wrapped", action="store_true", help="bare-modules on lazygrpc.Server (its own layer)"
+    )
     p.add_argument("--prefix", default="")
     p.add_argument("--downstream", default="")
     a = p.parse_args()
-    if a.kind == "bare-modules":
+    if a.kind == "bare-modules" and a.wrapped:
+        coro = serve_wrapped(BareModules(a.model))
+    elif a.kind == "bare-modules":
         interceptors: list[Any] = []
         if a.interceptors:
             from lazygrpc import server_interceptors

@@ -65,7 +65,8 @@ def make_frame(
         session_id=session_id,
         trace_id=trace_id,
     )
-    if expose_traceback and not isinstance(exc, RemoteError):
+    # A StatusError is a deliberate answer (NotFound, InvalidArgument…): no traceback.
+    if expose_traceback and not isinstance(exc, RemoteError | StatusError):
         text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
         frame.traceback = _clip_tail(text, MAX_TRACEBACK_BYTES)
     ts = timestamp_pb2.Timestamp()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -267,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `lazygrpc call … | head`: the reader left; stop quietly like other CLI tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ValueError as exc:
         print(f"lazygrpc: {exc}", file=sys.stderr)
         return 2

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -147,6 +149,16 @@ def ask(gateway: str, question: str) -> int:
     return 0
 
 
+def _command(name: str) -> str:
+    """`name` as the user can paste it: bare when on PATH, else next to this Python."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside.relative_to(Path.cwd()) if beside.is_relative_to(Path.cwd()) else beside)
+    return f"{sys.executable} -m lazygrpc" if name == "lazygrpc" else name
+
+
 def _describe(value: object) -> str:
     if isinstance(value, dict) and "passages" in value:
         return "retrieved: " + "; ".join(f"{p['source']} ({p['score']})" for p in value["passages"])
@@ -162,11 +174,13 @@ def run_mesh(
     print(f"  model      grpc://{model}        (ModelService, markov backend)")
     print(f"  retriever  grpc://{retriever}/rag")
     print(f"  gateway    grpc://{gateway}/ask")
+    lazy, grpcurl = _command("lazygrpc"), _command("grpcurl")
     print("try:")
-    print(f"  lazygrpc call grpc://{gateway}/ask 'What is a session?' --stream")
-    print(f"  lazygrpc call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
+    print(f"  {lazy} call grpc://{gateway}/ask 'What is a session?' --stream")
+    print(f"  {lazy} call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
     print(
-        f'  grpcurl -plaintext -d \'{{"module": "ask", "input": "How do deadlines work?"}}\' '
+        f"  {grpcurl} -plaintext -d "
+        f"""'{{"module": "ask", "input": "How do deadlines work?"}}' """
         f"{gateway} lazygrpc.v1.ModuleService/Stream"
     )
     code = 0

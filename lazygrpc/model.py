@@ -76,7 +76,13 @@ def effective_params(config: ModelConfig, params: model_pb2.GenerationParams) ->
         _check(config, name, value)
         changes[name] = value
     if params.stop:
-        _check(config, "stop", len(params.stop))
+        if "stop" not in config.settable:
+            _check(config, "stop", 0)  # raises: not settable
+        if len(params.stop) > config.settable["stop"].max:
+            raise InvalidArgument(
+                f"param 'stop': {len(params.stop)} stop strings, at most "
+                f"{config.settable['stop'].max:g} allowed"
+            )
         for s in params.stop:
             if not s or len(s) > MAX_STOP_CHARS:
                 raise InvalidArgument(

@@ -16,7 +16,7 @@ import grpc
 
 from lazygrpc import broker
 from lazygrpc.calls import current_call
-from lazygrpc.errors import Internal, NotFound, StreamClosed
+from lazygrpc.errors import Internal, InvalidArgument, NotFound, StreamClosed
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 from lazygrpc.values import from_struct, from_value, to_value
 
@@ -64,6 +64,15 @@ class Module:
     streaming: bool
     is_async: bool
     doc: str
+    signature: inspect.Signature | None = None
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """`InvalidArgument` naming the module when the call does not fit its signature."""
+        if self.signature is not None:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArgument(f"module {self.name!r}: {exc}") from None
 
     @classmethod
     def of(cls, name: str, fn: Callable[..., Any]) -> Module:
@@ -77,7 +86,15 @@ class Module:
             streaming=agen or gen,
             is_async=agen or inspect.iscoroutinefunction(fn),
             doc=inspect.getdoc(fn) or "",
+            signature=_signature(fn),
         )
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        return None
 
 
 def _as_modules(
@@ -160,6 +177,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.CallResponse:
         module = self._lookup(request)
         args, kwargs = _decode(request)
+        module.check_arguments(args, kwargs)
         if module.streaming:
             topic = None
             result = await self._run(module, args, kwargs, topic)
@@ -178,6 +196,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         module = self._lookup(request)
         args, kwargs = _decode(request)
+        module.check_arguments(args, kwargs)
         scope = current_call()
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:

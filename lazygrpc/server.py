@@ -22,7 +22,7 @@ from lazygrpc.server_interceptors import AioServerInterceptor, DrainGate
 #: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.so_reuseport", 0),
-    ("grpc.max_metadata_size", 32 << 10),
+    ("grpc.max_metadata_size", 64 << 10),
     ("grpc.absolute_max_metadata_size", 64 << 10),
     ("grpc.max_receive_message_length", 16 << 20),
     ("grpc.max_send_message_length", 64 << 20),

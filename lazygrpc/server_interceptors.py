@@ -99,6 +99,14 @@ class ServerCore:
         )
         return _Status(status.code, status.details, self.trailers(scope, status.trailing_metadata))
 
+    def rejection(self, full_method: str, exc: InvalidArgument) -> grpc.Status:
+        """The status for a call refused before it started (bad headers), with its chain."""
+        service, method = chain.split_method(full_method)
+        scope = CallScope(
+            sessions.Session(), self.service or service.rsplit(".", 1)[-1], method, None
+        )
+        return self.failure(scope, exc)
+
     def skips(self, full_method: str) -> bool:
         return full_method.startswith(_SKIP_PREFIXES)
 
@@ -156,7 +164,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         try:
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
         except InvalidArgument as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort_with_status(self.core.rejection(method, exc))
         ctx = contextvars.copy_context()
         ctx.run(_enter, scope)
         context.add_callback(scope.cancel)
@@ -274,7 +282,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
         except InvalidArgument as exc:
             self.gate.leave()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            status = self.core.rejection(method, exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield.
         _enter(scope)

@@ -86,7 +86,7 @@ def test_lazygrpc_up_demo_streams_an_answer_and_stops_cleanly() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "grpcurl -plaintext" in out
+    assert "grpcurl -plaintext" in out and ".venv/bin/lazygrpc call" in out
     assert "[rag] retrieved:" in out and "A: " in out
     assert '"completion_tokens"' in out and "mesh stopped." in out
 

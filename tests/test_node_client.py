@@ -168,5 +168,5 @@ def test_call_error_prints_chain_entry_to_failure(servers: Any, stream: bool) ->
     assert entry["session_id"] == failure["session_id"] == "node-err-1"
     assert entry["pid"] == failure["pid"] > 0
     assert entry["time"] >= failure["time"]  # ISO 8601: the failure happened first
-    assert error["chain"] == "gateway.answer → validator.check : ValueError: bad input 'q1'"
+    assert error["chain"] == "gateway.answer → validator.check: ValueError: bad input 'q1'"
     assert "gateway.answer → validator.check" in result.stderr

@@ -399,3 +399,24 @@ def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> N
         }
         assert mesh.record.seen["raw-stream"]["sid"] == "raw-1"
         assert s.get("from_hop3") == "hop3 saw raw-stream"
+
+
+def test_refused_headers_come_with_status_details(servers: Any) -> None:
+    from grpc_status import rpc_status
+
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    mesh = Mesh(servers, "aio")
+    with grpc.insecure_channel(mesh.entry.removeprefix("grpc://")) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Call(
+                module_pb2.CallRequest(module="run", input=to_value("x")),
+                metadata=[("baggage", "lazy.k=%7B")],
+                timeout=10,
+            )
+    status = rpc_status.from_call(info.value)
+    assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message.startswith("baggage:")
+    assert len(status.details) == 2  # ErrorInfo and CallChain

@@ -9,7 +9,7 @@
 // Call prints {"output": VALUE}; --stream uses Stream and prints one JSON line per event
 // ({"seq", "source", "kind", "value"}, kind = delta | intermediate | result).
 // On error it decodes grpc-status-details-bin (google.rpc.Status with google.rpc.ErrorInfo and
-// lazygrpc.v1.CallChain), prints {"error": {..., "frames": [...], "chain": "a.m → b.m : T: msg"}}
+// lazygrpc.v1.CallChain), prints {"error": {..., "frames": [...], "chain": "a.m → b.m: T: msg"}}
 // on stdout and the chain on stderr, and exits 1.
 
 const lib = require('./lib');

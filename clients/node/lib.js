@@ -206,12 +206,12 @@ function decodeError(err) {
   return out;
 }
 
-// `gateway.answer → retriever.search : ValueError: bad query`
+// `gateway.answer → retriever.search: ValueError: bad query` (as Python's RemoteError prints)
 function chainSummary(error) {
   if (!error.frames.length) return `${error.code}: ${error.message}`;
   const path = error.frames.map((f) => `${f.service}.${f.method}`).join(' → ');
   const last = error.frames[error.frames.length - 1];
-  return `${path} : ${last.error_type}: ${last.message}`;
+  return `${path}: ${last.error_type}: ${last.message}`;
 }
 
 // Print a failed call: the JSON object on stdout, a readable chain on stderr; exit code 1.

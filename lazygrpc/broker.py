@@ -383,9 +383,14 @@ async def aemit(value: Any, source: str | None = None) -> bool:
     if target is None:
         return False
     topic, src = target
-    item = make_item(INTERMEDIATE, src, value)
+    await aput_from_anywhere(topic, make_item(INTERMEDIATE, src, value))
+    return True
+
+
+async def aput_from_anywhere(topic: Topic, item: Item) -> None:
+    """`topic.aput` on the topic's own loop; from another loop (a thread running its own
+    `asyncio.run` under the call) a blocking put in a worker thread."""
     if threading.get_ident() == topic._loop_thread:
         await topic.aput(item)
     else:
         await asyncio.to_thread(topic.put, item)
-    return True

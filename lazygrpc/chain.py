@@ -79,13 +79,29 @@ def extend_chain(
     frame: chain_pb2.CallFrame, below: Sequence[chain_pb2.CallFrame], elided: int = 0
 ) -> chain_pb2.CallChain:
     """Prepend `frame` to the chain below it, eliding middle frames past `MAX_FRAMES`."""
-    frames = [frame, *below]
+    frames = [frame, *(_clipped(f) for f in below)]
     if len(frames) > MAX_FRAMES:
         keep_head = MAX_FRAMES // 2
         keep_tail = MAX_FRAMES - keep_head
         elided += len(frames) - MAX_FRAMES
         frames = frames[:keep_head] + frames[-keep_tail:]
     return chain_pb2.CallChain(frames=frames, elided_frames=elided)
+
+
+_FIELD_CHARS = 256
+
+
+def _clipped(frame: chain_pb2.CallFrame) -> chain_pb2.CallFrame:
+    """A peer's frame with every field within our limits (peers are not trusted)."""
+    for name in ("service", "method", "host", "error_type", "session_id", "trace_id"):
+        value = getattr(frame, name)
+        if len(value) > _FIELD_CHARS:
+            setattr(frame, name, value[:_FIELD_CHARS])
+    if len(frame.message) > MAX_MESSAGE_CHARS:
+        frame.message = frame.message[:MAX_MESSAGE_CHARS]
+    if len(frame.traceback.encode()) > MAX_TRACEBACK_BYTES:
+        frame.traceback = _clip_tail(frame.traceback, MAX_TRACEBACK_BYTES)
+    return frame
 
 
 def _fit(status: status_pb2.Status, chain: chain_pb2.CallChain, pack: Any) -> None:
@@ -101,6 +117,8 @@ def _fit(status: status_pb2.Status, chain: chain_pb2.CallChain, pack: Any) -> No
         elif len(chain.frames) > 2:
             del chain.frames[1]
             chain.elided_frames += 1
+        elif len(status.message) > 80:
+            status.message = status.message[: len(status.message) // 2] + "…"
         else:
             return
         pack(chain)
@@ -109,9 +127,9 @@ def _fit(status: status_pb2.Status, chain: chain_pb2.CallChain, pack: Any) -> No
 def status_message(exc: BaseException) -> str:
     """The status line message an escaping exception gets."""
     if isinstance(exc, RemoteError):
-        return exc.message
+        return exc.message[:MAX_MESSAGE_CHARS]
     if isinstance(exc, StatusError):
-        return str(exc) or exc.code.name
+        return (str(exc) or exc.code.name)[:MAX_MESSAGE_CHARS]
     return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -44,11 +44,28 @@ def _relay_topic() -> broker.Topic | None:
     return topic if topic is not None and topic.accepts_intermediate else None
 
 
-def _result_of(module: str, events: list[Event]) -> Any:
-    for ev in reversed(events):
+_NO_RESULT = object()
+
+
+def _result_of(module: str, events: Iterable[Event]) -> Any:
+    """The `result` of a stream read to its end (its trailers carry the globals)."""
+    result = _NO_RESULT
+    for ev in events:
         if ev.kind == "result":
-            return ev.value
-    raise RuntimeError(f"stream of {module!r} ended without a result")
+            result = ev.value
+    if result is _NO_RESULT:
+        raise RuntimeError(f"stream of {module!r} ended without a result")
+    return result
+
+
+async def _aresult_of(module: str, events: AsyncIterator[Event]) -> Any:
+    result = _NO_RESULT
+    async for ev in events:
+        if ev.kind == "result":
+            result = ev.value
+    if result is _NO_RESULT:
+        raise RuntimeError(f"stream of {module!r} ended without a result")
+    return result
 
 
 class RemoteModule:
@@ -92,7 +109,7 @@ class RemoteModule:
         request = self._request(args, kwargs)
         if _relay_topic() is not None:
             # Read to the end, not just to the result: the trailers (globals) come after it.
-            return _result_of(self.module, [ev for ev in self._stream(request)])
+            return _result_of(self.module, self._stream(request))
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
         response = invoke.unary(stub.Call, request, self.timeout, self._error)
         return from_value(response.output, where="output")
@@ -127,7 +144,7 @@ class RemoteModule:
         """`await m.acall(x)`: the asyncio twin of `m(x)`."""
         request = self._request(args, kwargs)
         if _relay_topic() is not None:
-            return _result_of(self.module, [ev async for ev in self._astream(request)])
+            return await _aresult_of(self.module, self._astream(request))
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
         response = await invoke.aunary(stub.Call, request, self.timeout, self._error)
         return from_value(response.output, where="output")
@@ -141,7 +158,7 @@ class RemoteModule:
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
         async for ev in invoke.astream(stub.Stream, request, self.timeout, self._error):
             if topic is not None and ev.HasField("intermediate"):
-                await topic.aput(self._relayed(ev))
+                await broker.aput_from_anywhere(topic, self._relayed(ev))
             else:
                 yield Event.from_pb(ev)
 

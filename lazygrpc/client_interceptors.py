@@ -76,9 +76,12 @@ def merge_trailers(s: sessions.Session, trailing: Any) -> None:
     if value:
         try:
             values, deleted = metadata.decode_update(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # a peer's broken trailer must not fail a call that succeeded
-        s.merge_update(values, deleted)
+        try:
+            s.merge_update(values, deleted)
+        except (TypeError, ValueError):
+            return  # e.g. a global over the size limit: keep what the caller had
 
 
 # -- sync ---------------------------------------------------------------------------------

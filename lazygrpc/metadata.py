@@ -111,7 +111,7 @@ def split_baggage(header: str) -> tuple[dict[str, Any], list[str], set[str]]:
             continue
         try:
             values[key] = json.loads(unquote(raw_value.strip(), errors="strict"))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ValueError(
                 f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r} does not hold percent-encoded JSON"
             ) from None

@@ -170,14 +170,20 @@ async def _tokens(
 def _account(run: _Run) -> None:
     """Add this call's token counts to the session's `usage` global (flows back upstream)."""
     session = current_session()
-    usage = dict(session.get("usage") or {})
+    previous = session.get("usage")
+    # The global arrives from callers: anything but a dict of counts starts afresh.
+    usage = {
+        k: v
+        for k, v in (previous.items() if isinstance(previous, dict) else ())
+        if isinstance(v, int) and not isinstance(v, bool)
+    }
     for key, n in (
         ("prompt_tokens", run.prompt_tokens),
         ("completion_tokens", run.completion_tokens),
         ("total_tokens", run.prompt_tokens + run.completion_tokens),
         ("calls", 1),
     ):
-        usage[key] = int(usage.get(key, 0)) + n
+        usage[key] = usage.get(key, 0) + n
     session.set("usage", usage)
 
 

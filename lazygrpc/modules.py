@@ -140,11 +140,39 @@ async def _failed(exc: BaseException) -> Any:
     raise exc
 
 
-def _aggregate(deltas: list[Any]) -> Any:
-    """A streaming module's result when it returns nothing: its text, or its deltas."""
-    if all(type(d) is str for d in deltas):
-        return "".join(deltas)
-    return deltas
+#: How much of a stream's deltas is kept to build its `result`; past it the result is null.
+AGGREGATE_LIMIT = 8 << 20
+
+
+class _Aggregate:
+    """A streaming module's result when it returns nothing: its text, or its deltas.
+
+    Bounded: a stream longer than `AGGREGATE_LIMIT` still streams every delta, but its
+    result is null (documented), so an endless generator does not grow memory.
+    """
+
+    __slots__ = ("_items", "_size")
+
+    def __init__(self) -> None:
+        self._items: list[Any] | None = []
+        self._size = 0
+
+    def append(self, delta: Any) -> None:
+        if self._items is None:
+            return
+        self._size += len(delta) if type(delta) is str else 16 + len(str(delta))
+        if self._size > AGGREGATE_LIMIT:
+            self._items = None
+        else:
+            self._items.append(delta)
+
+    def value(self) -> Any:
+        items = self._items
+        if items is None:
+            return None
+        if all(type(d) is str for d in items):
+            return "".join(items)
+        return items
 
 
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
@@ -250,7 +278,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         returns the coroutine that runs the rest as the producer."""
         gen = module.fn(*args, **kwargs)
         _PRODUCERS.enter()
-        deltas: list[Any] = []
+        deltas = _Aggregate()
 
         def item(delta: Any) -> broker.Item:
             deltas.append(delta)
@@ -265,7 +293,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         if not more:
             topic.finish()
             await _close_async(gen)
-            return _done(_aggregate(deltas))
+            return _done(deltas.value())
         return self._run(module, args, kwargs, topic, gen=gen, deltas=deltas)
 
     async def _run(
@@ -276,7 +304,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         topic: broker.Topic | None,
         *,
         gen: Any = None,
-        deltas: list[Any] | None = None,
+        deltas: _Aggregate | None = None,
     ) -> Any:
         """Run a module to completion, putting its deltas into `topic`; returns the result.
 
@@ -288,7 +316,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 if gen is None:
                     gen = module.fn(*args, **kwargs)
                     _PRODUCERS.enter()
-                result = await self._drive_async(module, gen, deltas or [], topic)
+                result = await self._drive_async(module, gen, deltas or _Aggregate(), topic)
             elif module.streaming:
                 loop = asyncio.get_running_loop()
                 ctx = contextvars.copy_context()
@@ -315,7 +343,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
     @staticmethod
     async def _drive_async(
-        module: Module, gen: Any, deltas: list[Any], topic: broker.Topic | None
+        module: Module, gen: Any, deltas: _Aggregate, topic: broker.Topic | None
     ) -> Any:
         """Drive a started async generator (counted in `_PRODUCERS` by the caller)."""
         try:
@@ -331,13 +359,13 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                         raise
         finally:
             await _close_async(gen)
-        return _aggregate(deltas)
+        return deltas.value()
 
     @staticmethod
     def _drive_sync(
         module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic | None
     ) -> Any:
-        deltas: list[Any] = []
+        deltas = _Aggregate()
         gen = module.fn(*args, **kwargs)
         _PRODUCERS.enter()
         try:
@@ -345,7 +373,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 try:
                     delta = next(gen)
                 except StopIteration as stop:
-                    return stop.value if stop.value is not None else _aggregate(deltas)
+                    return stop.value if stop.value is not None else deltas.value()
                 deltas.append(delta)
                 if topic is not None:
                     try:

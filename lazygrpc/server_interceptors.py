@@ -20,7 +20,7 @@ import grpc.aio
 from lazygrpc import chain, metadata
 from lazygrpc import session as sessions
 from lazygrpc.calls import CallScope, bind_call
-from lazygrpc.errors import InvalidArgument, RemoteError
+from lazygrpc.errors import InvalidArgument, RemoteError, ResourceExhausted
 
 _SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -65,13 +65,18 @@ class ServerCore:
             names = self._names[full_method] = (service.rsplit(".", 1)[-1], method)
         scope = CallScope(session, self.service or names[0], names[1], time_remaining)
         if traceparent and traceparent.count("-") == 3:
-            scope.trace_id = traceparent.split("-")[1]
+            scope.trace_id = traceparent.split("-")[1][:32]
         return scope
 
     def trailers(
         self, scope: CallScope, existing: Sequence[tuple[str, Any]] = ()
     ) -> tuple[Any, ...]:
-        update = scope.session.update_trailer()
+        """`existing` plus the globals update; on a failing call an oversize update is left
+        out (the error matters more, and the caller keeps the globals it had)."""
+        try:
+            update = scope.session.update_trailer()
+        except ResourceExhausted:
+            update = ""
         extra = ((metadata.UPDATE_TRAILER, update),) if update else ()
         return (*tuple(existing or ()), *extra)
 
@@ -163,8 +168,8 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _start(self, method: str, context: Any) -> tuple[CallScope, contextvars.Context]:
         try:
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
-        except InvalidArgument as exc:
-            context.abort_with_status(self.core.rejection(method, exc))
+        except Exception as exc:
+            context.abort_with_status(self.core.rejection(method, _as_invalid(exc)))
         ctx = contextvars.copy_context()
         ctx.run(_enter, scope)
         context.add_callback(scope.cancel)
@@ -175,6 +180,12 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raise exc  # the handler called context.abort() itself
         context.abort_with_status(self.core.failure(scope, exc))
 
+    def _succeed(self, scope: CallScope, context: Any) -> None:
+        try:
+            _send_update(scope, context)
+        except ResourceExhausted as exc:
+            context.abort_with_status(self.core.failure(scope, exc))
+
     def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
         if not streaming:
 
@@ -184,7 +195,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     response = ctx.run(behavior, request, context)
                 except Exception as exc:
                     self._fail(scope, context, exc)
-                _send_update(scope, context)
+                self._succeed(scope, context)
                 return response
 
             return unary
@@ -206,7 +217,7 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     ctx.run(close)
-            _send_update(scope, context)
+            self._succeed(scope, context)
 
         return stream
 
@@ -275,23 +286,42 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
     async def _start(self, method: str, context: Any) -> CallScope:
-        """Admit the call (counted by the gate until `_end`) and bind its scope."""
+        """Admit the call (counted by the gate until the wrapper ends) and bind its scope."""
         if not self.gate.enter():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         try:
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
-        except InvalidArgument as exc:
+        except Exception as exc:
             self.gate.leave()
-            status = self.core.rejection(method, exc)
+            status = self.core.rejection(method, _as_invalid(exc))
             await context.abort(status.code, status.details, status.trailing_metadata)
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield.
         _enter(scope)
         return scope
 
-    async def _fail(self, scope: CallScope, context: Any, exc: Exception) -> None:
+    async def _fail(self, scope: CallScope, context: Any, exc: BaseException) -> None:
         status = self.core.failure(scope, exc)
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def _on_error(self, scope: CallScope, context: Any, exc: BaseException) -> None:
+        """Re-raise what must propagate; answer anything else with its status."""
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+            task = asyncio.current_task()
+            if isinstance(exc, GeneratorExit) or (task is not None and task.cancelling()):
+                scope.cancel()  # the RPC itself was cancelled: stop its child calls
+                raise exc
+            # A CancelledError the RPC did not get (a task the handler awaited was
+            # cancelled): re-raising it would leave the client waiting (grpc #29248).
+        await self._fail(scope, context, exc)
+
+    async def _succeed(self, scope: CallScope, context: Any) -> None:
+        try:
+            _send_update(scope, context)
+        except ResourceExhausted as exc:
+            await self._fail(scope, context, exc)
 
     def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
         if not streaming:
@@ -308,16 +338,11 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         response = await loop.run_in_executor(
                             None, ctx.run, behavior, request, context
                         )
-                except grpc.aio.AbortError:
-                    raise
-                except asyncio.CancelledError:
-                    scope.cancel()
-                    raise
-                except Exception as exc:
-                    await self._fail(scope, context, exc)
+                except _HANDLED as exc:
+                    await self._on_error(scope, context, exc)
                 finally:
                     self.gate.leave()
-                _send_update(scope, context)
+                await self._succeed(scope, context)
                 return response
 
             return unary
@@ -330,17 +355,12 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     async for item in inner:
                         yield item
-                except grpc.aio.AbortError:
-                    raise
-                except (asyncio.CancelledError, GeneratorExit):
-                    scope.cancel()
-                    raise
-                except Exception as exc:
-                    await self._fail(scope, context, exc)
+                except _HANDLED as exc:
+                    await self._on_error(scope, context, exc)
                 finally:
                     self.gate.leave()
                     await inner.aclose()  # closed with us, not whenever it is collected
-                _send_update(scope, context)
+                await self._succeed(scope, context)
 
             return agen_stream
 
@@ -352,24 +372,32 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 loop = asyncio.get_running_loop()
                 done = object()
                 iterator = ctx.run(behavior, request, context)
+                step: asyncio.Future[Any] | None = None
 
-                def step() -> Any:
+                def next_item() -> Any:
                     return ctx.run(next, iterator, done)
 
+                def close() -> None:
+                    ctx.run(iterator.close)
+
                 try:
-                    while (item := await loop.run_in_executor(None, step)) is not done:
+                    while True:
+                        step = loop.run_in_executor(None, next_item)
+                        item = await step
+                        if item is done:
+                            break
                         yield item
-                except grpc.aio.AbortError:
-                    raise
-                except (asyncio.CancelledError, GeneratorExit):
-                    scope.cancel()
-                    raise
-                except Exception as exc:
-                    await self._fail(scope, context, exc)
+                except _HANDLED as exc:
+                    await self._on_error(scope, context, exc)
                 finally:
                     self.gate.leave()
-                    await loop.run_in_executor(None, ctx.run, iterator.close)
-                _send_update(scope, context)
+                    if step is not None and not step.done():
+                        # The generator is still running in its thread: close it after that
+                        # step, never concurrently (one context cannot be entered twice).
+                        step.add_done_callback(lambda _: loop.run_in_executor(None, close))
+                    else:
+                        await loop.run_in_executor(None, close)
+                await self._succeed(scope, context)
 
             return sync_gen_stream
 
@@ -377,18 +405,21 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             scope = await self._start(method, context)
             try:
                 await behavior(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                scope.cancel()
-                raise
-            except Exception as exc:
-                await self._fail(scope, context, exc)
+            except _HANDLED as exc:
+                await self._on_error(scope, context, exc)
             finally:
                 self.gate.leave()
-            _send_update(scope, context)
+            await self._succeed(scope, context)
 
         return write_stream
+
+
+#: What the aio wrappers catch; KeyboardInterrupt and SystemExit are left alone.
+_HANDLED = (Exception, asyncio.CancelledError, GeneratorExit)
+
+
+def _as_invalid(exc: Exception) -> InvalidArgument:
+    return exc if isinstance(exc, InvalidArgument) else InvalidArgument(f"request metadata: {exc}")
 
 
 def server_interceptors(

@@ -31,9 +31,14 @@ _Keys = set[str]
 
 
 class Session:
-    """One session's id and globals, with a record of what changed since it was created."""
+    """One session's id and globals, with a record of what changed since it was created.
 
-    __slots__ = ("_baggage", "_deleted", "_dirty", "_values", "foreign_baggage", "id")
+    A value changed in place (`globals["history"].append(x)`) counts as changed too: the
+    update compares each value's encoding with the one the call started with. One lock
+    guards the globals, since a call's threads (thread-pool fan-out) share its session.
+    """
+
+    __slots__ = ("_deleted", "_dirty", "_initial", "_lock", "_values", "foreign_baggage", "id")
 
     def __init__(
         self,
@@ -46,54 +51,88 @@ class Session:
         self.foreign_baggage: list[str] = foreign_baggage or []
         self._dirty: _Keys = set()
         self._deleted: _Keys = set()
-        self._baggage: str | None = None
+        self._lock = threading.Lock()
+        # Encodings the call started with, to notice values changed in place.
+        self._initial: dict[str, str] = (
+            {k: metadata.encode_json(k, v) for k, v in self._values.items()} if values else {}
+        )
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._values.get(key, default)
 
+    def item(self, key: str) -> Any:
+        return self._values[key]
+
     def set(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key:
             raise TypeError(f"session global key {key!r} must be a non-empty str")
-        metadata.encode_json(key, value)  # raises TypeError naming the key
-        self._values[key] = value
-        self._dirty.add(key)
-        self._deleted.discard(key)
-        self._baggage = None
+        encoded = metadata.encode_entry(key, metadata.encode_json(key, value))
+        if len(encoded) > metadata.MAX_BAGGAGE_BYTES:
+            raise ValueError(
+                f"session global {key!r}: {len(encoded)} bytes encoded, over the limit of "
+                f"{metadata.MAX_BAGGAGE_BYTES} bytes for all globals"
+            )
+        with self._lock:
+            self._values[key] = value
+            self._dirty.add(key)
+            self._deleted.discard(key)
 
     def delete(self, key: str) -> None:
-        del self._values[key]
-        self._dirty.discard(key)
-        self._deleted.add(key)
-        self._baggage = None
+        with self._lock:
+            del self._values[key]
+            self._dirty.discard(key)
+            self._deleted.add(key)
 
     def merge_update(self, values: dict[str, Any], deleted: _Keys) -> None:
         """Apply a callee's `lazy-globals-update`; the keys count as changed here too."""
         for key, value in values.items():
             self.set(key, value)
-        for key in deleted:
-            if key in self._values:
-                self.delete(key)
-            else:
+        with self._lock:
+            for key in deleted:
+                self._values.pop(key, None)
+                self._dirty.discard(key)
                 self._deleted.add(key)
 
     def values(self) -> dict[str, Any]:
-        return self._values
+        """A snapshot of the globals."""
+        with self._lock:
+            return dict(self._values)
 
     def baggage(self) -> str:
-        """The encoded `baggage` header, cached until the globals change."""
-        if self._baggage is None:
-            self._baggage = metadata.encode_globals(self._values, self.foreign_baggage)
-        return self._baggage
+        """The encoded `baggage` header (`ValueError` past the W3C limits)."""
+        if not self._values and not self.foreign_baggage:
+            return ""
+        return metadata.encode_globals(self.values(), self.foreign_baggage)
 
     def update_trailer(self) -> str:
-        """The `lazy-globals-update` value for what changed, or "" when nothing did."""
-        if not self._dirty and not self._deleted:
+        """The `lazy-globals-update` value for what changed, or "" when nothing did.
+
+        Raises `ResourceExhausted` naming the size when it would not fit the 8 KiB limit
+        the caller enforces on it.
+        """
+        with self._lock:
+            values = dict(self._values)
+            dirty, deleted = set(self._dirty), set(self._deleted)
+        changed = {}
+        for key, value in values.items():
+            encoded = metadata.encode_json(key, value)
+            if key in dirty or self._initial.get(key) != encoded:
+                changed[key] = value
+        if not changed and not deleted:
             return ""
-        changed = {k: self._values[k] for k in self._dirty if k in self._values}
-        return metadata.encode_update(changed, self._deleted)
+        update = metadata.encode_update(changed, deleted)
+        if len(update) > metadata.MAX_BAGGAGE_BYTES:
+            from lazygrpc.errors import ResourceExhausted
+
+            raise ResourceExhausted(
+                f"{metadata.UPDATE_TRAILER}: changed globals encode to {len(update)} bytes, "
+                f"over the limit of {metadata.MAX_BAGGAGE_BYTES} "
+                f"(keys: {', '.join(sorted(changed))})"
+            )
+        return update
 
     def __repr__(self) -> str:
-        return f"Session(id={self.id!r}, globals={self._values!r})"
+        return f"Session(id={self.id!r}, globals={self.values()!r})"
 
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
@@ -149,7 +188,7 @@ class Globals(MutableMapping[str, Any]):
     """The current session's globals as a mapping; values must be JSON-serialisable."""
 
     def __getitem__(self, key: str) -> Any:
-        return current().values()[key]
+        return current().item(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
         current().set(key, value)
@@ -158,7 +197,7 @@ class Globals(MutableMapping[str, Any]):
         current().delete(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(current().values()))
+        return iter(current().values())
 
     def __len__(self) -> int:
         return len(current().values())

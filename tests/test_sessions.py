@@ -170,8 +170,11 @@ def test_cancel_stops_hop3_generator(mesh: Mesh, client: str) -> None:
 
 def test_globals_limits_are_checked_before_sending(mesh: Mesh) -> None:
     with lazygrpc.session():
-        lazygrpc.globals["big"] = "x" * 9000
-        with pytest.raises(ValueError, match=r"over the limit of 8192 bytes"):
+        with pytest.raises(ValueError, match=r"'big': 9\d{3} bytes encoded, over the limit"):
+            lazygrpc.globals["big"] = "x" * 9000
+        for key in ("a", "b", "c"):
+            lazygrpc.globals[key] = "x" * 3000
+        with pytest.raises(ValueError, match=r"encoded baggage is \d+ bytes, over the limit of 8192"):
             mesh.run("never-sent")
     with lazygrpc.session():
         for i in range(181):

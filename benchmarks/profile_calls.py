@@ -107,8 +107,8 @@ async def main_async(a: argparse.Namespace) -> None:
             bm = servers.start("bare-model")
             ch = c.bare_channel(bm.address)
             fns = {
-                "lazy": c.lazy_generate(lm.url, token_prompt(8)),
-                "bare": c.bare_generate(ch, token_prompt(8)),
+                "lazy": c.lazy_generate(lm.url, token_prompt(a.tokens)),
+                "bare": c.bare_generate(ch, token_prompt(a.tokens)),
             }
             pids = {"lazy": [lm.pid], "bare": [bm.pid]}
         else:
@@ -118,8 +118,8 @@ async def main_async(a: argparse.Namespace) -> None:
             bg = servers.start("bare-modules", "--model", bm.address)
             ch = c.bare_channel(bg.address)
             fns = {
-                "lazy": c.lazy_module_stream(lg.url, "relay", token_prompt(8)),
-                "bare": c.bare_module_stream(ch, "relay", token_prompt(8)),
+                "lazy": c.lazy_module_stream(lg.url, "relay", token_prompt(a.tokens)),
+                "bare": c.bare_module_stream(ch, "relay", token_prompt(a.tokens)),
             }
             pids = {"lazy": [lg.pid, lm.pid], "bare": [bg.pid, bm.pid]}
         mode = "unary" if a.scenario == "unary" else "stream"
@@ -160,6 +160,7 @@ def main() -> None:
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--module", default="echo", help="unary: echo (sync def) or aecho (async)")
     p.add_argument("--quick", action="store_true", help="2-second runs")
+    p.add_argument("--tokens", type=int, default=8, help="tokens per stream (ttft, relay-ttft)")
     a = p.parse_args()
     if a.quick:
         a.seconds = 2.0

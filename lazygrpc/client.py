@@ -252,9 +252,9 @@ class LLM:
 
     def stream(self, text: str, **params: Any) -> Iterator[str]:
         """The answer's text deltas as they are generated (`Generate`)."""
-        for chunk in self.chunks(text, **params):
-            if chunk.text:
-                yield chunk.text
+        request = self._request(text, params)
+        method = self._stub().Generate
+        return invoke.stream(method, request, self.timeout, self._error("Generate"), text=True)
 
     def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
         """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
@@ -268,17 +268,20 @@ class LLM:
         response = await invoke.aunary(method, request, self.timeout, self._error("Complete"))
         return str(response.text)
 
-    async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+    def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
         """`async for delta in llm.astream(x)`: the asyncio twin of `llm.stream(x)`."""
-        async for chunk in self.achunks(text, **params):
-            if chunk.text:
-                yield chunk.text
+        request = self._request(text, params)
+        error = self._error("Generate")
+        return invoke.astream(self._agenerate, request, self.timeout, error, text=True)
 
     def achunks(self, text: str, **params: Any) -> AsyncIterator[model_pb2.GenerateChunk]:
         """The asyncio twin of `chunks`."""
         request = self._request(text, params)
-        method = self._astub().Generate
-        return invoke.astream(method, request, self.timeout, self._error("Generate"))
+        return invoke.astream(self._agenerate, request, self.timeout, self._error("Generate"))
+
+    def _agenerate(self, request: model_pb2.GenerateRequest, **kwargs: Any) -> Any:
+        # The stub belongs to the loop that iterates, which need not run yet at astream().
+        return self._astub().Generate(request, **kwargs)
 
     def info(self) -> dict[str, Any]:
         """Name, backend and the params a caller may set, with their ranges."""

@@ -75,11 +75,11 @@ def merge_trailers(s: sessions.Session, trailing: Any) -> None:
     value = metadata.get_header(trailing, metadata.UPDATE_TRAILER)
     if value:
         try:
-            values, deleted = metadata.decode_update(value)
+            update = metadata.parse_baggage(value)
         except (ValueError, RecursionError):
             return  # a peer's broken trailer must not fail a call that succeeded
         try:
-            s.merge_update(values, deleted)
+            s.merge_update(update.values, update.deleted, update.entries)
         except (TypeError, ValueError):
             return  # e.g. a global over the size limit: keep what the caller had
 

@@ -64,13 +64,23 @@ async def aunary(method: Any, request: Any, timeout: float | None, error: ErrorF
     return response
 
 
-def stream(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Iterator[Any]:
-    """A sync server stream; leaving the loop early cancels the RPC."""
+def stream(
+    method: Any, request: Any, timeout: float | None, error: ErrorFactory, *, text: bool = False
+) -> Iterator[Any]:
+    """A sync server stream; leaving the loop early cancels the RPC.
+
+    `text=True` yields the non-empty `text` of each message instead of the message.
+    """
     out = prepare(None, timeout)
     call = method(request, metadata=out.metadata, timeout=out.timeout)
     _track(out, call)
     try:
-        yield from call
+        if text:
+            for item in call:
+                if item.text:
+                    yield item.text
+        else:
+            yield from call
     except grpc.RpcError as err:
         merge_trailers(out.session, err.trailing_metadata())
         raise error(err) from err
@@ -82,15 +92,18 @@ def stream(method: Any, request: Any, timeout: float | None, error: ErrorFactory
 
 
 async def astream(
-    method: Any, request: Any, timeout: float | None, error: ErrorFactory
+    method: Any, request: Any, timeout: float | None, error: ErrorFactory, *, text: bool = False
 ) -> AsyncIterator[Any]:
-    """The asyncio twin of `stream`."""
+    """The asyncio twin of `stream` (one generator layer on the stream, not two)."""
     out = prepare(None, timeout)
     call = method(request, metadata=out.metadata, timeout=out.timeout)
     _track(out, call)
     try:
         async for item in call:
-            yield item
+            if not text:
+                yield item
+            elif item.text:
+                yield item.text
     except grpc.RpcError as err:
         merge_trailers(out.session, err.trailing_metadata())
         raise error(err) from err

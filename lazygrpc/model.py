@@ -122,9 +122,13 @@ def prompt_of(request: model_pb2.GenerateRequest) -> str:
 
 @dataclass
 class _Run:
-    """Bookkeeping of one generation: text so far, finish reason, usage."""
+    """Bookkeeping of one generation: text so far, finish reason, usage.
 
-    prompt_tokens: int
+    The prompt's tokens are counted at the end (`_account`), off the first token's path.
+    """
+
+    prompt: str
+    prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: model_pb2.FinishReason.ValueType = model_pb2.FINISH_REASON_LENGTH
 
@@ -167,8 +171,10 @@ async def _tokens(
         await gen.aclose()  # type: ignore[attr-defined]
 
 
-def _account(run: _Run) -> None:
-    """Add this call's token counts to the session's `usage` global (flows back upstream)."""
+def _account(run: _Run, backend: Backend) -> None:
+    """Count the prompt, and add this call's token counts to the session's `usage` global
+    (it flows back upstream)."""
+    run.prompt_tokens = backend.count_tokens(run.prompt)
     session = current_session()
     previous = session.get("usage")
     # The global arrives from callers: anything but a dict of counts starts afresh.
@@ -199,7 +205,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     def _start(self, request: model_pb2.GenerateRequest) -> tuple[str, SamplingParams, _Run]:
         prompt = prompt_of(request)
         params = effective_params(self.config, request.params)
-        return prompt, params, _Run(prompt_tokens=self.config.backend.count_tokens(prompt))
+        return prompt, params, _Run(prompt)
 
     async def Generate(
         self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -250,7 +256,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                     producer = asyncio.ensure_future(produce())
             if producer is not None:
                 await producer
-            _account(run)
+            _account(run, self.config.backend)
             yield model_pb2.GenerateChunk(
                 index=index, source=name, finish_reason=run.finish_reason, usage=run.usage()
             )
@@ -269,7 +275,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> model_pb2.GenerateResponse:
         prompt, params, run = self._start(request)
         text = "".join([d async for d in _tokens(self.config, prompt, params, run)])
-        _account(run)
+        _account(run, self.config.backend)
         return model_pb2.GenerateResponse(
             text=text, finish_reason=run.finish_reason, usage=run.usage()
         )

@@ -65,6 +65,7 @@ class Module:
     is_async: bool
     doc: str
     signature: inspect.Signature | None = None
+    is_asyncgen: bool = False
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """`InvalidArgument` naming the module when the call does not fit its signature."""
@@ -73,6 +74,19 @@ class Module:
                 self.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise InvalidArgument(f"module {self.name!r}: {exc}") from None
+
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call an `async def` or generator module: its coroutine or generator object.
+
+        Python binds the arguments before any of the body runs, so a call that does not fit
+        the signature fails right here, and `check_arguments` (which costs a signature bind
+        on every call) only runs to tell that failure from a TypeError of a wrapper's own.
+        """
+        try:
+            return self.fn(*args, **kwargs)
+        except TypeError:
+            self.check_arguments(args, kwargs)
+            raise
 
     @classmethod
     def of(cls, name: str, fn: Callable[..., Any]) -> Module:
@@ -87,6 +101,7 @@ class Module:
             is_async=agen or inspect.iscoroutinefunction(fn),
             doc=inspect.getdoc(fn) or "",
             signature=_signature(fn),
+            is_asyncgen=agen,
         )
 
 
@@ -205,13 +220,13 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.CallResponse:
         module = self._lookup(request)
         args, kwargs = _decode(request)
-        module.check_arguments(args, kwargs)
         if module.streaming:
-            topic = None
-            result = await self._run(module, args, kwargs, topic)
+            module.check_arguments(args, kwargs)
+            result = await self._run(module, args, kwargs, None)
         elif module.is_async:
-            result = await module.fn(*args, **kwargs)
+            result = await module.start(args, kwargs)
         else:
+            module.check_arguments(args, kwargs)
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
             result = await loop.run_in_executor(
@@ -224,13 +239,14 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         module = self._lookup(request)
         args, kwargs = _decode(request)
-        module.check_arguments(args, kwargs)
+        if not module.is_asyncgen:  # an async generator's call checks them (`_primed`)
+            module.check_arguments(args, kwargs)
         scope = current_call()
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:
             scope.topic = topic
         producer: asyncio.Future[Any] | None = None
-        if module.streaming and inspect.isasyncgenfunction(module.fn):
+        if module.is_asyncgen:
             # Primed up to its first delta on this task; the rest starts once that is written.
             pending = await self._primed(module, args, kwargs, topic)
         else:
@@ -276,7 +292,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         """Start an async generator module on this task up to its first delta (`prime`);
         returns the coroutine that runs the rest as the producer."""
-        gen = module.fn(*args, **kwargs)
+        try:
+            gen = module.start(args, kwargs)
+        except BaseException:
+            broker.BROKER.close(topic)
+            raise
         _PRODUCERS.enter()
         deltas = _Aggregate()
 
@@ -312,7 +332,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         the topic after what was already queued.
         """
         try:
-            if module.streaming and inspect.isasyncgenfunction(module.fn):
+            if module.is_asyncgen:
                 if gen is None:
                     gen = module.fn(*args, **kwargs)
                     _PRODUCERS.enter()

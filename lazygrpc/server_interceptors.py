@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -55,10 +55,15 @@ class ServerCore:
         try:
             if sid is not None:
                 metadata.validate_session_id(sid)
-            values, others, _ = metadata.split_baggage(baggage) if baggage else ({}, [], set())
+            parsed = metadata.parse_baggage(baggage) if baggage else None
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        session = sessions.Session(sid, values, others)
+        if parsed is None:
+            session = sessions.Session(sid)
+        else:
+            session = sessions.Session(
+                sid, parsed.values, parsed.others, parsed.texts, parsed.entries
+            )
         names = self._names.get(full_method)
         if names is None:
             service, method = chain.split_method(full_method)
@@ -121,6 +126,9 @@ class _Status(grpc.Status):  # type: ignore[misc]
         self.code = code
         self.details = details
         self.trailing_metadata = trailing_metadata
+
+
+_SHUTTING_DOWN = _Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down", ())
 
 
 def _enter(scope: CallScope) -> None:
@@ -285,20 +293,25 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._cache[full_method] = (handler, wrapped)
         return wrapped
 
-    async def _start(self, method: str, context: Any) -> CallScope:
-        """Admit the call (counted by the gate until the wrapper ends) and bind its scope."""
+    def _admit(self, method: str, context: Any) -> CallScope | grpc.Status:
+        """Admit the call (counted by the gate until the wrapper ends) and bind its scope, or
+        the status that refuses it (`_refuse` sends it). No await on the way in."""
         if not self.gate.enter():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            return _SHUTTING_DOWN
         try:
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
         except Exception as exc:
             self.gate.leave()
-            status = self.core.rejection(method, _as_invalid(exc))
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            return self.core.rejection(method, _as_invalid(exc))
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield.
         _enter(scope)
         return scope
+
+    @staticmethod
+    async def _refuse(context: Any, status: grpc.Status) -> NoReturn:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("unreachable: abort() raises")
 
     async def _fail(self, scope: CallScope, context: Any, exc: BaseException) -> None:
         status = self.core.failure(scope, exc)
@@ -318,17 +331,29 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await self._fail(scope, context, exc)
 
     async def _succeed(self, scope: CallScope, context: Any) -> None:
+        """The slow end of `_ended_ok`: a globals update too large to send."""
         try:
             _send_update(scope, context)
         except ResourceExhausted as exc:
             await self._fail(scope, context, exc)
+
+    @staticmethod
+    def _ended_ok(scope: CallScope, context: Any) -> bool:
+        """Send the globals update of a call that succeeded; False if `_succeed` must."""
+        try:
+            _send_update(scope, context)
+        except ResourceExhausted:
+            return False
+        return True
 
     def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
         if not streaming:
             is_async = inspect.iscoroutinefunction(behavior)
 
             async def unary(request: Any, context: Any) -> Any:
-                scope = await self._start(method, context)
+                scope = self._admit(method, context)
+                if not isinstance(scope, CallScope):
+                    await self._refuse(context, scope)
                 try:
                     if is_async:
                         response = await behavior(request, context)
@@ -342,7 +367,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._on_error(scope, context, exc)
                 finally:
                     self.gate.leave()
-                await self._succeed(scope, context)
+                if not self._ended_ok(scope, context):
+                    await self._succeed(scope, context)
                 return response
 
             return unary
@@ -350,7 +376,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if inspect.isasyncgenfunction(behavior):
 
             async def agen_stream(request: Any, context: Any) -> Any:
-                scope = await self._start(method, context)
+                scope = self._admit(method, context)
+                if not isinstance(scope, CallScope):
+                    await self._refuse(context, scope)
                 inner = behavior(request, context)
                 try:
                     async for item in inner:
@@ -360,14 +388,17 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self.gate.leave()
                     await inner.aclose()  # closed with us, not whenever it is collected
-                await self._succeed(scope, context)
+                if not self._ended_ok(scope, context):
+                    await self._succeed(scope, context)
 
             return agen_stream
 
         if inspect.isgeneratorfunction(behavior):
 
             async def sync_gen_stream(request: Any, context: Any) -> Any:
-                scope = await self._start(method, context)
+                scope = self._admit(method, context)
+                if not isinstance(scope, CallScope):
+                    await self._refuse(context, scope)
                 ctx = contextvars.copy_context()
                 loop = asyncio.get_running_loop()
                 done = object()
@@ -397,19 +428,23 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         step.add_done_callback(lambda _: loop.run_in_executor(None, close))
                     else:
                         await loop.run_in_executor(None, close)
-                await self._succeed(scope, context)
+                if not self._ended_ok(scope, context):
+                    await self._succeed(scope, context)
 
             return sync_gen_stream
 
         async def write_stream(request: Any, context: Any) -> None:
-            scope = await self._start(method, context)
+            scope = self._admit(method, context)
+            if not isinstance(scope, CallScope):
+                await self._refuse(context, scope)
             try:
                 await behavior(request, context)
             except _HANDLED as exc:
                 await self._on_error(scope, context, exc)
             finally:
                 self.gate.leave()
-            await self._succeed(scope, context)
+            if not self._ended_ok(scope, context):
+                await self._succeed(scope, context)
 
         return write_stream
 

@@ -30,22 +30,45 @@ def new_session_id() -> str:
 _Keys = set[str]
 
 
+#: Values that cannot change in place: their encoding stays right as long as they do.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
 class Session:
     """One session's id and globals, with a record of what changed since it was created.
 
     A value changed in place (`globals["history"].append(x)`) counts as changed too: the
     update compares each value's encoding with the one the call started with. One lock
     guards the globals, since a call's threads (thread-pool fan-out) share its session.
+
+    Encoded entries are kept per key while they cannot be stale: a value that came off the
+    wire and was never handed out (or is immutable) is forwarded as it came and is known
+    unchanged at the end, without encoding it again. A mutable value handed out by `get`
+    is "exposed" and encoded afresh whenever it is sent.
     """
 
-    __slots__ = ("_deleted", "_dirty", "_initial", "_lock", "_values", "foreign_baggage", "id")
+    __slots__ = (
+        "_deleted",
+        "_dirty",
+        "_entries",
+        "_exposed",
+        "_initial",
+        "_lock",
+        "_values",
+        "foreign_baggage",
+        "id",
+    )
 
     def __init__(
         self,
         id: str | None = None,
         values: dict[str, Any] | None = None,
         foreign_baggage: list[str] | None = None,
+        texts: dict[str, str] | None = None,
+        entries: dict[str, str] | None = None,
     ) -> None:
+        """`texts` and `entries` are the values' JSON texts and baggage entries as they came
+        off the wire (then `values` are fresh objects nobody else holds)."""
         self.id = metadata.validate_session_id(id) if id is not None else new_session_id()
         self._values: dict[str, Any] = values or {}
         self.foreign_baggage: list[str] = foreign_baggage or []
@@ -53,56 +76,111 @@ class Session:
         self._deleted: _Keys = set()
         self._lock = threading.Lock()
         # Encodings the call started with, to notice values changed in place.
-        self._initial: dict[str, str] = (
-            {k: metadata.encode_json(k, v) for k, v in self._values.items()} if values else {}
-        )
+        if texts is not None:
+            self._initial = texts
+            self._entries = entries if entries is not None else {}
+            self._exposed: _Keys = set()
+        else:
+            self._initial = {k: metadata.encode_json(k, v) for k, v in self._values.items()}
+            self._entries = {}
+            self._exposed = {k for k, v in self._values.items() if type(v) not in _IMMUTABLE}
+
+    def _hand_out(self, key: str, value: Any) -> Any:
+        if type(value) not in _IMMUTABLE:
+            self._exposed.add(key)  # the caller may change it in place from now on
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._values.get(key, default)
+        if key not in self._values:
+            return default
+        return self._hand_out(key, self._values[key])
 
     def item(self, key: str) -> Any:
-        return self._values[key]
+        return self._hand_out(key, self._values[key])
 
     def set(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key:
             raise TypeError(f"session global key {key!r} must be a non-empty str")
-        encoded = metadata.encode_entry(key, metadata.encode_json(key, value))
-        if len(encoded) > metadata.MAX_BAGGAGE_BYTES:
+        entry = metadata.encode_entry(key, metadata.encode_json(key, value))
+        if len(entry) > metadata.MAX_BAGGAGE_BYTES:
             raise ValueError(
-                f"session global {key!r}: {len(encoded)} bytes encoded, over the limit of "
+                f"session global {key!r}: {len(entry)} bytes encoded, over the limit of "
                 f"{metadata.MAX_BAGGAGE_BYTES} bytes for all globals"
             )
         with self._lock:
             self._values[key] = value
+            self._entries[key] = entry
+            self._hand_out(key, value)
             self._dirty.add(key)
             self._deleted.discard(key)
 
     def delete(self, key: str) -> None:
         with self._lock:
             del self._values[key]
+            self._entries.pop(key, None)
+            self._exposed.discard(key)
             self._dirty.discard(key)
             self._deleted.add(key)
 
-    def merge_update(self, values: dict[str, Any], deleted: _Keys) -> None:
-        """Apply a callee's `lazy-globals-update`; the keys count as changed here too."""
-        for key, value in values.items():
-            self.set(key, value)
+    def merge_update(
+        self, values: dict[str, Any], deleted: _Keys, entries: dict[str, str] | None = None
+    ) -> None:
+        """Apply a callee's `lazy-globals-update`; the keys count as changed here too.
+
+        `entries` are the update's own encoded entries (from `metadata.parse_baggage`): the
+        values are then fresh objects, and the trailer already held every entry to its
+        8 KiB limit.
+        """
+        if entries is None:
+            for key, value in values.items():
+                self.set(key, value)
+        else:
+            with self._lock:
+                for key, value in values.items():
+                    self._values[key] = value
+                    self._entries[key] = entries[key]
+                    self._exposed.discard(key)
+                    self._dirty.add(key)
+                    self._deleted.discard(key)
         with self._lock:
             for key in deleted:
                 self._values.pop(key, None)
+                self._entries.pop(key, None)
+                self._exposed.discard(key)
                 self._dirty.discard(key)
                 self._deleted.add(key)
+
+    def has(self, key: object) -> bool:
+        return key in self._values
+
+    def keys(self) -> list[str]:
+        """The names of the globals (a snapshot)."""
+        with self._lock:
+            return list(self._values)
 
     def values(self) -> dict[str, Any]:
         """A snapshot of the globals."""
         with self._lock:
+            for key, value in self._values.items():
+                self._hand_out(key, value)
             return dict(self._values)
+
+    def _entry(self, key: str, value: Any) -> str:
+        """The encoded baggage entry of a global (under the lock)."""
+        entry = self._entries.get(key)
+        if entry is None or key in self._exposed:
+            entry = self._entries[key] = metadata.encode_entry(
+                key, metadata.encode_json(key, value)
+            )
+        return entry
 
     def baggage(self) -> str:
         """The encoded `baggage` header (`ValueError` past the W3C limits)."""
         if not self._values and not self.foreign_baggage:
             return ""
-        return metadata.encode_globals(self.values(), self.foreign_baggage)
+        with self._lock:
+            own = [self._entry(key, value) for key, value in self._values.items()]
+        return metadata.join_baggage([*self.foreign_baggage, *own])
 
     def update_trailer(self) -> str:
         """The `lazy-globals-update` value for what changed, or "" when nothing did.
@@ -110,26 +188,46 @@ class Session:
         Raises `ResourceExhausted` naming the size when it would not fit the 8 KiB limit
         the caller enforces on it.
         """
+        changed: list[str] = []
+        names: list[str] = []
         with self._lock:
-            values = dict(self._values)
-            dirty, deleted = set(self._dirty), set(self._deleted)
-        changed = {}
-        for key, value in values.items():
-            encoded = metadata.encode_json(key, value)
-            if key in dirty or self._initial.get(key) != encoded:
-                changed[key] = value
+            for key, value in self._values.items():
+                if key in self._dirty:
+                    changed.append(self._entry(key, value))
+                elif key in self._exposed:
+                    encoded = metadata.encode_json(key, value)
+                    if self._unchanged(key, encoded):
+                        continue
+                    entry = self._entries[key] = metadata.encode_entry(key, encoded)
+                    changed.append(entry)
+                else:
+                    continue  # never handed out, never set: as it came
+                names.append(key)
+            deleted = set(self._deleted)
         if not changed and not deleted:
             return ""
-        update = metadata.encode_update(changed, deleted)
+        update = metadata.join_update(changed, deleted)
         if len(update) > metadata.MAX_BAGGAGE_BYTES:
             from lazygrpc.errors import ResourceExhausted
 
             raise ResourceExhausted(
                 f"{metadata.UPDATE_TRAILER}: changed globals encode to {len(update)} bytes, "
                 f"over the limit of {metadata.MAX_BAGGAGE_BYTES} "
-                f"(keys: {', '.join(sorted(changed))})"
+                f"(keys: {', '.join(sorted(names))})"
             )
         return update
+
+    def _unchanged(self, key: str, encoded: str) -> bool:
+        initial = self._initial.get(key)
+        if initial is None:
+            return False
+        if initial == encoded:
+            return True
+        # The text came from a peer that formats JSON differently: compare canonically.
+        try:
+            return metadata.encode_json(key, metadata.decode_json(initial)) == encoded
+        except (TypeError, ValueError, RecursionError):
+            return False
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, globals={self.values()!r})"
@@ -197,10 +295,13 @@ class Globals(MutableMapping[str, Any]):
         current().delete(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(current().values())
+        return iter(current().keys())
 
     def __len__(self) -> int:
-        return len(current().values())
+        return len(current().keys())
+
+    def __contains__(self, key: object) -> bool:
+        return current().has(key)
 
     def __repr__(self) -> str:
         return f"lazygrpc.globals({current().values()!r})"

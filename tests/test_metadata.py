@@ -90,3 +90,54 @@ def test_session_tracks_changes_and_deletions() -> None:
     parent = Session("s1", {"b": 2})
     parent.merge_update(values, deleted)
     assert parent.values() == {"a": 3}
+
+
+def _from_wire(header: str) -> Session:
+    parsed = metadata.parse_baggage(header)
+    return Session("s1", parsed.values, parsed.others, parsed.texts, parsed.entries)
+
+
+def test_untouched_globals_are_forwarded_as_they_came_and_report_no_change() -> None:
+    # A peer that formats JSON its own way (spaces, "{" escaped): still valid baggage.
+    header = "lazy.a=%7B%22x%22%3A%201%7D,other=1,lazy.b=%5B1%2C2%5D"
+    s = _from_wire(header)
+    assert s.baggage() == "other=1,lazy.a=%7B%22x%22%3A%201%7D,lazy.b=%5B1%2C2%5D"
+    assert s.update_trailer() == ""
+    # Read but not changed: compared canonically, still no change.
+    assert s.get("a") == {"x": 1}
+    assert s.update_trailer() == ""
+
+
+@pytest.mark.parametrize("source", ["wire", "merged", "set"])
+def test_a_value_changed_in_place_is_sent_and_reported(source: str) -> None:
+    if source == "wire":
+        s = _from_wire(metadata.encode_globals({"history": ["a"]}))
+    elif source == "merged":
+        s = Session("s1")
+        update = metadata.parse_baggage(metadata.encode_update({"history": ["a"]}, ()))
+        s.merge_update(update.values, update.deleted, update.entries)
+    else:
+        s = Session("s1")
+        s.set("history", ["a"])
+    s.get("history").append("b")
+    values, _, _ = metadata.split_baggage(s.baggage())
+    assert values == {"history": ["a", "b"]}
+    changed, _ = metadata.decode_update(s.update_trailer())
+    assert changed == {"history": ["a", "b"]}
+    # Every later change is seen too, not only the first.
+    s.item("history").append("c")
+    assert metadata.split_baggage(s.baggage())[0] == {"history": ["a", "b", "c"]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(keys, json_values, max_size=6), st.data())
+def test_wire_session_roundtrip_and_changes(values: dict[str, Any], data: Any) -> None:
+    s = _from_wire(metadata.encode_globals(values))
+    assert metadata.split_baggage(s.baggage())[0] == json.loads(json.dumps(values))
+    assert s.update_trailer() == ""
+    if values:
+        key = data.draw(st.sampled_from(sorted(values)))
+        new = data.draw(json_values)
+        s.set(key, new)
+        changed, _ = metadata.decode_update(s.update_trailer())
+        assert changed == {key: json.loads(json.dumps(new))}

@@ -59,6 +59,30 @@ class BrokerStats:
 class Topic:
     """A bounded queue of events for one streaming call. Consumer side is asyncio."""
 
+    __slots__ = (
+        "_async_producers",
+        "_broker",
+        "_bytes",
+        "_consumer",
+        "_error",
+        "_finished",
+        "_inline",
+        "_lock",
+        "_loop",
+        "_loop_thread",
+        "_q",
+        "_space_cond",
+        "accepts_intermediate",
+        "blocked",
+        "closed",
+        "coalesce_bytes",
+        "coalesced",
+        "max_bytes",
+        "max_events",
+        "published",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         broker: Broker,
@@ -264,23 +288,42 @@ class Topic:
         return len(self._q), self._bytes
 
 
-async def prime(topic: Topic, agen: Any, make: Any) -> bool:
-    """Run `agen` up to its first item on the calling (consumer) task; False if it ended.
+def push_front(topic: Topic, item: Item) -> None:
+    """Put a first item `prime` handed back at the head of `topic` after all (consumer side)."""
+    with topic._lock:
+        topic._q.appendleft(item)
+        topic._bytes += item[3]
 
-    The first item then leaves without a hop to a producer task and back, which is what
-    time to first token costs otherwise; the rest of `agen` runs in a producer task as
-    usual. `make(item)` turns the item into a topic `Item`. Errors propagate.
+
+#: What `prime` returns for a generator that ended without an item, and for a first item
+#: it queued behind events the first step emitted.
+ENDED: Any = object()
+QUEUED: Any = object()
+
+
+async def prime(topic: Topic, agen: Any, make: Any) -> Any:
+    """Run `agen` up to its first item on the calling (consumer) task.
+
+    Returns that item for the caller to send at once when nothing else is queued before
+    it; else it goes into the topic behind what the first step emitted (order is kept) and
+    this returns `QUEUED`. Returns `ENDED` if `agen` ended without an item. The first item so
+    leaves without a hop to a producer task and back, which is what time to first token
+    costs otherwise; the rest of `agen` runs in a producer task as usual. `make(item)`
+    turns the item into a topic `Item` when it is queued. Errors propagate.
     """
     topic._inline = True
     try:
         first = await agen.__anext__()
     except StopAsyncIteration:
-        return False
+        return ENDED
     finally:
         topic._inline = False
     with topic._lock:
+        if not topic._q:
+            topic.published += 1
+            return first
         topic._append(make(first))  # no waiter: the consumer is us
-    return True
+    return QUEUED
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -68,6 +68,8 @@ class ModelConfig:
 
 def effective_params(config: ModelConfig, params: model_pb2.GenerationParams) -> SamplingParams:
     """Presets overlaid with the caller's params; `InvalidArgument` names a bad param."""
+    if not params.ByteSize():
+        return config.presets
     changes: dict[str, Any] = {}
     for name in ("max_tokens", "temperature", "top_p", "top_k", "seed"):
         if not params.HasField(name):
@@ -107,6 +109,10 @@ def _check(config: ModelConfig, name: str, value: float) -> None:
 
 def prompt_of(request: model_pb2.GenerateRequest) -> str:
     """The prompt: chat messages as `role: content` lines, then `input`."""
+    if not request.messages:
+        prompt = request.input
+        if prompt and len(prompt) <= MAX_PROMPT_CHARS and not prompt.isspace():
+            return prompt
     parts = [f"{m.role}: {m.content}" if m.role else m.content for m in request.messages]
     if request.input:
         parts.append(request.input)
@@ -236,17 +242,22 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         # The first token goes out from this task; the producer task that makes the rest
         # starts once it is written, so it does not compete with the first write.
         try:
-            more = await broker.prime(topic, tokens, as_item)
+            first = await broker.prime(topic, tokens, as_item)
         except BaseException:
             broker.BROKER.close(topic)
             await tokens.aclose()
             raise
         producer: asyncio.Future[None] | None = None
+        more = first is not broker.ENDED
         if not more:
             topic.finish()
             await tokens.aclose()
         index = 0
         try:
+            if more and first is not broker.QUEUED:
+                yield model_pb2.GenerateChunk(text=first, index=0, source=name)
+                index = 1
+                producer = asyncio.ensure_future(produce())
             while (item := await topic.get()) is not None:
                 text = item[2]
                 assert isinstance(text, str)  # this topic only ever holds text deltas

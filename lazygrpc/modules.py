@@ -130,7 +130,8 @@ def _as_modules(
 
 def _decode(request: module_pb2.CallRequest) -> tuple[tuple[Any, ...], dict[str, Any]]:
     args = (from_value(request.input, where="input"),) if request.HasField("input") else ()
-    return args, from_struct(request.kwargs, where="kwargs")
+    kwargs = from_struct(request.kwargs, where="kwargs") if request.HasField("kwargs") else {}
+    return args, kwargs
 
 
 def _encode(module: Module, value: Any) -> Any:
@@ -246,9 +247,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         if scope is not None:
             scope.topic = topic
         producer: asyncio.Future[Any] | None = None
+        first = broker.QUEUED
         if module.is_asyncgen:
             # Primed up to its first delta on this task; the rest starts once that is written.
-            pending = await self._primed(module, args, kwargs, topic)
+            first, pending = await self._primed(module, args, kwargs, topic)
         else:
             pending = self._run(module, args, kwargs, topic)
             producer = asyncio.ensure_future(pending)
@@ -261,13 +263,22 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
         seq = 0
         try:
+            if first is not broker.QUEUED:
+                event = module_pb2.Event(seq=0, source=module.name)
+                event.delta.string_value = first
+                yield event
+                seq = 1
+                started()
             while (item := await topic.get()) is not None:
                 kind, source, payload, _ = item
-                value = to_value(payload) if isinstance(payload, str) else payload
-                if kind == broker.DELTA:
-                    yield module_pb2.Event(seq=seq, source=source, delta=value)
+                event = module_pb2.Event(seq=seq, source=source)
+                if isinstance(payload, str):
+                    event.delta.string_value = payload  # text is only ever a delta
+                elif kind == broker.DELTA:
+                    event.delta.CopyFrom(payload)
                 else:
-                    yield module_pb2.Event(seq=seq, source=source, intermediate=value)
+                    event.intermediate.CopyFrom(payload)
+                yield event
                 seq += 1
                 started()
             result = await started()
@@ -290,8 +301,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     async def _primed(
         self, module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: broker.Topic
     ) -> Any:
-        """Start an async generator module on this task up to its first delta (`prime`);
-        returns the coroutine that runs the rest as the producer."""
+        """Start an async generator module on this task up to its first delta (`prime`).
+
+        Returns that delta when it can go out at once (else `broker.QUEUED`), and the
+        coroutine that runs the rest as the producer."""
         try:
             gen = module.start(args, kwargs)
         except BaseException:
@@ -305,16 +318,22 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             return broker.make_item(broker.DELTA, module.name, delta)
 
         try:
-            more = await broker.prime(topic, gen, item)
+            first = await broker.prime(topic, gen, item)
+            if first is not broker.QUEUED and first is not broker.ENDED:
+                if type(first) is str:
+                    deltas.append(first)
+                else:  # sent through the topic, which converts (and checks) the value
+                    broker.push_front(topic, item(first))
+                    first = broker.QUEUED
         except BaseException as exc:
             topic.finish(exc)
             await _close_async(gen)
-            return _failed(exc)
-        if not more:
+            return broker.QUEUED, _failed(exc)
+        if first is broker.ENDED:
             topic.finish()
             await _close_async(gen)
-            return _done(deltas.value())
-        return self._run(module, args, kwargs, topic, gen=gen, deltas=deltas)
+            return broker.QUEUED, _done(deltas.value())
+        return first, self._run(module, args, kwargs, topic, gen=gen, deltas=deltas)
 
     async def _run(
         self,

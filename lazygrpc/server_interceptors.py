@@ -53,17 +53,15 @@ class ServerCore:
             elif key == "traceparent":
                 traceparent = value
         try:
-            if sid is not None:
-                metadata.validate_session_id(sid)
-            parsed = metadata.parse_baggage(baggage) if baggage else None
-        except ValueError as exc:
+            if baggage:
+                parsed = metadata.parse_baggage(baggage)
+                session = sessions.Session(
+                    sid, parsed.values, parsed.others, parsed.texts, parsed.entries
+                )
+            else:
+                session = sessions.Session(sid)
+        except ValueError as exc:  # a bad baggage header or session id, named
             raise InvalidArgument(str(exc)) from None
-        if parsed is None:
-            session = sessions.Session(sid)
-        else:
-            session = sessions.Session(
-                sid, parsed.values, parsed.others, parsed.texts, parsed.entries
-            )
         names = self._names.get(full_method)
         if names is None:
             service, method = chain.split_method(full_method)

@@ -80,7 +80,6 @@ class Topic:
         "max_bytes",
         "max_events",
         "published",
-        "__weakref__",
     )
 
     def __init__(

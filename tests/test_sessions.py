@@ -174,7 +174,9 @@ def test_globals_limits_are_checked_before_sending(mesh: Mesh) -> None:
             lazygrpc.globals["big"] = "x" * 9000
         for key in ("a", "b", "c"):
             lazygrpc.globals[key] = "x" * 3000
-        with pytest.raises(ValueError, match=r"encoded baggage is \d+ bytes, over the limit of 8192"):
+        with pytest.raises(
+            ValueError, match=r"encoded baggage is \d+ bytes, over the limit of 8192"
+        ):
             mesh.run("never-sent")
     with lazygrpc.session():
         for i in range(181):

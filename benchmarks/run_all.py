@@ -104,7 +104,7 @@ async def unary(quick: bool) -> list[Row]:
 async def streaming(quick: bool) -> list[Row]:
     n = 10_000
     rounds = 3 if quick else 5
-    ttft_trials = 20 if quick else 40
+    ttft_trials = 60 if quick else 200
     short_n = 8
     with Servers() as servers:
         lm = servers.start("lazy-model")
@@ -131,7 +131,7 @@ async def streaming(quick: bool) -> list[Row]:
             rows = []
             for path, fns in paths.items():
                 for side in ("lazy", "bare"):
-                    for _ in range(5):
+                    for _ in range(20):
                         await c.stream_once(fns[side][1])
                 ttft: dict[str, list[float]] = {"lazy": [], "bare": []}
                 tps: dict[str, list[float]] = {"lazy": [], "bare": []}

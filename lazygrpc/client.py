@@ -11,7 +11,7 @@ import grpc
 from lazygrpc import broker, chain, channels, invoke
 from lazygrpc.calls import current_call
 from lazygrpc.v1 import model_pb2, model_pb2_grpc, module_pb2, module_pb2_grpc
-from lazygrpc.values import from_value, to_struct, to_value
+from lazygrpc.values import fill_struct, fill_value, from_value
 
 EventKind = Literal["delta", "intermediate", "result"]
 
@@ -90,9 +90,11 @@ class RemoteModule:
     def _request(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> module_pb2.CallRequest:
         if len(args) > 1:
             raise TypeError(f"{self.module}() takes one positional input, got {len(args)}")
-        request = module_pb2.CallRequest(module=self.module, kwargs=to_struct(kwargs))
+        request = module_pb2.CallRequest(module=self.module)
         if args:
-            request.input.CopyFrom(to_value(args[0], where="input"))
+            fill_value(request.input, args[0], where="input")
+        if kwargs:
+            fill_struct(request.kwargs, kwargs)
         return request
 
     def _error(self, err: grpc.RpcError) -> Exception:
@@ -220,7 +222,9 @@ class LLM:
         )
 
     def _request(self, text: str, params: Mapping[str, Any]) -> model_pb2.GenerateRequest:
-        request = model_pb2.GenerateRequest(params=_params_message({**self.params, **params}))
+        request = model_pb2.GenerateRequest()
+        if self.params or params:
+            request.params.CopyFrom(_params_message({**self.params, **params}))
         if self.prompt is None:
             request.input = text
         elif "{input}" in self.prompt:

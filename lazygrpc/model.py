@@ -217,21 +217,15 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         prompt, params, run = self._start(request)
-        topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
-        scope = current_call()
-        if scope is not None:
-            scope.topic = topic
-
         name = self.config.name
         tokens = _tokens(self.config, prompt, params, run)
+        topic: broker.Topic | None = None
+        producer: asyncio.Future[None] | None = None
 
-        def as_item(delta: str) -> broker.Item:
-            return (broker.DELTA, name, delta, len(delta) + 8)
-
-        async def produce() -> None:
+        async def produce(topic: broker.Topic) -> None:
             try:
                 async for delta in tokens:
-                    await topic.aput(as_item(delta))
+                    await topic.aput((broker.DELTA, name, delta, len(delta) + 8))
             except BaseException as exc:
                 topic.finish(exc)
                 raise
@@ -239,40 +233,36 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 await tokens.aclose()
             topic.finish()
 
-        # The first token goes out from this task; the producer task that makes the rest
-        # starts once it is written, so it does not compete with the first write.
-        try:
-            first = await broker.prime(topic, tokens, as_item)
-        except BaseException:
-            broker.BROKER.close(topic)
-            await tokens.aclose()
-            raise
-        producer: asyncio.Future[None] | None = None
-        more = first is not broker.ENDED
-        if not more:
-            topic.finish()
-            await tokens.aclose()
         index = 0
         try:
-            if more and first is not broker.QUEUED:
+            # The first token is made and written from this task before the call's topic
+            # exists: time to first token pays neither for the topic nor for a hop to a
+            # producer task. The producer that makes the rest starts once it is written.
+            try:
+                first: str | None = await tokens.__anext__()
+            except StopAsyncIteration:
+                first = None
+            if first is not None:
                 yield model_pb2.GenerateChunk(text=first, index=0, source=name)
                 index = 1
-                producer = asyncio.ensure_future(produce())
-            while (item := await topic.get()) is not None:
-                text = item[2]
-                assert isinstance(text, str)  # this topic only ever holds text deltas
-                yield model_pb2.GenerateChunk(text=text, index=index, source=name)
-                index += 1
-                if producer is None and more:
-                    producer = asyncio.ensure_future(produce())
-            if producer is not None:
+                topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
+                scope = current_call()
+                if scope is not None:
+                    scope.topic = topic
+                producer = asyncio.ensure_future(produce(topic))
+                while (item := await topic.get()) is not None:
+                    text = item[2]
+                    assert isinstance(text, str)  # this topic only ever holds text deltas
+                    yield model_pb2.GenerateChunk(text=text, index=index, source=name)
+                    index += 1
                 await producer
             _account(run, self.config.backend)
             yield model_pb2.GenerateChunk(
                 index=index, source=name, finish_reason=run.finish_reason, usage=run.usage()
             )
         finally:
-            broker.BROKER.close(topic)
+            if topic is not None:
+                broker.BROKER.close(topic)
             if producer is None:
                 await tokens.aclose()
             elif not producer.done():

@@ -23,8 +23,21 @@ def to_value(obj: Any, *, where: str = "value") -> struct_pb2.Value:
     return v
 
 
+def fill_value(v: struct_pb2.Value, obj: Any, *, where: str = "value") -> None:
+    """`to_value` into an existing `Value` (a message's field: no copy)."""
+    _fill(v, obj, where)
+
+
+def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], *, where: str = "kwargs") -> None:
+    """`to_struct` into an existing `Struct`."""
+    for key, item in obj.items():
+        _fill(s.fields[key], item, f"{where}[{key!r}]")
+
+
 def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
-    if obj is None:
+    if type(obj) is str:  # the common case first
+        v.string_value = obj
+    elif obj is None:
         v.null_value = struct_pb2.NULL_VALUE
     elif isinstance(obj, bool):
         v.bool_value = obj
@@ -59,8 +72,7 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
 def to_struct(obj: Mapping[str, Any], *, where: str = "kwargs") -> struct_pb2.Struct:
     """Convert a str-keyed mapping to a `Struct`."""
     s = struct_pb2.Struct()
-    for key, item in obj.items():
-        _fill(s.fields[key], item, f"{where}[{key!r}]")
+    fill_struct(s, obj, where=where)
     return s
 
 
@@ -70,11 +82,11 @@ def from_value(v: struct_pb2.Value, *, where: str = "value") -> Any:
     A `Value` with no kind set is malformed: `InvalidArgument` names where it is.
     """
     kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
     if kind == "number_value":
         n = v.number_value
         return int(n) if n.is_integer() and abs(n) <= MAX_SAFE_INT else n
-    if kind == "string_value":
-        return v.string_value
     if kind == "bool_value":
         return v.bool_value
     if kind == "null_value":

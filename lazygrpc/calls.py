@@ -52,7 +52,7 @@ class CallScope:
         self.topic: Topic | None = None
         self.trace_id = ""
         self.cancelled = False
-        self._children: set[Cancellable] = set()
+        self._children: set[Cancellable] | None = None  # made by the first child call
         self._lock = threading.Lock()
 
     def time_remaining(self) -> float | None:
@@ -62,6 +62,8 @@ class CallScope:
         """Track a child call; False (and the call is cancelled) if this call already ended."""
         with self._lock:
             if not self.cancelled:
+                if self._children is None:
+                    self._children = set()
                 self._children.add(call)
                 return True
         call.cancel()
@@ -69,14 +71,15 @@ class CallScope:
 
     def discard_child(self, call: Cancellable) -> None:
         with self._lock:
-            self._children.discard(call)
+            if self._children is not None:
+                self._children.discard(call)
 
     def cancel(self) -> None:
         """The parent call ended early: cancel every child call and close the topic."""
         with self._lock:
             self.cancelled = True
-            children, self._children = self._children, set()
-        for child in children:
+            children, self._children = self._children, None
+        for child in children or ():
             child.cancel()
         if self.topic is not None:
             self.topic.cancel()

@@ -34,21 +34,25 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
     """Metadata and timeout for a call made from the current context. No I/O."""
     s = sessions.current()
     scope = current_call()
-    out: list[tuple[str, str | bytes]] = []
-    caller_sid = None
-    foreign: list[str] = []
-    for key, value in md or ():
-        if key == metadata.BAGGAGE_HEADER and isinstance(value, str):
-            _, others, _ = metadata.split_baggage(value)
-            foreign.extend(others)
-            continue
-        if key == metadata.SESSION_HEADER:
-            caller_sid = value
-        out.append((key, value))
-    if caller_sid is None:
-        out.append((metadata.SESSION_HEADER, s.id))
-    own = s.baggage()
-    baggage = ",".join(x for x in (",".join(foreign), own) if x)
+    out: list[tuple[str, str | bytes]]
+    if not md:  # lazygrpc's own clients
+        out = [(metadata.SESSION_HEADER, s.id)]
+        baggage = s.baggage()
+    else:
+        out = []
+        caller_sid = None
+        foreign: list[str] = []
+        for key, value in md:
+            if key == metadata.BAGGAGE_HEADER and isinstance(value, str):
+                _, others, _ = metadata.split_baggage(value)
+                foreign.extend(others)
+                continue
+            if key == metadata.SESSION_HEADER:
+                caller_sid = value
+            out.append((key, value))
+        if caller_sid is None:
+            out.append((metadata.SESSION_HEADER, s.id))
+        baggage = ",".join(x for x in (",".join(foreign), s.baggage()) if x)
     if baggage:
         out.append((metadata.BAGGAGE_HEADER, baggage))
     if "opentelemetry.trace" in sys.modules:

@@ -233,28 +233,31 @@ class DrainGate:
 
     grpc's own `stop(grace)` closes the listener and sends GOAWAY at once, so no client could
     ever read the NOT_SERVING that a graceful shutdown sets. `Server.stop()` drains here
-    first (health and reflection keep answering), then stops grpc.
+    first (health and reflection keep answering), then stops grpc. Per call it is two
+    integer updates; the idle event exists only while a drain waits for it.
     """
 
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None
 
     def enter(self) -> bool:
         if self.draining:
             return False
         self.active += 1
-        self._idle.clear()
         return True
 
     def leave(self) -> None:
         self.active -= 1
-        if not self.active:
+        if self._idle is not None and not self.active:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until no call is in flight."""
+        if not self.active:
+            return
+        self._idle = asyncio.Event()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -188,6 +188,8 @@ class Session:
         Raises `ResourceExhausted` naming the size when it would not fit the 8 KiB limit
         the caller enforces on it.
         """
+        if not self._dirty and not self._exposed and not self._deleted:
+            return ""  # nothing set, deleted or handed out: every global is as it came
         changed: list[str] = []
         names: list[str] = []
         with self._lock:

@@ -257,7 +257,8 @@ class DrainGate:
         """Wait (at most `timeout` seconds) until no call is in flight."""
         if not self.active:
             return
-        self._idle = asyncio.Event()
+        if self._idle is None:
+            self._idle = asyncio.Event()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

@@ -66,6 +66,8 @@ class Module:
     doc: str
     signature: inspect.Signature | None = None
     is_asyncgen: bool = False
+    #: A plain function or method: a call binds `signature` itself before its body runs.
+    binds_on_call: bool = False
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """`InvalidArgument` naming the module when the call does not fit its signature."""
@@ -82,6 +84,9 @@ class Module:
         the signature fails right here, and `check_arguments` (which costs a signature bind
         on every call) only runs to tell that failure from a TypeError of a wrapper's own.
         """
+        if not self.binds_on_call:  # a wrapper: its own body would run first
+            self.check_arguments(args, kwargs)
+            return self.fn(*args, **kwargs)
         try:
             return self.fn(*args, **kwargs)
         except TypeError:
@@ -102,6 +107,9 @@ class Module:
             doc=inspect.getdoc(fn) or "",
             signature=_signature(fn),
             is_asyncgen=agen,
+            binds_on_call=(inspect.isfunction(fn) or inspect.ismethod(fn))
+            and not hasattr(fn, "__wrapped__")
+            and not hasattr(fn, "__signature__"),
         )
 
 

@@ -32,6 +32,7 @@ _Keys = set[str]
 
 #: Values that cannot change in place: their encoding stays right as long as they do.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_MISSING = object()
 
 
 class Session:
@@ -91,9 +92,8 @@ class Session:
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key not in self._values:
-            return default
-        return self._hand_out(key, self._values[key])
+        value = self._values.get(key, _MISSING)
+        return default if value is _MISSING else self._hand_out(key, value)
 
     def item(self, key: str) -> Any:
         return self._hand_out(key, self._values[key])

@@ -141,3 +141,25 @@ def test_wire_session_roundtrip_and_changes(values: dict[str, Any], data: Any) -
         s.set(key, new)
         changed, _ = metadata.decode_update(s.update_trailer())
         assert changed == {key: json.loads(json.dumps(new))}
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "%5B1%2CNaN%5D"])
+def test_non_json_numbers_are_refused_in_baggage_and_dropped_from_updates(value: str) -> None:
+    from lazygrpc.client_interceptors import merge_trailers
+
+    with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
+        metadata.parse_baggage(f"lazy.x={value}")
+    s = Session("s1")
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, f"lazy.x={value}")])
+    assert s.values() == {} and s.baggage() == ""
+
+
+def test_an_empty_global_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty global name"):
+        metadata.parse_baggage("lazy.=1")
+
+
+def test_entries_that_are_not_baggage_octets_are_encoded_afresh_when_sent_on() -> None:
+    # Lenient input (a raw quote and "é") is accepted, but not forwarded as it came.
+    s = _from_wire('lazy.x="a\u00e9",lazy.y=%22ok%22')
+    assert s.baggage() == "lazy.x=%22a%C3%A9%22,lazy.y=%22ok%22"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,49 @@ def test_arguments_that_do_not_fit_the_signature_are_invalid(url: str) -> None:
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "missing a required argument: 'text'" in info.value.message
     assert info.value.chain[-1].traceback == ""  # a deliberate status carries no traceback
+
+
+def _logged(fn: Any) -> Any:
+    """A decorator as users write them: `*args, **kwargs` and `functools.wraps`."""
+    import functools
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            RAN.append(fn.__name__)
+            async for x in fn(*args, **kwargs):
+                yield x
+
+        return agen
+
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        RAN.append(fn.__name__)
+        return await fn(*args, **kwargs)
+
+    return call
+
+
+RAN: list[str] = []
+
+
+@pytest.mark.parametrize("decorated", [False, True], ids=["plain", "decorated"])
+@pytest.mark.parametrize("module", ["shout", "awords"])
+def test_async_modules_refuse_arguments_that_do_not_fit(
+    servers: Any, module: str, decorated: bool
+) -> None:
+    fn = MODULES[module]
+    url = servers.modules({module: _logged(fn) if decorated else fn}, name="checked")
+    RAN.clear()
+    remote = lazygrpc.connect(f"{url}/{module}")
+    for call in (lambda: remote("a", bogus=1), lambda: list(remote.stream("a", bogus=1))):
+        with pytest.raises(lazygrpc.RemoteError) as info:
+            call()
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unexpected keyword argument 'bogus'" in info.value.message
+    assert RAN == []  # refused before any of the module's code (or its wrapper's) ran
+    assert remote("go") in ("GO", "go ")
 
 
 def test_errors_inside_a_module_keep_their_type(url: str) -> None:

@@ -81,6 +81,8 @@ class Session:
             self._initial = texts
             self._entries = entries if entries is not None else {}
             self._exposed: _Keys = set()
+        elif not values:
+            self._initial, self._entries, self._exposed = {}, {}, set()
         else:
             self._initial = {k: metadata.encode_json(k, v) for k, v in self._values.items()}
             self._entries = {}

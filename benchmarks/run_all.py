@@ -429,7 +429,9 @@ def write_report(
         "min–max of the per-round (paired) ratios.",
         "",
         "- diagnosing a miss: `python -m benchmarks.profile_calls unary|ttft|relay-ttft --spy` "
-        "(CPU per call in client and servers, py-spy of the lazygrpc server).",
+        "(CPU per call in client and servers, py-spy of the lazygrpc server); "
+        "`python -m benchmarks.timeline` (where a relay's time to first token goes: each "
+        "step in each process, lazygrpc against bare grpcio).",
         "",
         "## Summary",
         "",

@@ -128,12 +128,18 @@ def test_500_concurrent_sessions_through_three_hops_have_no_cross_talk(servers: 
 
 def test_parent_deadline_reaches_hop3(mesh: Mesh) -> None:
     m = lazygrpc.connect(mesh.entry + "/run", timeout=0.3)
-    t0 = time.monotonic()
-    with pytest.raises(lazygrpc.RemoteError) as info:
-        m("sleep-deadline")
-    assert time.monotonic() - t0 < 3
-    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = mesh.record.seen["sleep-deadline"]["deadline"]
+    # On a saturated machine the 300 ms can run out before the call even reaches hop 3
+    # (then hop 3 saw nothing to check): that attempt is repeated, at most three times.
+    for attempt in range(3):
+        key = f"sleep-deadline-{attempt}"
+        t0 = time.monotonic()
+        with pytest.raises(lazygrpc.RemoteError) as info:
+            m(key)
+        assert time.monotonic() - t0 < 3
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        if key in mesh.record.seen:
+            break
+    deadline = mesh.record.seen[key]["deadline"]
     assert deadline is not None and deadline <= 0.3
 
 

@@ -255,10 +255,14 @@ class LLM:
         return str(response.text)
 
     def stream(self, text: str, **params: Any) -> Iterator[str]:
-        """The answer's text deltas as they are generated (`Generate`)."""
+        """The answer's text deltas as they are generated (`Generate`).
+
+        A generator function, so that `add_modules({"chat": llm.stream})` serves it as a
+        streaming module.
+        """
         request = self._request(text, params)
         method = self._stub().Generate
-        return invoke.stream(method, request, self.timeout, self._error("Generate"), text=True)
+        yield from invoke.stream(method, request, self.timeout, self._error("Generate"), text=True)
 
     def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
         """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
@@ -272,11 +276,12 @@ class LLM:
         response = await invoke.aunary(method, request, self.timeout, self._error("Complete"))
         return str(response.text)
 
-    def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+    async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
         """`async for delta in llm.astream(x)`: the asyncio twin of `llm.stream(x)`."""
         request = self._request(text, params)
         error = self._error("Generate")
-        return invoke.astream(self._agenerate, request, self.timeout, error, text=True)
+        async for delta in invoke.astream(self._agenerate, request, self.timeout, error, text=True):
+            yield delta
 
     def achunks(self, text: str, **params: Any) -> AsyncIterator[model_pb2.GenerateChunk]:
         """The asyncio twin of `chunks`."""

@@ -178,3 +178,16 @@ def test_raw_grpc_stub_sees_the_contract(servers: Any) -> None:
         )
     assert resp.text == "user: hi"
     assert resp.finish_reason == model_pb2.FINISH_REASON_LENGTH
+
+
+@pytest.mark.parametrize("method", ["stream", "astream"])
+def test_an_llm_stream_serves_as_a_streaming_module(servers: Any, method: str) -> None:
+    """`add_modules({"chat": llm.stream})`: a model behind a module keeps streaming."""
+    llm = lazygrpc.LLM(servers.model("echo"))
+    url = servers.modules({"chat": getattr(llm.share(), method)}, name="chat")
+    remote = lazygrpc.connect(f"{url}/chat")
+    events = list(remote.stream("one two three"))
+    assert [e.kind for e in events[:-1]] == ["delta"] * (len(events) - 1)  # maybe coalesced
+    assert events[-1].kind == "result"
+    assert "".join(e.value for e in events[:-1]) == events[-1].value == "one two three"
+    assert remote("four five") == "four five"

@@ -139,12 +139,17 @@ def _existing_trailers(context: Any) -> Any:
     return (getter() if getter else ()) or ()
 
 
-def _send_update(scope: CallScope, context: Any) -> None:
-    """Add `lazy-globals-update` to the call's trailers when the call changed a global."""
-    update = scope.session.update_trailer()
+def _update_error(scope: CallScope, context: Any) -> ResourceExhausted | None:
+    """Add `lazy-globals-update` to a successful call's trailers when it changed a global;
+    the error to answer with instead when the update is too large to send."""
+    try:
+        update = scope.session.update_trailer()
+    except ResourceExhausted as exc:
+        return exc
     if update:
         existing = tuple(_existing_trailers(context))
         context.set_trailing_metadata((*existing, (metadata.UPDATE_TRAILER, update)))
+    return None
 
 
 def _wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:
@@ -187,10 +192,8 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         context.abort_with_status(self.core.failure(scope, exc))
 
     def _succeed(self, scope: CallScope, context: Any) -> None:
-        try:
-            _send_update(scope, context)
-        except ResourceExhausted as exc:
-            context.abort_with_status(self.core.failure(scope, exc))
+        if (error := _update_error(scope, context)) is not None:
+            context.abort_with_status(self.core.failure(scope, error))
 
     def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
         if not streaming:
@@ -332,22 +335,6 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # cancelled): re-raising it would leave the client waiting (grpc #29248).
         await self._fail(scope, context, exc)
 
-    async def _succeed(self, scope: CallScope, context: Any) -> None:
-        """The slow end of `_ended_ok`: a globals update too large to send."""
-        try:
-            _send_update(scope, context)
-        except ResourceExhausted as exc:
-            await self._fail(scope, context, exc)
-
-    @staticmethod
-    def _ended_ok(scope: CallScope, context: Any) -> bool:
-        """Send the globals update of a call that succeeded; False if `_succeed` must."""
-        try:
-            _send_update(scope, context)
-        except ResourceExhausted:
-            return False
-        return True
-
     def _wrap(self, behavior: Callable[..., Any], streaming: bool, method: str) -> Any:
         if not streaming:
             is_async = inspect.iscoroutinefunction(behavior)
@@ -369,8 +356,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await self._on_error(scope, context, exc)
                 finally:
                     self.gate.leave()
-                if not self._ended_ok(scope, context):
-                    await self._succeed(scope, context)
+                if (error := _update_error(scope, context)) is not None:
+                    await self._fail(scope, context, error)
                 return response
 
             return unary
@@ -390,8 +377,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self.gate.leave()
                     await inner.aclose()  # closed with us, not whenever it is collected
-                if not self._ended_ok(scope, context):
-                    await self._succeed(scope, context)
+                if (error := _update_error(scope, context)) is not None:
+                    await self._fail(scope, context, error)
 
             return agen_stream
 
@@ -430,8 +417,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         step.add_done_callback(lambda _: loop.run_in_executor(None, close))
                     else:
                         await loop.run_in_executor(None, close)
-                if not self._ended_ok(scope, context):
-                    await self._succeed(scope, context)
+                if (error := _update_error(scope, context)) is not None:
+                    await self._fail(scope, context, error)
 
             return sync_gen_stream
 
@@ -445,8 +432,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await self._on_error(scope, context, exc)
             finally:
                 self.gate.leave()
-            if not self._ended_ok(scope, context):
-                await self._succeed(scope, context)
+            if (error := _update_error(scope, context)) is not None:
+                await self._fail(scope, context, error)
 
         return write_stream
 

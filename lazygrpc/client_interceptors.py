@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NamedTuple
 
 import grpc
@@ -23,8 +24,42 @@ from lazygrpc.calls import CallScope, current_call
 _OWN_KEYS = (metadata.SESSION_HEADER, metadata.BAGGAGE_HEADER)
 
 
+class OutgoingMetadata(grpc.aio.Metadata):  # type: ignore[misc]
+    """Call metadata for grpc.aio that is read as it was built.
+
+    grpc.aio turns a list into `Metadata` (a dict of lists) and back into a tuple on every
+    call; measured, that was ~40 µs of a call's client CPU in a running process (cold
+    caches), most of what sending any metadata costs. grpc.aio only takes `len()` and
+    `tuple()` of a `Metadata` it is given, so this one answers both from its tuple, and
+    builds the dict only if an interceptor reads or changes it by key.
+    """
+
+    def __init__(self, items: tuple[tuple[str, str | bytes], ...]) -> None:
+        self._items = items
+        self._dict: OrderedDict[str, list[str | bytes]] | None = None
+
+    @property  # type: ignore[override]
+    def _metadata(self) -> OrderedDict[str, list[str | bytes]]:
+        if self._dict is None:
+            d: OrderedDict[str, list[str | bytes]] = OrderedDict()
+            for key, value in self._items:
+                d.setdefault(key, []).append(value)
+            self._dict = d
+        return self._dict
+
+    @_metadata.setter
+    def _metadata(self, value: OrderedDict[str, list[str | bytes]]) -> None:
+        self._dict = value
+
+    def __len__(self) -> int:
+        return len(self._items) if self._dict is None else super().__len__()
+
+    def __iter__(self) -> Iterator[tuple[str, str | bytes]]:
+        return iter(self._items) if self._dict is None else super().__iter__()
+
+
 class Outgoing(NamedTuple):
-    metadata: list[tuple[str, str | bytes]]
+    metadata: tuple[tuple[str, str | bytes], ...]
     timeout: float | None
     session: sessions.Session
     scope: CallScope | None
@@ -34,8 +69,26 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
     """Metadata and timeout for a call made from the current context. No I/O."""
     s = sessions.current()
     scope = current_call()
+    if not md and "opentelemetry.trace" not in sys.modules:  # lazygrpc's own clients
+        baggage = s.baggage()
+        items: tuple[tuple[str, str | bytes], ...] = (
+            ((metadata.SESSION_HEADER, s.id), (metadata.BAGGAGE_HEADER, baggage))
+            if baggage
+            else ((metadata.SESSION_HEADER, s.id),)
+        )
+    else:
+        items = _merged(md, s)
+    if scope is not None:
+        remaining = scope.time_remaining()
+        if remaining is not None and (timeout is None or remaining < timeout):
+            timeout = remaining
+    return Outgoing(items, timeout, s, scope)
+
+
+def _merged(md: Any, s: sessions.Session) -> tuple[tuple[str, str | bytes], ...]:
+    """The caller's metadata with the session's, and the trace context when there is one."""
     out: list[tuple[str, str | bytes]]
-    if not md:  # lazygrpc's own clients
+    if not md:
         out = [(metadata.SESSION_HEADER, s.id)]
         baggage = s.baggage()
     else:
@@ -57,11 +110,7 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
         out.append((metadata.BAGGAGE_HEADER, baggage))
     if "opentelemetry.trace" in sys.modules:
         _inject_trace_context(out)
-    if scope is not None:
-        remaining = scope.time_remaining()
-        if remaining is not None and (timeout is None or remaining < timeout):
-            timeout = remaining
-    return Outgoing(out, timeout, s, scope)
+    return tuple(out)
 
 
 def _inject_trace_context(out: list[tuple[str, str | bytes]]) -> None:
@@ -221,8 +270,7 @@ class ClientInterceptor(
 
 def _aio_details(details: Any) -> tuple[Any, Outgoing]:
     out = prepare(details.metadata, details.timeout)
-    md = grpc.aio.Metadata(*out.metadata)
-    return details._replace(metadata=md, timeout=out.timeout), out
+    return details._replace(metadata=OutgoingMetadata(out.metadata), timeout=out.timeout), out
 
 
 def _track_aio(call: Any, out: Outgoing) -> None:

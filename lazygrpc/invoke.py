@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from lazygrpc.client_interceptors import Outgoing, merge_trailers, prepare
+from lazygrpc.client_interceptors import Outgoing, OutgoingMetadata, merge_trailers, prepare
 
 ErrorFactory = Callable[[grpc.RpcError], Exception]
 
@@ -51,7 +51,7 @@ def unary(method: Any, request: Any, timeout: float | None, error: ErrorFactory)
 async def aunary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
     """The asyncio twin of `unary`; cancelling the awaiting task cancels the RPC."""
     out = prepare(None, timeout)
-    call = method(request, metadata=out.metadata, timeout=out.timeout)
+    call = method(request, metadata=OutgoingMetadata(out.metadata), timeout=out.timeout)
     _track(out, call)
     try:
         response = await call
@@ -96,7 +96,7 @@ async def astream(
 ) -> AsyncIterator[Any]:
     """The asyncio twin of `stream` (one generator layer on the stream, not two)."""
     out = prepare(None, timeout)
-    call = method(request, metadata=out.metadata, timeout=out.timeout)
+    call = method(request, metadata=OutgoingMetadata(out.metadata), timeout=out.timeout)
     _track(out, call)
     try:
         async for item in call:

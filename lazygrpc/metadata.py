@@ -27,6 +27,7 @@ MAX_BAGGAGE_ENTRIES = 180
 MAX_HEADER_BYTES = 8192
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_MAX_SESSION_ID = 128
 # baggage-octet minus "%" (the escape character) and the always-safe unreserved set.
 _VALUE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
 _KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -57,6 +58,33 @@ def _not_json(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
 # A value forwarded as it came must be W3C baggage octets, "%" only in "%XX" escapes.
 _WIRE_VALUE = re.compile(r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]|%[0-9A-Fa-f]{2})*")
+
+# A flat JSON value on the wire, as `encode_entry` writes it: a scalar, or an object or array
+# of scalars, its strings printable ASCII without backslash escapes. Whatever matches is valid
+# strict JSON and valid baggage octets, so a server can forward the entry as it came and
+# decode the value only when code reads it (`Deferred`).
+_W_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_W_STR = r"%22(?:[A-Za-z0-9_.~!#$&'()*+/:<=>?@\[\]^`{|}-]|%2[05C]|%3B)*%22"
+_W_SCALAR = f"(?:{_W_STR}|{_W_NUM}|true|false|null)"
+_FLAT_WIRE = re.compile(
+    f"{_W_SCALAR}"
+    f"|\\{{(?:{_W_STR}:{_W_SCALAR}(?:%2C{_W_STR}:{_W_SCALAR})*)?\\}}"
+    f"|\\[(?:{_W_SCALAR}(?:%2C{_W_SCALAR})*)?\\]"
+)
+
+
+class Deferred:
+    """A global's value checked on arrival (`_FLAT_WIRE`) and decoded at its first read."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, wire: str) -> None:
+        self.wire = wire
+
+    def decode(self) -> tuple[Any, str]:
+        """(value, JSON text)."""
+        text = _unquote(self.wire)
+        return decode_json(text), text
 
 
 def decode_json(text: str) -> Any:
@@ -95,6 +123,8 @@ def _unquote(text: str) -> str:
 
 def validate_session_id(value: str) -> str:
     """Return `value` if it is a valid session id, else raise `ValueError` naming the header."""
+    if value.isalnum() and value.isascii() and len(value) <= _MAX_SESSION_ID:
+        return value  # the common case (hex ids), without the regex
     if not _SESSION_ID.fullmatch(value):
         raise ValueError(
             f"{SESSION_HEADER}: {value[:40]!r} is not 1-128 characters of [A-Za-z0-9._:-]"
@@ -149,8 +179,12 @@ class ParsedBaggage(NamedTuple):
     deleted: set[str]  #: keys marked `deleted` (in a `lazy-globals-update`)
 
 
-def parse_baggage(header: str) -> ParsedBaggage:
-    """Parse a baggage header; `ValueError` names the header and the bad entry."""
+def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
+    """Parse a baggage header; `ValueError` names the header and the bad entry.
+
+    With `defer=True` a flat JSON value (the common case) is validated but not decoded: its
+    `values` item is a `Deferred`, and it has an `entries` item but no `texts` one.
+    """
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
     entries: dict[str, str] = {}
@@ -182,15 +216,19 @@ def parse_baggage(header: str) -> ParsedBaggage:
         if semi and DELETED in (p.strip() for p in props.split(";")):
             deleted.add(key)
             continue
+        raw_value = raw_value.strip()
+        if defer and _FLAT_WIRE.fullmatch(raw_value):
+            values[key] = Deferred(raw_value)
+            entries[key] = f"{raw_key}={raw_value}"
+            continue
         try:
-            text = _unquote(raw_value.strip())
+            text = _unquote(raw_value)
             values[key] = decode_json(text)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ValueError(
                 f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r} does not hold percent-encoded JSON"
             ) from None
         texts[key] = text
-        raw_value = raw_value.strip()
         if _WIRE_VALUE.fullmatch(raw_value):  # else it is encoded afresh when sent on
             entries[key] = f"{raw_key}={raw_value}"
     return ParsedBaggage(values, texts, entries, others, deleted)

@@ -54,7 +54,7 @@ class ServerCore:
                 traceparent = value
         try:
             if baggage:
-                parsed = metadata.parse_baggage(baggage)
+                parsed = metadata.parse_baggage(baggage, defer=True)
                 session = sessions.Session(
                     sid, parsed.values, parsed.others, parsed.texts, parsed.entries
                 )

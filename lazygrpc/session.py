@@ -45,7 +45,8 @@ class Session:
     Encoded entries are kept per key while they cannot be stale: a value that came off the
     wire and was never handed out (or is immutable) is forwarded as it came and is known
     unchanged at the end, without encoding it again. A mutable value handed out by `get`
-    is "exposed" and encoded afresh whenever it is sent.
+    is "exposed" and encoded afresh whenever it is sent. A flat value that came off the
+    wire is decoded only when it is first read (`metadata.Deferred`).
     """
 
     __slots__ = (
@@ -69,7 +70,8 @@ class Session:
         entries: dict[str, str] | None = None,
     ) -> None:
         """`texts` and `entries` are the values' JSON texts and baggage entries as they came
-        off the wire (then `values` are fresh objects nobody else holds)."""
+        off the wire (then `values` are fresh objects nobody else holds, or `Deferred`
+        values not decoded yet: those have an entry and no text)."""
         self.id = metadata.validate_session_id(id) if id is not None else new_session_id()
         self._values: dict[str, Any] = values or {}
         self.foreign_baggage: list[str] = foreign_baggage or []
@@ -93,12 +95,29 @@ class Session:
             self._exposed.add(key)  # the caller may change it in place from now on
         return value
 
+    def _decode(self, key: str, deferred: metadata.Deferred) -> Any:
+        """Decode a value that came off the wire unread (validated then)."""
+        value, text = deferred.decode()
+        with self._lock:
+            if self._values.get(key) is not deferred:  # another thread got here first
+                return self._values.get(key)
+            self._values[key] = value
+            self._initial[key] = text
+        return value
+
     def get(self, key: str, default: Any = None) -> Any:
         value = self._values.get(key, _MISSING)
-        return default if value is _MISSING else self._hand_out(key, value)
+        if value is _MISSING:
+            return default
+        if type(value) is metadata.Deferred:
+            value = self._decode(key, value)
+        return self._hand_out(key, value)
 
     def item(self, key: str) -> Any:
-        return self._hand_out(key, self._values[key])
+        value = self._values[key]
+        if type(value) is metadata.Deferred:
+            value = self._decode(key, value)
+        return self._hand_out(key, value)
 
     def set(self, key: str, value: Any) -> None:
         if not isinstance(key, str) or not key:
@@ -162,6 +181,9 @@ class Session:
 
     def values(self) -> dict[str, Any]:
         """A snapshot of the globals."""
+        for key, value in list(self._values.items()):
+            if type(value) is metadata.Deferred:
+                self._decode(key, value)
         with self._lock:
             for key, value in self._values.items():
                 self._hand_out(key, value)

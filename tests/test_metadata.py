@@ -92,26 +92,35 @@ def test_session_tracks_changes_and_deletions() -> None:
     assert parent.values() == {"a": 3}
 
 
-def _from_wire(header: str) -> Session:
-    parsed = metadata.parse_baggage(header)
+def _from_wire(header: str, defer: bool = True) -> Session:
+    """A server's session for an incoming `baggage` header (servers defer decoding)."""
+    parsed = metadata.parse_baggage(header, defer=defer)
     return Session("s1", parsed.values, parsed.others, parsed.texts, parsed.entries)
 
 
-def test_untouched_globals_are_forwarded_as_they_came_and_report_no_change() -> None:
+#: Both ways a server may take globals off the wire: decoded at once, or at first read.
+both_ways = pytest.mark.parametrize("defer", [False, True], ids=["eager", "deferred"])
+
+
+@both_ways
+def test_untouched_globals_are_forwarded_as_they_came_and_report_no_change(defer: bool) -> None:
     # A peer that formats JSON its own way (spaces, "{" escaped): still valid baggage.
-    header = "lazy.a=%7B%22x%22%3A%201%7D,other=1,lazy.b=%5B1%2C2%5D"
-    s = _from_wire(header)
-    assert s.baggage() == "other=1,lazy.a=%7B%22x%22%3A%201%7D,lazy.b=%5B1%2C2%5D"
+    header = "lazy.a=%7B%22x%22%3A%201%7D,other=1,lazy.b=%5B1%2C2%5D,lazy.c=%7B%22y%22:2%7D"
+    s = _from_wire(header, defer)
+    assert s.baggage() == (
+        "other=1,lazy.a=%7B%22x%22%3A%201%7D,lazy.b=%5B1%2C2%5D,lazy.c=%7B%22y%22:2%7D"
+    )
     assert s.update_trailer() == ""
     # Read but not changed: compared canonically, still no change.
-    assert s.get("a") == {"x": 1}
+    assert s.get("a") == {"x": 1} and s.get("c") == {"y": 2}
     assert s.update_trailer() == ""
+    assert metadata.split_baggage(s.baggage())[0] == {"a": {"x": 1}, "b": [1, 2], "c": {"y": 2}}
 
 
-@pytest.mark.parametrize("source", ["wire", "merged", "set"])
+@pytest.mark.parametrize("source", ["wire", "deferred", "merged", "set"])
 def test_a_value_changed_in_place_is_sent_and_reported(source: str) -> None:
-    if source == "wire":
-        s = _from_wire(metadata.encode_globals({"history": ["a"]}))
+    if source in ("wire", "deferred"):
+        s = _from_wire(metadata.encode_globals({"history": ["a"]}), source == "deferred")
     elif source == "merged":
         s = Session("s1")
         update = metadata.parse_baggage(metadata.encode_update({"history": ["a"]}, ()))
@@ -129,11 +138,21 @@ def test_a_value_changed_in_place_is_sent_and_reported(source: str) -> None:
     assert metadata.split_baggage(s.baggage())[0] == {"history": ["a", "b", "c"]}
 
 
+@both_ways
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(keys, json_values, max_size=6), st.data())
-def test_wire_session_roundtrip_and_changes(values: dict[str, Any], data: Any) -> None:
-    s = _from_wire(metadata.encode_globals(values))
-    assert metadata.split_baggage(s.baggage())[0] == json.loads(json.dumps(values))
+def test_wire_session_roundtrip_and_changes(defer: bool, values: dict[str, Any], data: Any) -> None:
+    header = metadata.encode_globals(values)
+    s = _from_wire(header, defer)
+    assert s.baggage() == header  # forwarded as it came
+    assert s.update_trailer() == ""
+    expected = json.loads(json.dumps(values))
+    if values and data.draw(st.booleans()):  # read some first: reading changes nothing
+        read = data.draw(st.sampled_from(sorted(values)))
+        assert s.get(read) == expected[read]
+        assert s.update_trailer() == ""
+    assert s.values() == expected
+    assert metadata.split_baggage(s.baggage())[0] == expected
     assert s.update_trailer() == ""
     if values:
         key = data.draw(st.sampled_from(sorted(values)))
@@ -147,8 +166,9 @@ def test_wire_session_roundtrip_and_changes(values: dict[str, Any], data: Any) -
 def test_non_json_numbers_are_refused_in_baggage_and_dropped_from_updates(value: str) -> None:
     from lazygrpc.client_interceptors import merge_trailers
 
-    with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
-        metadata.parse_baggage(f"lazy.x={value}")
+    for defer in (False, True):
+        with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
+            metadata.parse_baggage(f"lazy.x={value}", defer=defer)
     s = Session("s1")
     merge_trailers(s, [(metadata.UPDATE_TRAILER, f"lazy.x={value}")])
     assert s.values() == {} and s.baggage() == ""
@@ -159,7 +179,62 @@ def test_an_empty_global_name_is_refused() -> None:
         metadata.parse_baggage("lazy.=1")
 
 
-def test_entries_that_are_not_baggage_octets_are_encoded_afresh_when_sent_on() -> None:
+@both_ways
+def test_entries_that_are_not_baggage_octets_are_encoded_afresh_when_sent_on(
+    defer: bool,
+) -> None:
     # Lenient input (a raw quote and "é") is accepted, but not forwarded as it came.
-    s = _from_wire('lazy.x="a\u00e9",lazy.y=%22ok%22')
+    s = _from_wire('lazy.x="a\u00e9",lazy.y=%22ok%22', defer)
     assert s.baggage() == "lazy.x=%22a%C3%A9%22,lazy.y=%22ok%22"
+
+
+def test_outgoing_metadata_is_a_full_grpc_aio_metadata() -> None:
+    """grpc.aio reads the call metadata with len() and tuple() only; an interceptor may use
+    the whole `grpc.aio.Metadata` API on it, changes included."""
+    import grpc.aio
+
+    from lazygrpc.client_interceptors import OutgoingMetadata
+
+    items = (("lazy-session-id", "s-1"), ("baggage", "lazy.a=1"), ("x-bin", b"\x00"))
+    out = OutgoingMetadata(items)
+    assert isinstance(out, grpc.aio.Metadata)
+    assert len(out) == 3 and tuple(out) == items and bool(out)
+    assert out == grpc.aio.Metadata(*items) and out == items
+    assert out["baggage"] == "lazy.a=1" and "x-bin" in out and "nope" not in out
+    out.add("baggage", "b=2")
+    out["x-extra"] = "yes"
+    del out["x-bin"]
+    assert tuple(out) == (
+        ("lazy-session-id", "s-1"),
+        ("baggage", "lazy.a=1"),
+        ("baggage", "b=2"),
+        ("x-extra", "yes"),
+    )
+    assert len(out) == 4 and out.get_all("baggage") == ["lazy.a=1", "b=2"]
+    assert tuple(items) == items  # the tuple it was built from is never changed
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(metadata._FLAT_WIRE, fullmatch=True))
+def test_a_value_deferred_on_arrival_is_always_strict_json(wire: str) -> None:
+    """Deferring is only sound if everything the flat pattern lets through decodes."""
+    deferred = metadata.parse_baggage(f"lazy.k={wire}", defer=True).values["k"]
+    assert isinstance(deferred, metadata.Deferred)
+    value, text = deferred.decode()
+    assert value == metadata.parse_baggage(f"lazy.k={wire}").values["k"]
+    assert text == metadata._unquote(wire)
+
+
+@pytest.mark.parametrize(
+    "wire", ["%7B%22a%22:%7B%7D%7D", "%22a%5Cn%22", "%5B%5B1%5D%5D", "%7B%22x%22%3A%201%7D"]
+)
+def test_values_outside_the_flat_pattern_are_decoded_on_arrival(wire: str) -> None:
+    value = metadata.parse_baggage(f"lazy.k={wire}", defer=True).values["k"]
+    assert not isinstance(value, metadata.Deferred)
+    assert value == metadata.parse_baggage(f"lazy.k={wire}").values["k"]
+
+
+@pytest.mark.parametrize("wire", ["%5B1%2C%5D", "01", "%22a", "tru", "%7B%22a%22%7D", "1.", "-"])
+def test_bad_json_is_refused_on_arrival_when_deferring_too(wire: str) -> None:
+    with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
+        metadata.parse_baggage(f"lazy.k={wire}", defer=True)

@@ -4,7 +4,8 @@ One hand-written grpcio `ModuleService` servicer (`benchmarks/_servers.py`, `bar
 runs in three server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
 once, at registration; the client goes through `lazygrpc.invoke`, as `connect()` does), on a
 plain `grpc.aio.server` with `server_interceptors(aio=True)` (the client channel with
-`aio_client_interceptors()`), and bare. Rounds alternate in one run.
+`aio_client_interceptors()`), and bare. Unary QPS is measured in many short blocks and
+stream throughput in rounds, the three sides alternating (order flipped each time).
 
 Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
 
@@ -23,8 +24,11 @@ from benchmarks._common import Row, Servers, log, print_rows
 async def run(quick: bool = False) -> list[Row]:
     from lazygrpc import aio_client_interceptors
 
+    # Unary QPS drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
+    # times, keep that drift out of the ratio (the order flips every block).
+    blocks = 16 if quick else 48
+    block_s = 0.2 if quick else 0.3
     rounds = 4 if quick else 8
-    seconds = 0.6 if quick else 1.5
     n_stream = 5_000 if quick else 20_000
     with Servers() as servers:
         on = servers.start("bare-modules", "--interceptors")
@@ -51,16 +55,16 @@ async def run(quick: bool = False) -> list[Row]:
             res: dict[str, dict[str, list[float]]] = {
                 k: {side: [] for side in sides} for k in ("q1", "q32", "stream")
             }
+            for key, callers in (("q1", 1), ("q32", 32)):
+                for b in range(blocks):
+                    for side in sides if b % 2 == 0 else tuple(reversed(sides)):
+                        res[key][side].append(await c.qps(unary[side], callers, block_s))
+                log(f"interceptors: unary, {callers} caller(s), {blocks} blocks done")
             for r in range(rounds):
-                order = sides if r % 2 == 0 else tuple(reversed(sides))
-                for side in order:
-                    res["q1"][side].append(await c.qps(unary[side], 1, seconds))
-                for side in order:
-                    res["q32"][side].append(await c.qps(unary[side], 32, seconds))
-                for side in order:
+                for side in sides if r % 2 == 0 else tuple(reversed(sides)):
                     _, total, _ = await c.stream_once(stream[side], n_stream)
                     res["stream"][side].append(n_stream / total)
-                log(f"interceptors round {r + 1}/{rounds} done")
+                log(f"interceptors: stream round {r + 1}/{rounds} done")
         finally:
             for ch in (ch_on, ch_layer, ch_off):
                 await ch.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -90,14 +91,11 @@ _current: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar(
 )
 
 
-def current_call() -> CallScope | None:
-    """The incoming call the running code works for, if any."""
-    return _current.get()
-
-
-def bind_call(scope: CallScope | None) -> contextvars.Token[CallScope | None]:
-    return _current.set(scope)
-
-
-def unbind_call(token: contextvars.Token[CallScope | None]) -> None:
-    _current.reset(token)
+# The per-call path reads and sets the scope through these bound C methods (no Python frame
+# per call).
+#: The incoming call the running code works for, if any: `current_call()`.
+current_call: Callable[[], CallScope | None] = _current.get
+#: Make `scope` the current call in this context: `bind_call(scope)` returns a token.
+bind_call: Callable[[CallScope | None], contextvars.Token[CallScope | None]] = _current.set
+#: Undo a `bind_call`: `unbind_call(token)`.
+unbind_call: Callable[[contextvars.Token[CallScope | None]], None] = _current.reset

@@ -310,7 +310,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self.core.rejection(method, _as_invalid(exc))
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield.
-        _enter(scope)
+        sessions.bind(scope.session)
+        bind_call(scope)
         return scope
 
     @staticmethod

@@ -276,13 +276,10 @@ def current() -> Session:
     return s
 
 
-def bind(s: Session) -> contextvars.Token[Session | None]:
-    """Make `s` current in this context (used by the server interceptors)."""
-    return _current.set(s)
-
-
-def unbind(token: contextvars.Token[Session | None]) -> None:
-    _current.reset(token)
+#: Make a session current in this context (the server interceptors' per-call step, a bound C
+#: method: no Python frame): `bind(s)` returns a token for `unbind(token)`.
+bind: Callable[[Session], contextvars.Token[Session | None]] = _current.set
+unbind: Callable[[contextvars.Token[Session | None]], None] = _current.reset
 
 
 @contextmanager

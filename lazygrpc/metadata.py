@@ -27,7 +27,7 @@ MAX_BAGGAGE_ENTRIES = 180
 MAX_HEADER_BYTES = 8192
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_MAX_SESSION_ID = 128
+MAX_SESSION_ID = 128
 # baggage-octet minus "%" (the escape character) and the always-safe unreserved set.
 _VALUE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
 _KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -73,17 +73,22 @@ _FLAT_WIRE = re.compile(
 )
 
 
-class Deferred:
-    """A global's value checked on arrival (`_FLAT_WIRE`) and decoded at its first read."""
+# A whole `lazy.` entry with a flat value and a plain key, exactly as `encode_entry` writes
+# it (no spaces, no properties): the name and the wire value in one match.
+_FLAT_ENTRY = re.compile(
+    f"{re.escape(PREFIX)}([!#$&'*+\\-.^_`|~0-9A-Za-z]+)=({_FLAT_WIRE.pattern})"
+)
 
-    __slots__ = ("wire",)
 
-    def __init__(self, wire: str) -> None:
-        self.wire = wire
+class Deferred(str):
+    """A global's value as it came on the wire (percent-encoded JSON), checked on arrival
+    (`_FLAT_WIRE`) and decoded at its first read. A str, so making one runs no Python code."""
+
+    __slots__ = ()
 
     def decode(self) -> tuple[Any, str]:
         """(value, JSON text)."""
-        text = _unquote(self.wire)
+        text = _unquote(str(self))
         return decode_json(text), text
 
 
@@ -123,7 +128,7 @@ def _unquote(text: str) -> str:
 
 def validate_session_id(value: str) -> str:
     """Return `value` if it is a valid session id, else raise `ValueError` naming the header."""
-    if value.isalnum() and value.isascii() and len(value) <= _MAX_SESSION_ID:
+    if value.isalnum() and value.isascii() and len(value) <= MAX_SESSION_ID:
         return value  # the common case (hex ids), without the regex
     if not _SESSION_ID.fullmatch(value):
         raise ValueError(
@@ -185,6 +190,15 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
     With `defer=True` a flat JSON value (the common case) is validated but not decoded: its
     `values` item is a `Deferred`, and it has an `entries` item but no `texts` one.
     """
+    return ParsedBaggage(*parse_baggage_fields(header, defer))
+
+
+BaggageFields = tuple[dict[str, Any], dict[str, str], dict[str, str], list[str], set[str]]
+
+
+def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
+    """`parse_baggage` as a plain tuple, for a server's per-call path (no Python code runs to
+    build the result)."""
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
     entries: dict[str, str] = {}
@@ -201,6 +215,11 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
             f"{MAX_BAGGAGE_ENTRIES} entries"
         )
     for entry in raw_entries:
+        if defer and (flat := _FLAT_ENTRY.fullmatch(entry)) is not None:
+            key, wire = flat.groups()  # the common case, in one match
+            values[key] = Deferred(wire)
+            entries[key] = entry
+            continue
         entry = entry.strip()
         member, semi, props = entry.partition(";")
         raw_key, eq, raw_value = member.partition("=")
@@ -210,7 +229,9 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
         if not raw_key.startswith(PREFIX):
             others.append(entry)
             continue
-        key = _unquote(raw_key[len(PREFIX) :])
+        key = raw_key[len(PREFIX) :]
+        if "%" in key:
+            key = _unquote(key)
         if not key:
             raise ValueError(f"{BAGGAGE_HEADER}: entry {entry[:60]!r} has an empty global name")
         if semi and DELETED in (p.strip() for p in props.split(";")):
@@ -231,7 +252,7 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
         texts[key] = text
         if _WIRE_VALUE.fullmatch(raw_value):  # else it is encoded afresh when sent on
             entries[key] = f"{raw_key}={raw_value}"
-    return ParsedBaggage(values, texts, entries, others, deleted)
+    return values, texts, entries, others, deleted
 
 
 def split_baggage(header: str) -> tuple[dict[str, Any], list[str], set[str]]:

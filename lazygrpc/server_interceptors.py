@@ -54,10 +54,8 @@ class ServerCore:
                 traceparent = value
         try:
             if baggage:
-                parsed = metadata.parse_baggage(baggage, defer=True)
-                session = sessions.Session(
-                    sid, parsed.values, parsed.others, parsed.texts, parsed.entries
-                )
+                values, texts, entries, others, _ = metadata.parse_baggage_fields(baggage, True)
+                session = sessions.Session(sid, values, others, texts, entries)
             else:
                 session = sessions.Session(sid)
         except ValueError as exc:  # a bad baggage header or session id, named

@@ -50,6 +50,7 @@ class Session:
     """
 
     __slots__ = (
+        "_baggage",
         "_deleted",
         "_dirty",
         "_entries",
@@ -72,12 +73,17 @@ class Session:
         """`texts` and `entries` are the values' JSON texts and baggage entries as they came
         off the wire (then `values` are fresh objects nobody else holds, or `Deferred`
         values not decoded yet: those have an entry and no text)."""
-        self.id = metadata.validate_session_id(id) if id is not None else new_session_id()
+        if id is None:
+            id = new_session_id()
+        elif not (id.isalnum() and id.isascii() and len(id) <= metadata.MAX_SESSION_ID):
+            metadata.validate_session_id(id)  # raises unless it has "._:-" in it
+        self.id: str = id
         self._values: dict[str, Any] = values or {}
         self.foreign_baggage: list[str] = foreign_baggage or []
         self._dirty: _Keys = set()
         self._deleted: _Keys = set()
         self._lock = threading.Lock()
+        self._baggage: str | None = None  # the header while no global changed
         # Encodings the call started with, to notice values changed in place.
         if texts is not None:
             self._initial = texts
@@ -129,6 +135,7 @@ class Session:
                 f"{metadata.MAX_BAGGAGE_BYTES} bytes for all globals"
             )
         with self._lock:
+            self._baggage = None
             self._values[key] = value
             self._entries[key] = entry
             self._hand_out(key, value)
@@ -137,6 +144,7 @@ class Session:
 
     def delete(self, key: str) -> None:
         with self._lock:
+            self._baggage = None
             del self._values[key]
             self._entries.pop(key, None)
             self._exposed.discard(key)
@@ -152,6 +160,7 @@ class Session:
         values are then fresh objects, and the trailer already held every entry to its
         8 KiB limit.
         """
+        self._baggage = None
         if entries is None:
             for key, value in values.items():
                 self.set(key, value)
@@ -199,12 +208,27 @@ class Session:
         return entry
 
     def baggage(self) -> str:
-        """The encoded `baggage` header (`ValueError` past the W3C limits)."""
+        """The encoded `baggage` header (`ValueError` past the W3C limits).
+
+        Kept until a global changes; a value handed out (changeable in place) is encoded
+        afresh every time."""
+        header = self._baggage
+        if header is not None and not self._exposed:
+            return header
         if not self._values and not self.foreign_baggage:
             return ""
         with self._lock:
-            own = [self._entry(key, value) for key, value in self._values.items()]
-        return metadata.join_baggage([*self.foreign_baggage, *own])
+            parts = list(self.foreign_baggage)
+            for key, value in self._values.items():
+                parts.append(self._entry(key, value))
+            header = ",".join(parts)
+            if (
+                len(header) > metadata.MAX_BAGGAGE_BYTES
+                or len(parts) > metadata.MAX_BAGGAGE_ENTRIES
+            ):
+                metadata.join_baggage(parts)  # raises, naming the limit
+            self._baggage = header
+        return header
 
     def update_trailer(self) -> str:
         """The `lazy-globals-update` value for what changed, or "" when nothing did.

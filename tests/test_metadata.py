@@ -238,3 +238,22 @@ def test_values_outside_the_flat_pattern_are_decoded_on_arrival(wire: str) -> No
 def test_bad_json_is_refused_on_arrival_when_deferring_too(wire: str) -> None:
     with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
         metadata.parse_baggage(f"lazy.k={wire}", defer=True)
+
+
+def test_the_baggage_header_follows_every_change() -> None:
+    s = Session("s1")
+    assert s.baggage() == ""
+    s.set("a", 1)
+    assert s.baggage() == "lazy.a=1"
+    assert s.baggage() is s.baggage()  # kept while nothing changes
+    s.set("b", [1])
+    assert s.baggage() == "lazy.a=1,lazy.b=[1]"
+    s.get("b").append(2)  # changed in place: encoded afresh
+    assert s.baggage() == "lazy.a=1,lazy.b=[1%2C2]"
+    s.delete("a")
+    assert s.baggage() == "lazy.b=[1%2C2]"
+    s.merge_update({"c": "x"}, {"b"})
+    assert s.baggage() == "lazy.c=%22x%22"
+    update = metadata.parse_baggage(metadata.encode_update({"d": 4}, ()))
+    s.merge_update(update.values, update.deleted, update.entries)
+    assert s.baggage() == "lazy.c=%22x%22,lazy.d=4"

@@ -24,6 +24,21 @@ def bare_channel(address: str, interceptors: list[Any] | None = None) -> grpc.ai
     return grpc.aio.insecure_channel(address, interceptors=interceptors)
 
 
+class _NoopUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
+
+
+class _NoopStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
+
+
+def noop_interceptors() -> list[Any]:
+    """grpc.aio client interceptors that do nothing: what grpc's interceptor path costs."""
+    return [_NoopUnary(), _NoopStream()]
+
+
 def bare_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
     stub = module_pb2_grpc.ModuleServiceStub(channel)
     request = module_pb2.CallRequest(module="echo", input=struct_pb2.Value(string_value=value))

@@ -3,11 +3,12 @@
 Prints `listening on HOST:PORT` once serving, like `python -m lazygrpc serve`.
 
 Bare grpcio (hand-written servicers on the same protos, no lazygrpc code on the call path):
-  bare-modules [--model HOST:PORT] [--interceptors]
+  bare-modules [--model HOST:PORT] [--interceptors | --noop-interceptors]
       ModuleService: `Call` echoes its input; `Stream` module "tokens" yields N one-token
       deltas (N = the input number), module "relay" relays `Generate` of the bare model server
       at --model, one message per token. --interceptors adds lazygrpc's server interceptors
-      (only used by bench_interceptors).
+      (only used by bench_interceptors); --noop-interceptors adds one that does nothing,
+      to show what grpc's own interceptor machinery costs.
   bare-model
       ModelService `Generate`: the echo backend's tokens, one chunk per token.
 
@@ -101,6 +102,13 @@ class BareModel(model_pb2_grpc.ModelServiceServicer):
         yield model_pb2.GenerateChunk(
             index=i + 1, source="echo", finish_reason=model_pb2.FINISH_REASON_STOP
         )
+
+
+class NoopServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Does nothing: what any grpc.aio server interceptor costs."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        return await continuation(handler_call_details)
 
 
 async def serve_bare(servicer: Any, add: Any, interceptors: list[Any]) -> None:
@@ -213,6 +221,7 @@ def main() -> None:
     p.add_argument("kind")
     p.add_argument("--model", help="downstream model server (bare: HOST:PORT, lazy: URL)")
     p.add_argument("--interceptors", action="store_true")
+    p.add_argument("--noop-interceptors", action="store_true")
     p.add_argument(
         "--wrapped", action="store_true", help="bare-modules on lazygrpc.Server (its own layer)"
     )
@@ -227,6 +236,8 @@ def main() -> None:
             from lazygrpc import server_interceptors
 
             interceptors = server_interceptors("bench", aio=True)
+        elif a.noop_interceptors:
+            interceptors = [NoopServerInterceptor()]
         coro = serve_bare(
             BareModules(a.model), module_pb2_grpc.add_ModuleServiceServicer_to_server, interceptors
         )

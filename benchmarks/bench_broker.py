@@ -151,7 +151,7 @@ async def run_relay(quick: bool) -> list[Row]:
     n_lazy = 100_000
     n_bare = 20_000 if quick else 100_000
     rounds = 2 if quick else 3
-    ttft_trials = 60 if quick else 200
+    ttft_trials = 200 if quick else 500
     ttft_tokens = 8
     with Servers() as servers:
         lm = servers.start("lazy-model")

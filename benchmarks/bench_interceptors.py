@@ -1,11 +1,12 @@
 """Issue 3: what lazygrpc's interceptors cost, against the same servicer without them.
 
 One hand-written grpcio `ModuleService` servicer (`benchmarks/_servers.py`, `bare-modules`)
-runs in three server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
+runs in four server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
 once, at registration; the client goes through `lazygrpc.invoke`, as `connect()` does), on a
 plain `grpc.aio.server` with `server_interceptors(aio=True)` (the client channel with
-`aio_client_interceptors()`), and bare. Unary QPS is measured in many short blocks and
-stream throughput in rounds, the three sides alternating (order flipped each time).
+`aio_client_interceptors()`), bare, and, for context, with grpc.aio interceptors that do
+nothing. Unary QPS is measured in many short blocks and stream throughput in rounds, the
+sides alternating (order flipped each time).
 
 Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
 
@@ -26,7 +27,7 @@ async def run(quick: bool = False) -> list[Row]:
 
     # Unary QPS drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
     # times, keep that drift out of the ratio (the order flips every block).
-    blocks = 16 if quick else 48
+    blocks = 24 if quick else 48
     block_s = 0.2 if quick else 0.3
     rounds = 4 if quick else 8
     n_stream = 5_000 if quick else 20_000
@@ -34,19 +35,23 @@ async def run(quick: bool = False) -> list[Row]:
         on = servers.start("bare-modules", "--interceptors")
         wrapped = servers.start("bare-modules", "--wrapped")
         off = servers.start("bare-modules")
+        noop = servers.start("bare-modules", "--noop-interceptors")
         ch_on = c.bare_channel(on.address, interceptors=aio_client_interceptors())
+        ch_noop = c.bare_channel(noop.address, interceptors=c.noop_interceptors())
         ch_layer = c.bare_channel(wrapped.address)
         ch_off = c.bare_channel(off.address)
-        sides = ("layer", "on", "off")
+        sides = ("layer", "on", "noop", "off")
         try:
             unary = {
                 "layer": c.layered_unary(ch_layer),
                 "on": c.bare_unary(ch_on),
+                "noop": c.bare_unary(ch_noop),
                 "off": c.bare_unary(ch_off),
             }
             stream = {
                 "layer": c.layered_module_stream(ch_layer, "tokens", n_stream),
                 "on": c.bare_module_stream(ch_on, "tokens", n_stream),
+                "noop": c.bare_module_stream(ch_noop, "tokens", n_stream),
                 "off": c.bare_module_stream(ch_off, "tokens", n_stream),
             }
             await c.warm(*unary.values(), times=200)
@@ -66,7 +71,7 @@ async def run(quick: bool = False) -> list[Row]:
                     res["stream"][side].append(n_stream / total)
                 log(f"interceptors: stream round {r + 1}/{rounds} done")
         finally:
-            for ch in (ch_on, ch_layer, ch_off):
+            for ch in (ch_on, ch_layer, ch_noop, ch_off):
                 await ch.close()
     base = "the same grpcio servicer and channel without lazygrpc"
     layer = "interceptors (issue 3), as lazygrpc.Server and connect() apply them"
@@ -81,6 +86,16 @@ async def run(quick: bool = False) -> list[Row]:
             Row(scen, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"][side],
                 res["stream"]["off"], "≥ 0.95×", "ratio>=0.95", base),
         ]  # fmt: skip
+    # Context for the second group: grpc's interceptor path alone, no lazygrpc code.
+    noop = "grpc.aio interceptors that do nothing (what any interceptor costs), no lazygrpc"
+    rows += [
+        Row(noop, "unary QPS, 1 caller", "calls/s", res["q1"]["noop"], res["q1"]["off"],
+            baseline=base),
+        Row(noop, "unary QPS, 32 callers", "calls/s", res["q32"]["noop"], res["q32"]["off"],
+            baseline=base),
+        Row(noop, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"]["noop"],
+            res["stream"]["off"], baseline=base),
+    ]  # fmt: skip
     return rows
 
 

@@ -270,7 +270,13 @@ class ClientInterceptor(
 
 def _aio_details(details: Any) -> tuple[Any, Outgoing]:
     out = prepare(details.metadata, details.timeout)
-    return details._replace(metadata=OutgoingMetadata(out.metadata), timeout=out.timeout), out
+    md = OutgoingMetadata(out.metadata)
+    if type(details) is grpc.aio.ClientCallDetails:  # grpc's own: build it, no _replace()
+        new = grpc.aio.ClientCallDetails(
+            details.method, out.timeout, md, details.credentials, details.wait_for_ready
+        )
+        return new, out
+    return details._replace(metadata=md, timeout=out.timeout), out
 
 
 def _track_aio(call: Any, out: Outgoing) -> None:
@@ -296,7 +302,11 @@ class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClient
             await call  # finish here so the trailers are merged before the caller resumes
         except grpc.RpcError:
             pass
-        await _finish_aio(call, out)
+        try:
+            trailing = await call.trailing_metadata()
+        except Exception:
+            return call
+        merge_trailers(out.session, trailing)
         return call
 
     async def intercept_unary_unary(

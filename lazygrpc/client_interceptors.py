@@ -57,6 +57,14 @@ class OutgoingMetadata(grpc.aio.Metadata):  # type: ignore[misc]
     def __iter__(self) -> Iterator[tuple[str, str | bytes]]:
         return iter(self._items) if self._dict is None else super().__iter__()
 
+    def __add__(self, other: Any) -> grpc.aio.Metadata:
+        # grpc's own only adds instances of its exact class: a plain Metadata works here too.
+        if isinstance(other, grpc.aio.Metadata):
+            return grpc.aio.Metadata(*tuple(self), *tuple(other))
+        if isinstance(other, tuple):
+            return grpc.aio.Metadata(*tuple(self), *other)
+        return NotImplemented
+
 
 class Outgoing(NamedTuple):
     metadata: tuple[tuple[str, str | bytes], ...]
@@ -229,7 +237,7 @@ class ClientInterceptor(
         new = _ClientCallDetails(
             details.method,
             out.timeout,
-            out.metadata,
+            list(out.metadata),  # a list, as interceptors after ours may append to it
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),

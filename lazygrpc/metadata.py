@@ -9,6 +9,7 @@ deleted key carries the property `deleted` and an empty value.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -54,8 +55,16 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# Strict JSON: NaN and ±Infinity (which json.loads accepts) are refused, as when encoding.
-_DECODER = json.JSONDecoder(parse_constant=_not_json)
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a double")
+    return value
+
+
+# Strict JSON: NaN and ±Infinity (which json.loads accepts, and numbers like 1e999 become)
+# are refused, as when encoding.
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 # A value forwarded as it came must be W3C baggage octets, "%" only in "%XX" escapes.
 _WIRE_VALUE = re.compile(r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]|%[0-9A-Fa-f]{2})*")
 
@@ -63,7 +72,9 @@ _WIRE_VALUE = re.compile(r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]
 # of scalars, its strings printable ASCII without backslash escapes. Whatever matches is valid
 # strict JSON and valid baggage octets, so a server can forward the entry as it came and
 # decode the value only when code reads it (`Deferred`).
-_W_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+# At most 200 integer digits and a 2-digit exponent: always a finite float and an int Python
+# converts (longer numbers go through the eager decoder, which refuses what it cannot take).
+_W_NUM = r"-?(?:0|[1-9][0-9]{0,199})(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?"
 _W_STR = r"%22(?:[A-Za-z0-9_.~!#$&'()*+/:<=>?@\[\]^`{|}-]|%2[05C]|%3B)*%22"
 _W_SCALAR = f"(?:{_W_STR}|{_W_NUM}|true|false|null)"
 _FLAT_WIRE = re.compile(
@@ -219,6 +230,7 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
             key, wire = flat.groups()  # the common case, in one match
             values[key] = Deferred(wire)
             entries[key] = entry
+            texts.pop(key, None)  # a repeated name: the last entry wins, whole
             continue
         entry = entry.strip()
         member, semi, props = entry.partition(";")
@@ -241,6 +253,7 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
         if defer and _FLAT_WIRE.fullmatch(raw_value):
             values[key] = Deferred(raw_value)
             entries[key] = f"{raw_key}={raw_value}"
+            texts.pop(key, None)
             continue
         try:
             text = _unquote(raw_value)
@@ -250,8 +263,10 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
                 f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r} does not hold percent-encoded JSON"
             ) from None
         texts[key] = text
-        if _WIRE_VALUE.fullmatch(raw_value):  # else it is encoded afresh when sent on
+        if _WIRE_VALUE.fullmatch(raw_value):
             entries[key] = f"{raw_key}={raw_value}"
+        else:  # encoded afresh when sent on (and never an earlier entry of the same name)
+            entries.pop(key, None)
     return values, texts, entries, others, deleted
 
 

@@ -160,7 +160,6 @@ class Session:
         values are then fresh objects, and the trailer already held every entry to its
         8 KiB limit.
         """
-        self._baggage = None
         if entries is None:
             for key, value in values.items():
                 self.set(key, value)
@@ -168,10 +167,15 @@ class Session:
             with self._lock:
                 for key, value in values.items():
                     self._values[key] = value
-                    self._entries[key] = entries[key]
+                    entry = entries.get(key)
+                    if entry is None:  # not forwardable as it came: encoded when sent
+                        self._entries.pop(key, None)
+                    else:
+                        self._entries[key] = entry
                     self._exposed.discard(key)
                     self._dirty.add(key)
                     self._deleted.discard(key)
+                self._baggage = None  # under the lock: a concurrent baggage() cannot keep it
         with self._lock:
             for key in deleted:
                 self._values.pop(key, None)
@@ -179,6 +183,8 @@ class Session:
                 self._exposed.discard(key)
                 self._dirty.discard(key)
                 self._deleted.add(key)
+            if deleted:
+                self._baggage = None
 
     def has(self, key: object) -> bool:
         return key in self._values

@@ -257,3 +257,69 @@ def test_the_baggage_header_follows_every_change() -> None:
     update = metadata.parse_baggage(metadata.encode_update({"d": 4}, ()))
     s.merge_update(update.values, update.deleted, update.entries)
     assert s.baggage() == "lazy.c=%22x%22,lazy.d=4"
+
+
+@pytest.mark.parametrize(
+    "wire", ["9" * 5000, "1e999", "-1e999", "%5B1e400%5D", "1" + "0" * 300 + "e99"]
+)
+def test_numbers_python_cannot_hold_are_refused_on_arrival(wire: str) -> None:
+    for defer in (False, True):
+        with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
+            metadata.parse_baggage(f"lazy.n={wire}", defer=defer)
+
+
+def test_a_repeated_name_takes_the_last_entry_whole() -> None:
+    # The second entry (raw quotes) is not forwardable as it came: the hop must send what
+    # its handler sees, never the first entry's bytes.
+    for defer in (False, True):
+        s = _from_wire('lazy.a=1,lazy.a="x"', defer)
+        assert s.get("a") == "x"
+        assert s.baggage() == "lazy.a=%22x%22"
+
+
+def test_a_trailer_entry_that_is_not_forwardable_is_merged_and_encoded_afresh() -> None:
+    from lazygrpc.client_interceptors import merge_trailers
+
+    s = Session("s1", {"a": 1})
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, 'lazy.a="x"')])
+    assert s.get("a") == "x" and s.baggage() == "lazy.a=%22x%22"
+    assert metadata.decode_update(s.update_trailer())[0] == {"a": "x"}
+
+
+def test_a_merge_is_never_lost_to_a_header_built_at_the_same_time() -> None:
+    """baggage() on one thread, merge_update() on another (a call's threads share one
+    session): the header sent afterwards always has the merged value."""
+    import threading
+
+    update = metadata.parse_baggage(metadata.encode_update({"a": 2}, ()))
+    for _ in range(1000):
+        s = Session("s1", {"a": 1})
+        start = threading.Barrier(2)
+
+        def build(s: Session = s, start: threading.Barrier = start) -> None:
+            start.wait()
+            s.baggage()
+
+        t = threading.Thread(target=build)
+        t.start()
+        start.wait()
+        s.merge_update(update.values, update.deleted, update.entries)
+        t.join()
+        assert s.baggage() == "lazy.a=2"
+
+
+def test_outgoing_metadata_adds_to_plain_metadata_and_sync_interceptors_get_a_list() -> None:
+    import grpc.aio
+
+    from lazygrpc.client_interceptors import ClientInterceptor, OutgoingMetadata
+
+    out = OutgoingMetadata((("lazy-session-id", "s-1"),))
+    assert tuple(out + grpc.aio.Metadata(("x", "1"))) == (("lazy-session-id", "s-1"), ("x", "1"))
+    assert tuple(out + (("y", "2"),)) == (("lazy-session-id", "s-1"), ("y", "2"))  # noqa: RUF005
+
+    class Details:
+        method, timeout, metadata, credentials = "/s/m", None, None, None
+
+    new, _ = ClientInterceptor()._details(Details())
+    assert isinstance(new.metadata, list)
+    new.metadata.append(("x-later", "1"))  # what an interceptor after ours may do

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -171,6 +172,24 @@ def start_sync_server(name: str, modules: dict[str, Callable[..., Any]]) -> tupl
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"grpc://127.0.0.1:{port}"
+
+
+@contextmanager
+def aborting_bare_server(code: grpc.StatusCode, details: str) -> Iterator[int]:
+    """A bare grpcio ModuleService (no lazygrpc code) whose `Call` aborts; yields its port."""
+
+    class Aborting(module_pb2_grpc.ModuleServiceServicer):
+        def Call(self, request: Any, context: Any) -> Any:
+            context.abort(code, details)
+
+    bare = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
+    module_pb2_grpc.add_ModuleServiceServicer_to_server(Aborting(), bare)
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        yield port
+    finally:
+        bare.stop(0)
 
 
 class Mesh:

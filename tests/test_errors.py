@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 import lazygrpc
 from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
 from lazygrpc.values import to_value
-from tests.hops import SERVER_KINDS, Mesh
+from tests.hops import SERVER_KINDS, Mesh, aborting_bare_server
 
 
 @pytest.fixture(params=SERVER_KINDS)
@@ -140,15 +140,8 @@ async def test_public_address_redacts_by_default() -> None:
 
 
 def test_bare_grpcio_hop_that_raises_still_yields_a_frame(servers: Any) -> None:
-    class Bare(module_pb2_grpc.ModuleServiceServicer):
-        def Call(self, request: Any, context: Any) -> Any:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "bare hop is not ready")
-
-    bare = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
-    module_pb2_grpc.add_ModuleServiceServicer_to_server(Bare(), bare)
-    port = bare.add_insecure_port("127.0.0.1:0")
-    bare.start()
-    try:
+    not_ready = grpc.StatusCode.FAILED_PRECONDITION
+    with aborting_bare_server(not_ready, "bare hop is not ready") as port:
         inner = lazygrpc.connect(f"grpc://127.0.0.1:{port}/run")
 
         async def gateway(x: str) -> Any:
@@ -157,8 +150,6 @@ def test_bare_grpcio_hop_that_raises_still_yields_a_frame(servers: Any) -> None:
         url = servers.modules({"gateway": gateway}, name="gw")
         with pytest.raises(lazygrpc.RemoteError) as info:
             lazygrpc.connect(f"{url}/gateway")("x")
-    finally:
-        bare.stop(0)
     err = info.value
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION
     assert [(f.service, f.method) for f in err.chain] == [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent import futures
 from typing import Any
 
 import grpc
@@ -14,6 +13,7 @@ import pytest
 import lazygrpc
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 from lazygrpc.values import to_value
+from tests.hops import aborting_bare_server
 
 
 def _raw_call(url: str, module: str, metadata: Any = (), value: Any = "x") -> Any:
@@ -73,15 +73,7 @@ def test_a_cancelled_task_inside_a_handler_is_an_error_not_a_hang(servers: Any) 
 
 
 def test_a_huge_error_from_a_bare_child_still_reaches_the_client(servers: Any) -> None:
-    class Loud(module_pb2_grpc.ModuleServiceServicer):
-        def Call(self, request: Any, context: Any) -> Any:
-            context.abort(grpc.StatusCode.INTERNAL, "E" * 12000)
-
-    bare = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
-    module_pb2_grpc.add_ModuleServiceServicer_to_server(Loud(), bare)
-    port = bare.add_insecure_port("127.0.0.1:0")
-    bare.start()
-    try:
+    with aborting_bare_server(grpc.StatusCode.INTERNAL, "E" * 12000) as port:
         child = lazygrpc.connect(f"grpc://127.0.0.1:{port}/x")
 
         async def gateway(x: Any) -> Any:
@@ -90,8 +82,6 @@ def test_a_huge_error_from_a_bare_child_still_reaches_the_client(servers: Any) -
         url = servers.modules({"gateway": gateway}, name="gw")
         with pytest.raises(grpc.RpcError) as info:
             _raw_call(url, "gateway")  # a plain client, default 8 KiB metadata limit
-    finally:
-        bare.stop(0)
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details().startswith("EEEE")
 

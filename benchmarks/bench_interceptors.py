@@ -5,8 +5,9 @@ runs in four server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the 
 once, at registration; the client goes through `lazygrpc.invoke`, as `connect()` does), on a
 plain `grpc.aio.server` with `server_interceptors(aio=True)` (the client channel with
 `aio_client_interceptors()`), bare, and, for context, with grpc.aio interceptors that do
-nothing. Unary QPS is measured in many short blocks and stream throughput in rounds, the
-sides alternating (order flipped each time).
+nothing. Unary QPS and stream throughput are each measured in many short blocks, the sides
+alternating (order flipped each time), so that drift on a shared machine stays out of the
+ratios.
 
 Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
 
@@ -25,12 +26,12 @@ from benchmarks._common import Row, Servers, log, print_rows
 async def run(quick: bool = False) -> list[Row]:
     from lazygrpc import aio_client_interceptors
 
-    # Unary QPS drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
-    # times, keep that drift out of the ratio (the order flips every block).
+    # Throughput drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
+    # times, keep that drift out of the ratios (the order flips every block).
     blocks = 24 if quick else 48
     block_s = 0.2 if quick else 0.3
-    rounds = 4 if quick else 8
-    n_stream = 5_000 if quick else 20_000
+    rounds = 16 if quick else 40
+    n_stream = 2_000 if quick else 3_000
     with Servers() as servers:
         on = servers.start("bare-modules", "--interceptors")
         wrapped = servers.start("bare-modules", "--wrapped")

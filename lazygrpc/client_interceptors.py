@@ -66,15 +66,17 @@ class OutgoingMetadata(grpc.aio.Metadata):  # type: ignore[misc]
         return NotImplemented
 
 
-class Outgoing(NamedTuple):
-    metadata: tuple[tuple[str, str | bytes], ...]
-    timeout: float | None
-    session: sessions.Session
-    scope: CallScope | None
+#: What `prepare` returns: (metadata, timeout, session, parent call scope). A plain tuple:
+#: building a NamedTuple runs a Python `__new__`, measurable on the per-call path.
+Outgoing = tuple[
+    tuple[tuple[str, str | bytes], ...], float | None, sessions.Session, CallScope | None
+]
 
 
 def prepare(md: Any, timeout: float | None) -> Outgoing:
-    """Metadata and timeout for a call made from the current context. No I/O."""
+    """(metadata, timeout, session, parent scope) for a call made from the current context.
+
+    No I/O."""
     s = sessions.current()
     scope = current_call()
     if not md and "opentelemetry.trace" not in sys.modules:  # lazygrpc's own clients
@@ -90,7 +92,7 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
         remaining = scope.time_remaining()
         if remaining is not None and (timeout is None or remaining < timeout):
             timeout = remaining
-    return Outgoing(items, timeout, s, scope)
+    return items, timeout, s, scope
 
 
 def _merged(md: Any, s: sessions.Session) -> tuple[tuple[str, str | bytes], ...]:
@@ -131,8 +133,25 @@ def _inject_trace_context(out: list[tuple[str, str | bytes]]) -> None:
     out.extend(carrier.items())
 
 
+def ended_trailers(call: Any) -> Any:
+    """The trailing metadata of a grpc.aio call that has ended, without awaiting; None when
+    that is not known here (then await `call.trailing_metadata()`).
+
+    grpc.aio's `trailing_metadata()` is a coroutine that wraps the status the call already
+    holds in a new `Metadata`; reading the status directly saves both on every call. The
+    attribute is grpc's own (grpcio 1.85): anything else, such as a call returned through
+    grpc's interceptor path, gets None and takes the public route.
+    """
+    try:
+        return call._cython_call._status.trailing_metadata()
+    except AttributeError:
+        return None
+
+
 def merge_trailers(s: sessions.Session, trailing: Any) -> None:
     """Merge a callee's `lazy-globals-update` into the caller's session."""
+    if not trailing:
+        return
     value = metadata.get_header(trailing, metadata.UPDATE_TRAILER)
     if value:
         try:
@@ -173,15 +192,14 @@ class _TrackedCall:
 
     def __init__(self, call: Any, out: Outgoing) -> None:
         self._call = call
-        self._session = out.session
-        self._scope = out.scope
+        _, _, self._session, self._scope = out
         self._merged = False
         self._lock = threading.Lock()
         # Another interceptor may hand back a bare iterator without the Call/Future API
         # (OpenTelemetry's sync client does for streams, opentelemetry-python-contrib #2014):
         # then trailers are merged when iteration ends, and the call cannot be cancelled.
-        if out.scope is not None and hasattr(call, "cancel"):
-            out.scope.add_child(call)
+        if self._scope is not None and hasattr(call, "cancel"):
+            self._scope.add_child(call)
         if hasattr(call, "add_done_callback"):
             call.add_done_callback(lambda _: self._finish())
 
@@ -236,8 +254,8 @@ class ClientInterceptor(
         out = prepare(details.metadata, details.timeout)
         new = _ClientCallDetails(
             details.method,
-            out.timeout,
-            list(out.metadata),  # a list, as interceptors after ours may append to it
+            out[1],
+            list(out[0]),  # a list, as interceptors after ours may append to it
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),
@@ -278,27 +296,29 @@ class ClientInterceptor(
 
 def _aio_details(details: Any) -> tuple[Any, Outgoing]:
     out = prepare(details.metadata, details.timeout)
-    md = OutgoingMetadata(out.metadata)
+    md = OutgoingMetadata(out[0])
     if type(details) is grpc.aio.ClientCallDetails:  # grpc's own: build it, no _replace()
         new = grpc.aio.ClientCallDetails(
-            details.method, out.timeout, md, details.credentials, details.wait_for_ready
+            details.method, out[1], md, details.credentials, details.wait_for_ready
         )
         return new, out
-    return details._replace(metadata=md, timeout=out.timeout), out
+    return details._replace(metadata=md, timeout=out[1]), out
 
 
 def _track_aio(call: Any, out: Outgoing) -> None:
-    scope = out.scope
+    scope = out[3]
     if scope is not None and scope.add_child(call):
         call.add_done_callback(lambda _: scope.discard_child(call))
 
 
 async def _finish_aio(call: Any, out: Outgoing) -> None:
-    try:
-        trailing = await call.trailing_metadata()
-    except Exception:
-        return
-    merge_trailers(out.session, trailing)
+    trailing = ended_trailers(call)
+    if trailing is None:
+        try:
+            trailing = await call.trailing_metadata()
+        except Exception:
+            return
+    merge_trailers(out[2], trailing)
 
 
 class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
@@ -310,11 +330,13 @@ class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClient
             await call  # finish here so the trailers are merged before the caller resumes
         except grpc.RpcError:
             pass
-        try:
-            trailing = await call.trailing_metadata()
-        except Exception:
-            return call
-        merge_trailers(out.session, trailing)
+        trailing = ended_trailers(call)
+        if trailing is None:
+            try:
+                trailing = await call.trailing_metadata()
+            except Exception:
+                return call
+        merge_trailers(out[2], trailing)
         return call
 
     async def intercept_unary_unary(

@@ -14,53 +14,48 @@ from typing import Any
 
 import grpc
 
-from lazygrpc.client_interceptors import Outgoing, OutgoingMetadata, merge_trailers, prepare
+from lazygrpc.client_interceptors import OutgoingMetadata, ended_trailers, merge_trailers, prepare
 
 ErrorFactory = Callable[[grpc.RpcError], Exception]
 
 
-def _track(out: Outgoing, call: Any) -> None:
-    if out.scope is not None:
-        out.scope.add_child(call)
-
-
-def _untrack(out: Outgoing, call: Any) -> None:
-    if out.scope is not None:
-        out.scope.discard_child(call)
-
-
 def unary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
     """A sync unary call, cancellable by the parent call; `error` builds the raised error."""
-    out = prepare(None, timeout)
-    future = method.future(request, metadata=out.metadata, timeout=out.timeout)
-    _track(out, future)
+    items, timeout, session, scope = prepare(None, timeout)
+    future = method.future(request, metadata=items, timeout=timeout)
+    if scope is not None:
+        scope.add_child(future)
     try:
         response = future.result()
     except grpc.RpcError as err:
-        merge_trailers(out.session, err.trailing_metadata())
+        merge_trailers(session, err.trailing_metadata())
         raise error(err) from err
     except BaseException:
         future.cancel()
         raise
     finally:
-        _untrack(out, future)
-    merge_trailers(out.session, future.trailing_metadata())
+        if scope is not None:
+            scope.discard_child(future)
+    merge_trailers(session, future.trailing_metadata())
     return response
 
 
 async def aunary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
     """The asyncio twin of `unary`; cancelling the awaiting task cancels the RPC."""
-    out = prepare(None, timeout)
-    call = method(request, metadata=OutgoingMetadata(out.metadata), timeout=out.timeout)
-    _track(out, call)
+    items, timeout, session, scope = prepare(None, timeout)
+    call = method(request, metadata=OutgoingMetadata(items), timeout=timeout)
+    if scope is not None:
+        scope.add_child(call)
     try:
         response = await call
     except grpc.RpcError as err:
-        merge_trailers(out.session, err.trailing_metadata())
+        merge_trailers(session, err.trailing_metadata())
         raise error(err) from err
     finally:
-        _untrack(out, call)
-    merge_trailers(out.session, await call.trailing_metadata())
+        if scope is not None:
+            scope.discard_child(call)
+    trailing = ended_trailers(call)
+    merge_trailers(session, await call.trailing_metadata() if trailing is None else trailing)
     return response
 
 
@@ -71,9 +66,10 @@ def stream(
 
     `text=True` yields the non-empty `text` of each message instead of the message.
     """
-    out = prepare(None, timeout)
-    call = method(request, metadata=out.metadata, timeout=out.timeout)
-    _track(out, call)
+    items, timeout, session, scope = prepare(None, timeout)
+    call = method(request, metadata=items, timeout=timeout)
+    if scope is not None:
+        scope.add_child(call)
     try:
         if text:
             for item in call:
@@ -82,22 +78,24 @@ def stream(
         else:
             yield from call
     except grpc.RpcError as err:
-        merge_trailers(out.session, err.trailing_metadata())
+        merge_trailers(session, err.trailing_metadata())
         raise error(err) from err
     else:
-        merge_trailers(out.session, call.trailing_metadata())
+        merge_trailers(session, call.trailing_metadata())
     finally:
         call.cancel()  # a no-op once the stream ended
-        _untrack(out, call)
+        if scope is not None:
+            scope.discard_child(call)
 
 
 async def astream(
     method: Any, request: Any, timeout: float | None, error: ErrorFactory, *, text: bool = False
 ) -> AsyncIterator[Any]:
     """The asyncio twin of `stream` (one generator layer on the stream, not two)."""
-    out = prepare(None, timeout)
-    call = method(request, metadata=OutgoingMetadata(out.metadata), timeout=out.timeout)
-    _track(out, call)
+    items, timeout, session, scope = prepare(None, timeout)
+    call = method(request, metadata=OutgoingMetadata(items), timeout=timeout)
+    if scope is not None:
+        scope.add_child(call)
     try:
         async for item in call:
             if not text:
@@ -105,10 +103,12 @@ async def astream(
             elif item.text:
                 yield item.text
     except grpc.RpcError as err:
-        merge_trailers(out.session, err.trailing_metadata())
+        merge_trailers(session, err.trailing_metadata())
         raise error(err) from err
     else:
-        merge_trailers(out.session, await call.trailing_metadata())
+        trailing = ended_trailers(call)
+        merge_trailers(session, await call.trailing_metadata() if trailing is None else trailing)
     finally:
         call.cancel()
-        _untrack(out, call)
+        if scope is not None:
+            scope.discard_child(call)

@@ -411,6 +411,33 @@ def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> N
         assert s.get("from_hop3") == "hop3 saw raw-stream"
 
 
+def test_an_ended_aio_calls_trailers_are_read_without_awaiting(mesh: Mesh) -> None:
+    """lazygrpc's clients read a finished call's trailers from its status (no coroutine);
+    what they read is what grpc.aio's `trailing_metadata()` returns, and a call that has not
+    ended (or is not grpc's own call object) says so with None."""
+    from lazygrpc.client_interceptors import ended_trailers
+    from lazygrpc.metadata import UPDATE_TRAILER
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    target = mesh.entry.removeprefix("grpc://")
+    request = module_pb2.CallRequest(module="run", input=to_value("ended"))
+
+    async def go() -> tuple[Any, Any, Any]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = module_pb2_grpc.ModuleServiceStub(channel)
+            call = stub.Call(request, metadata=(("lazy-session-id", "ended-1"),))
+            before = ended_trailers(call)
+            await call
+            return before, ended_trailers(call), tuple(await call.trailing_metadata())
+
+    before, fast, public = asyncio.run(go())
+    assert before is None
+    assert fast == public
+    assert [k for k, _ in fast] == [UPDATE_TRAILER]
+    assert ended_trailers(object()) is None
+
+
 def test_refused_headers_come_with_status_details(servers: Any) -> None:
     from grpc_status import rpc_status
 

@@ -35,6 +35,7 @@ class CallScope:
         "service",
         "session",
         "topic",
+        "trace_headers",
         "trace_id",
     )
 
@@ -52,6 +53,9 @@ class CallScope:
         )
         self.topic: Topic | None = None
         self.trace_id = ""
+        #: The incoming W3C trace context, forwarded by calls made under this one when no
+        #: OpenTelemetry span of this process takes its place.
+        self.trace_headers: tuple[tuple[str, str], ...] = ()
         self.cancelled = False
         self._children: set[Cancellable] | None = None  # made by the first child call
         self._lock = threading.Lock()

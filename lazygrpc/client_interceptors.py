@@ -1,7 +1,8 @@
 """Client interceptors (sync `grpc.Channel` and `grpc.aio`) over one shared core.
 
 Every outgoing call carries `lazy-session-id`, the session globals as `lazy.` baggage
-entries, `traceparent` when a trace is active, and the parent call's remaining deadline. The
+entries, the W3C trace context when there is one (the current OpenTelemetry span's, else the
+incoming call's, forwarded as it came), and the parent call's remaining deadline. The
 call registers with the parent call so that it is cancelled when the parent ends early, and
 its `lazy-globals-update` trailer is merged into the caller's session when it ends.
 """
@@ -86,8 +87,10 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
             if baggage
             else ((metadata.SESSION_HEADER, s.id),)
         )
+        if scope is not None and scope.trace_headers:
+            items += scope.trace_headers  # the incoming trace context goes on down
     else:
-        items = _merged(md, s)
+        items = _merged(md, s, scope)
     if scope is not None:
         remaining = scope.time_remaining()
         if remaining is not None and (timeout is None or remaining < timeout):
@@ -95,8 +98,11 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
     return items, timeout, s, scope
 
 
-def _merged(md: Any, s: sessions.Session) -> tuple[tuple[str, str | bytes], ...]:
-    """The caller's metadata with the session's, and the trace context when there is one."""
+def _merged(
+    md: Any, s: sessions.Session, scope: CallScope | None
+) -> tuple[tuple[str, str | bytes], ...]:
+    """The caller's metadata with the session's, and the trace context when there is one:
+    the caller's own, else the current OpenTelemetry span's, else the incoming call's."""
     out: list[tuple[str, str | bytes]]
     if not md:
         out = [(metadata.SESSION_HEADER, s.id)]
@@ -120,11 +126,17 @@ def _merged(md: Any, s: sessions.Session) -> tuple[tuple[str, str | bytes], ...]
         out.append((metadata.BAGGAGE_HEADER, baggage))
     if "opentelemetry.trace" in sys.modules:
         _inject_trace_context(out)
+    if scope is not None and scope.trace_headers and not _has_traceparent(out):
+        out.extend(scope.trace_headers)
     return tuple(out)
 
 
+def _has_traceparent(out: list[tuple[str, str | bytes]]) -> bool:
+    return any(k == metadata.TRACEPARENT_HEADER for k, _ in out)
+
+
 def _inject_trace_context(out: list[tuple[str, str | bytes]]) -> None:
-    if any(k == "traceparent" for k, _ in out):
+    if _has_traceparent(out):
         return
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 

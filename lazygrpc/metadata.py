@@ -28,6 +28,13 @@ MAX_BAGGAGE_ENTRIES = 180
 MAX_HEADER_BYTES = 8192
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
+#: A W3C `traceparent` lazygrpc forwards: version (not ff), trace id and parent id (neither
+#: all zeros), flags. Group 1 is the trace id.
+_TRACEPARENT = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+)
 MAX_SESSION_ID = 128
 # baggage-octet minus "%" (the escape character) and the always-safe unreserved set.
 _VALUE_SAFE = "!#$&'()*+/:<=>?@[]^`{|}"
@@ -142,10 +149,19 @@ def validate_session_id(value: str) -> str:
     if value.isalnum() and value.isascii() and len(value) <= MAX_SESSION_ID:
         return value  # the common case (hex ids), without the regex
     if not _SESSION_ID.fullmatch(value):
-        raise ValueError(
-            f"{SESSION_HEADER}: {value[:40]!r} is not 1-128 characters of [A-Za-z0-9._:-]"
-        )
+        shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}… ({len(value)} characters)"
+        raise ValueError(f"{SESSION_HEADER}: {shown} is not 1-128 characters of [A-Za-z0-9._:-]")
     return value
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None) -> tuple[tuple[str, str], ...]:
+    """The W3C trace context headers a hop forwards: () unless `traceparent` is valid; a
+    `tracestate` over `MAX_HEADER_BYTES` (all its headers together) is left out."""
+    if not traceparent or _TRACEPARENT.fullmatch(traceparent) is None:
+        return ()
+    if tracestate and len(tracestate) <= MAX_HEADER_BYTES:
+        return ((TRACEPARENT_HEADER, traceparent), (TRACESTATE_HEADER, tracestate))
+    return ((TRACEPARENT_HEADER, traceparent),)
 
 
 def encode_json(key: str, value: Any) -> str:

@@ -38,7 +38,7 @@ class ServerCore:
         self, full_method: str, invocation_metadata: Any, time_remaining: float | None
     ) -> CallScope:
         """Scope for a new call; `InvalidArgument` names a bad header."""
-        sid = baggage = traceparent = None
+        sid = baggage = traceparent = tracestate = None
         for key, value in invocation_metadata or ():
             if isinstance(value, bytes):
                 continue
@@ -47,11 +47,17 @@ class ServerCore:
                     f"{key}: {len(value)} bytes, over the limit of {metadata.MAX_HEADER_BYTES}"
                 )
             if key == metadata.SESSION_HEADER:
+                if sid is not None:
+                    raise InvalidArgument(f"{key}: sent more than once (a call has one session)")
                 sid = value
             elif key == metadata.BAGGAGE_HEADER:
-                baggage = value
-            elif key == "traceparent":
+                # W3C baggage may come in several headers: they are one list, and the
+                # limits apply to all of it.
+                baggage = value if baggage is None else f"{baggage},{value}"
+            elif key == metadata.TRACEPARENT_HEADER:
                 traceparent = value
+            elif key == metadata.TRACESTATE_HEADER:
+                tracestate = value if tracestate is None else f"{tracestate},{value}"
         try:
             if baggage:
                 values, texts, entries, others, _ = metadata.parse_baggage_fields(baggage, True)
@@ -65,8 +71,10 @@ class ServerCore:
             service, method = chain.split_method(full_method)
             names = self._names[full_method] = (service.rsplit(".", 1)[-1], method)
         scope = CallScope(session, self.service or names[0], names[1], time_remaining)
-        if traceparent and traceparent.count("-") == 3:
-            scope.trace_id = traceparent.split("-")[1][:32]
+        if traceparent is not None:
+            scope.trace_headers = metadata.trace_headers(traceparent, tracestate)
+            if scope.trace_headers:
+                scope.trace_id = traceparent[3:35]
         return scope
 
     def trailers(

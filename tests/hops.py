@@ -36,6 +36,8 @@ class Record:
         self.seen: dict[str, dict[str, Any]] = {}
         self.finally_at: dict[str, float] = {}
         self.started = threading.Event()
+        #: The W3C trace context headers hop 3's call came with, by input.
+        self.traces: dict[str, tuple[tuple[str, str], ...]] = {}
 
     def note(self, key: str) -> None:
         scope = current_call()
@@ -45,6 +47,7 @@ class Record:
                 "globals": dict(lazygrpc.globals),
                 "deadline": scope.time_remaining() if scope else None,
             }
+            self.traces[key] = scope.trace_headers if scope else ()
 
 
 def hop3_work(record: Record, x: str) -> str:

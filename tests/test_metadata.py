@@ -323,3 +323,21 @@ def test_outgoing_metadata_adds_to_plain_metadata_and_sync_interceptors_get_a_li
     new, _ = ClientInterceptor()._details(Details())
     assert isinstance(new.metadata, list)
     new.metadata.append(("x-later", "1"))  # what an interceptor after ours may do
+
+
+def test_a_long_bad_session_id_is_shown_cut_with_its_length() -> None:
+    with pytest.raises(ValueError) as info:
+        metadata.validate_session_id("a" * 129)
+    assert str(info.value) == (
+        f"lazy-session-id: {'a' * 40!r}… (129 characters) is not 1-128 characters of "
+        "[A-Za-z0-9._:-]"
+    )
+
+
+def test_trace_headers_forward_only_a_valid_traceparent_and_a_bounded_tracestate() -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert metadata.trace_headers(tp, "a=1") == (("traceparent", tp), ("tracestate", "a=1"))
+    assert metadata.trace_headers(tp, None) == (("traceparent", tp),)
+    assert metadata.trace_headers(tp, "a=" + "x" * 9000) == (("traceparent", tp),)
+    for bad in (tp.upper(), "ff" + tp[2:], tp[:-1], tp.replace("b7ad6b7169203331", "0" * 16)):
+        assert metadata.trace_headers(bad, "a=1") == ()

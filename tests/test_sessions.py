@@ -257,6 +257,70 @@ def test_bad_metadata_gets_invalid_argument_and_the_server_goes_on(
     mesh.close()
 
 
+def _raw_call(mesh: Mesh, x: str, md: list[tuple[str, str]]) -> Any:
+    """`run(x)` at the entry through a plain grpcio stub with exactly `md` as metadata."""
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    with grpc.insecure_channel(mesh.entry.removeprefix("grpc://")) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        return stub.Call(module_pb2.CallRequest(module="run", input=to_value(x)), metadata=md)
+
+
+def test_several_baggage_headers_are_one_list_with_one_limit(mesh: Mesh) -> None:
+    """W3C baggage may come in several headers: every entry counts, and is checked."""
+    md = [("lazy-session-id", "two-headers"), ("baggage", "lazy.a=1"), ("baggage", "lazy.b=2")]
+    assert _raw_call(mesh, "two-headers", md).output.string_value == "done:two-headers"
+    assert mesh.record.seen["two-headers"]["globals"] == {"a": 1, "b": 2}
+
+    def entries(prefix: str) -> str:
+        return ",".join(f"lazy.{prefix}{i}=1" for i in range(100))
+
+    for first, second, expected in (
+        ("lazy.a=1", "lazy.c=%ZZ", "baggage:"),  # malformed, in the second header
+        (entries("j"), entries("k"), "baggage: 200 entries, over the limit of 180"),
+        ("lazy.pad=" + "2" * 5000, "lazy.big=" + "1" * 5000, "baggage: 10019 bytes, over"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            _raw_call(mesh, "refused", [("baggage", first), ("baggage", second)])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith(expected), info.value.details()
+    assert "refused" not in mesh.record.seen
+
+
+def test_a_session_id_sent_twice_is_refused(mesh: Mesh) -> None:
+    md = [("lazy-session-id", "first"), ("lazy-session-id", "second")]
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(mesh, "twice", md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("lazy-session-id: sent more than once")
+    assert _raw_call(mesh, "once", md[:1]).output.string_value == "done:once"
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_the_incoming_trace_context_reaches_every_hop(mesh: Mesh) -> None:
+    """Without a tracer of its own, each hop forwards the W3C trace context it was called
+    with, so hop 3 sees it and every frame of an error chain names the trace."""
+    md = [("traceparent", TRACEPARENT), ("tracestate", "congo=t61rcWkgMzE"), ("tracestate", "a=1")]
+    assert _raw_call(mesh, "traced", md).output.string_value == "done:traced"
+    assert mesh.record.traces["traced"] == (
+        ("traceparent", TRACEPARENT),
+        ("tracestate", "congo=t61rcWkgMzE,a=1"),
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_call(mesh, "fail-traced", md[:1])
+    err = lazygrpc.chain.remote_error_from_rpc(info.value)
+    assert [f.trace_id for f in err.chain] == ["0af7651916cd43dd8448eb211c80319c"] * 3
+
+    # An invalid traceparent is not passed on (W3C: start afresh), and the call still works.
+    for bad in ("00-" + "0" * 32 + "-b7ad6b7169203331-01", "ff-x", "not a trace"):
+        bad_md = [("traceparent", bad), ("tracestate", "a=1")]
+        assert _raw_call(mesh, "untraced", bad_md).output.string_value == "done:untraced"
+        assert mesh.record.traces["untraced"] == ()
+
+
 def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:
     """A middle hop with no lazygrpc code passes the context on by forwarding two headers."""
     from concurrent import futures

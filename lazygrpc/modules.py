@@ -27,6 +27,14 @@ SERVICE_NAME = "lazygrpc.v1.ModuleService"
 #: Threads for sync modules; a sync producer blocked on a full topic holds one.
 #: Callers pass `contextvars.copy_context().run`, so a plain pool (no second copy) is enough.
 _EXECUTOR = futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """`fn(*args)` on a module thread, in a copy of the caller's context."""
+    ctx = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(_EXECUTOR, ctx.run, fn, *args)
+
+
 #: Seconds a stream's producer gets to end by itself once its client is gone.
 CLOSE_GRACE = 0.1
 
@@ -234,13 +242,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             result = await self._run(module, args, kwargs, None)
         elif module.is_async:
             result = await module.start(args, kwargs)
-        else:
-            module.check_arguments(args, kwargs)
-            loop = asyncio.get_running_loop()
-            ctx = contextvars.copy_context()
-            result = await loop.run_in_executor(
-                _EXECUTOR, ctx.run, lambda: module.fn(*args, **kwargs)
-            )
+        else:  # `start` tells arguments that do not fit from the body's own TypeError
+            result = await _in_thread(module.start, args, kwargs)
         return module_pb2.CallResponse(output=_encode(module, result))
 
     async def Stream(
@@ -365,19 +368,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                     _PRODUCERS.enter()
                 result = await self._drive_async(module, gen, deltas or _Aggregate(), topic)
             elif module.streaming:
-                loop = asyncio.get_running_loop()
-                ctx = contextvars.copy_context()
-                result = await loop.run_in_executor(
-                    _EXECUTOR, ctx.run, self._drive_sync, module, args, kwargs, topic
-                )
+                result = await _in_thread(self._drive_sync, module, args, kwargs, topic)
             elif module.is_async:
                 result = await module.fn(*args, **kwargs)
             else:
-                loop = asyncio.get_running_loop()
-                ctx = contextvars.copy_context()
-                result = await loop.run_in_executor(
-                    _EXECUTOR, ctx.run, lambda: module.fn(*args, **kwargs)
-                )
+                result = await _in_thread(module.start, args, kwargs)
         except StreamClosed:
             raise
         except BaseException as exc:

@@ -170,6 +170,15 @@ def _logged(fn: Any) -> Any:
 
         return agen
 
+    if not inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        def sync_call(*args: Any, **kwargs: Any) -> Any:
+            RAN.append(fn.__name__)
+            return fn(*args, **kwargs)
+
+        return sync_call
+
     @functools.wraps(fn)
     async def call(*args: Any, **kwargs: Any) -> Any:
         RAN.append(fn.__name__)
@@ -197,6 +206,25 @@ def test_async_modules_refuse_arguments_that_do_not_fit(
         assert "unexpected keyword argument 'bogus'" in info.value.message
     assert RAN == []  # refused before any of the module's code (or its wrapper's) ran
     assert remote("go") in ("GO", "go ")
+
+
+@pytest.mark.parametrize("decorated", [False, True], ids=["plain", "decorated"])
+def test_def_modules_refuse_arguments_that_do_not_fit(servers: Any, decorated: bool) -> None:
+    """A plain `def` is called at once (Python binds before the body runs) and a wrapper is
+    checked first: either way a call that does not fit is INVALID_ARGUMENT, and a
+    TypeError raised inside the body stays the module's own error."""
+    url = servers.modules({"add": _logged(add) if decorated else add}, name="checked")
+    RAN.clear()
+    remote = lazygrpc.connect(f"{url}/add")
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        remote(1, bogus=1)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.message == "module 'add': got an unexpected keyword argument 'bogus'"
+    assert RAN == []
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        remote("a", y=1)  # fits the signature; `"a" + 1` fails inside
+    assert (info.value.code, info.value.remote_type) == (grpc.StatusCode.UNKNOWN, "TypeError")
+    assert remote(2, y=3) == 5
 
 
 def test_errors_inside_a_module_keep_their_type(url: str) -> None:

@@ -1,13 +1,14 @@
 """Issue 3: what lazygrpc's interceptors cost, against the same servicer without them.
 
 One hand-written grpcio `ModuleService` servicer (`benchmarks/_servers.py`, `bare-modules`)
-runs in four server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
+runs in five server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
 once, at registration; the client goes through `lazygrpc.invoke`, as `connect()` does), on a
 plain `grpc.aio.server` with `server_interceptors(aio=True)` (the client channel with
 `aio_client_interceptors()`), bare, and, for context, with grpc.aio interceptors that do
-nothing. Unary QPS and stream throughput are each measured in many short blocks, the sides
-alternating (order flipped each time), so that drift on a shared machine stays out of the
-ratios.
+nothing and bare again in a second process (an A/A pair: how far two identical servers
+differ in the same run). Unary QPS and stream throughput are each measured in many short
+blocks, the sides alternating (order flipped each time), so that drift on a shared machine
+stays out of the ratios.
 
 Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
 
@@ -37,23 +38,27 @@ async def run(quick: bool = False) -> list[Row]:
         wrapped = servers.start("bare-modules", "--wrapped")
         off = servers.start("bare-modules")
         noop = servers.start("bare-modules", "--noop-interceptors")
+        twin = servers.start("bare-modules")  # A/A: what two identical processes differ by
         ch_on = c.bare_channel(on.address, interceptors=aio_client_interceptors())
         ch_noop = c.bare_channel(noop.address, interceptors=c.noop_interceptors())
         ch_layer = c.bare_channel(wrapped.address)
         ch_off = c.bare_channel(off.address)
-        sides = ("layer", "on", "noop", "off")
+        ch_twin = c.bare_channel(twin.address)
+        sides = ("twin", "layer", "on", "noop", "off")
         try:
             unary = {
                 "layer": c.layered_unary(ch_layer),
                 "on": c.bare_unary(ch_on),
                 "noop": c.bare_unary(ch_noop),
                 "off": c.bare_unary(ch_off),
+                "twin": c.bare_unary(ch_twin),
             }
             stream = {
                 "layer": c.layered_module_stream(ch_layer, "tokens", n_stream),
                 "on": c.bare_module_stream(ch_on, "tokens", n_stream),
                 "noop": c.bare_module_stream(ch_noop, "tokens", n_stream),
                 "off": c.bare_module_stream(ch_off, "tokens", n_stream),
+                "twin": c.bare_module_stream(ch_twin, "tokens", n_stream),
             }
             await c.warm(*unary.values(), times=200)
             for fn in stream.values():
@@ -72,7 +77,7 @@ async def run(quick: bool = False) -> list[Row]:
                     res["stream"][side].append(n_stream / total)
                 log(f"interceptors: stream round {r + 1}/{rounds} done")
         finally:
-            for ch in (ch_on, ch_layer, ch_noop, ch_off):
+            for ch in (ch_on, ch_layer, ch_noop, ch_off, ch_twin):
                 await ch.close()
     base = "the same grpcio servicer and channel without lazygrpc"
     layer = "interceptors (issue 3), as lazygrpc.Server and connect() apply them"
@@ -87,16 +92,19 @@ async def run(quick: bool = False) -> list[Row]:
             Row(scen, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"][side],
                 res["stream"]["off"], "≥ 0.95×", "ratio>=0.95", base),
         ]  # fmt: skip
-    # Context for the second group: grpc's interceptor path alone, no lazygrpc code.
+    # Context: grpc's interceptor path alone (no lazygrpc code), and the same bare server in
+    # a second process, which differs from the first by this run's noise alone.
     noop = "grpc.aio interceptors that do nothing (what any interceptor costs), no lazygrpc"
-    rows += [
-        Row(noop, "unary QPS, 1 caller", "calls/s", res["q1"]["noop"], res["q1"]["off"],
-            baseline=base),
-        Row(noop, "unary QPS, 32 callers", "calls/s", res["q32"]["noop"], res["q32"]["off"],
-            baseline=base),
-        Row(noop, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"]["noop"],
-            res["stream"]["off"], baseline=base),
-    ]  # fmt: skip
+    twin = "the bare servicer again, in a second process (A/A: the run's noise floor)"
+    for scen, side in ((noop, "noop"), (twin, "twin")):
+        rows += [
+            Row(scen, "unary QPS, 1 caller", "calls/s", res["q1"][side], res["q1"]["off"],
+                baseline=base),
+            Row(scen, "unary QPS, 32 callers", "calls/s", res["q32"][side], res["q32"]["off"],
+                baseline=base),
+            Row(scen, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"][side],
+                res["stream"]["off"], baseline=base),
+        ]  # fmt: skip
     return rows
 
 

@@ -513,8 +513,9 @@ def main() -> None:
         "See scaling.png.")  # fmt: skip
     add("Issue 3: interceptor cost (quick)", asyncio.run(bench_interceptors.run(quick=True)),
         "`python -m benchmarks.bench_interceptors --quick`: the same hand-written servicer with "
-        "and without lazygrpc's server + client interceptors, and with grpc.aio interceptors "
-        "that do nothing (what grpc's interceptor path costs by itself).")  # fmt: skip
+        "and without lazygrpc's server + client interceptors, with grpc.aio interceptors "
+        "that do nothing (what grpc's interceptor path costs by itself), and bare again in a "
+        "second process (A/A: how far two identical servers differ in this run).")  # fmt: skip
     add("Issue 5: broker and coalescing relay (quick)", asyncio.run(bench_broker.run(quick=True)),
         "`python -m benchmarks.bench_broker --quick`. In quick mode bare grpcio relays 20,000 "
         "tokens (tokens/s is a rate; the full run uses 100,000).")  # fmt: skip

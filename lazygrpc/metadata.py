@@ -31,9 +31,9 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 TRACEPARENT_HEADER = "traceparent"
 TRACESTATE_HEADER = "tracestate"
 #: A W3C `traceparent` lazygrpc forwards: version (not ff), trace id and parent id (neither
-#: all zeros), flags. Group 1 is the trace id.
+#: all zeros), flags, and only after a version above 00 more fields (the spec's versioning).
 _TRACEPARENT = re.compile(
-    r"(?!ff)[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+    r"(?!ff)([0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?"
 )
 MAX_SESSION_ID = 128
 # baggage-octet minus "%" (the escape character) and the always-safe unreserved set.
@@ -155,9 +155,13 @@ def validate_session_id(value: str) -> str:
 
 
 def trace_headers(traceparent: str | None, tracestate: str | None) -> tuple[tuple[str, str], ...]:
-    """The W3C trace context headers a hop forwards: () unless `traceparent` is valid; a
-    `tracestate` over `MAX_HEADER_BYTES` (all its headers together) is left out."""
-    if not traceparent or _TRACEPARENT.fullmatch(traceparent) is None:
+    """The W3C trace context headers a hop forwards: () unless `traceparent` is valid (the
+    trace then restarts); a `tracestate` over `MAX_HEADER_BYTES` (all its headers together)
+    is left out."""
+    if not traceparent:
+        return ()
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None or (match[1] == "00" and match[2] is not None):
         return ()
     if tracestate and len(tracestate) <= MAX_HEADER_BYTES:
         return ((TRACEPARENT_HEADER, traceparent), (TRACESTATE_HEADER, tracestate))

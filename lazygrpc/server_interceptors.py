@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -51,11 +52,15 @@ class ServerCore:
                     raise InvalidArgument(f"{key}: sent more than once (a call has one session)")
                 sid = value
             elif key == metadata.BAGGAGE_HEADER:
-                # W3C baggage may come in several headers: they are one list, and the
-                # limits apply to all of it.
-                baggage = value if baggage is None else f"{baggage},{value}"
+                # W3C baggage may come in several headers: they are one list (empty ones
+                # add nothing, RFC 9110 5.3), and the limits apply to all of it.
+                if not baggage or baggage.isspace():
+                    baggage = value
+                elif value and not value.isspace():
+                    baggage = f"{baggage},{value}"
             elif key == metadata.TRACEPARENT_HEADER:
-                traceparent = value
+                # Sent twice, it names no one trace: W3C says to restart it ("" forwards none).
+                traceparent = value if traceparent is None else ""
             elif key == metadata.TRACESTATE_HEADER:
                 tracestate = value if tracestate is None else f"{tracestate},{value}"
         try:
@@ -138,6 +143,22 @@ _SHUTTING_DOWN = _Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down",
 def _enter(scope: CallScope) -> None:
     sessions.bind(scope.session)
     bind_call(scope)
+    if scope.trace_headers and "opentelemetry.trace" in sys.modules:
+        _continue_trace(scope)
+
+
+def _continue_trace(scope: CallScope) -> None:
+    """Make the incoming trace context OpenTelemetry's current context for the call.
+
+    A span that the handler, our tracing or an OpenTelemetry client interceptor starts then
+    continues the caller's trace, and what OpenTelemetry injects downstream is one
+    consistent traceparent/tracestate pair. The context belongs to the call's task (aio) or
+    to the copy the handler runs in (sync), so nothing is detached.
+    """
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    otel_context.attach(TraceContextTextMapPropagator().extract(dict(scope.trace_headers)))
 
 
 def _existing_trailers(context: Any) -> Any:
@@ -318,6 +339,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # hold for the whole call, across every await and every yield.
         sessions.bind(scope.session)
         bind_call(scope)
+        if scope.trace_headers and "opentelemetry.trace" in sys.modules:
+            _continue_trace(scope)
         return scope
 
     @staticmethod

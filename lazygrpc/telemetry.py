@@ -72,12 +72,22 @@ Attributes = dict[str, str | int]
 
 
 def trace_carrier(invocation_metadata: Any) -> dict[str, str]:
-    """The W3C trace context headers of a call's metadata, as a propagator carrier."""
-    return {
-        key: value
-        for key, value in invocation_metadata or ()
-        if key in _PROPAGATOR.fields and isinstance(value, str)
-    }
+    """The W3C trace context headers of a call's metadata, as a propagator carrier.
+
+    Several `tracestate` headers are one list; a `traceparent` sent twice names no one
+    trace, so the carrier is empty and the trace restarts (W3C trace context).
+    """
+    carrier: dict[str, str] = {}
+    for key, value in invocation_metadata or ():
+        if key not in _PROPAGATOR.fields or not isinstance(value, str):
+            continue
+        if key not in carrier:
+            carrier[key] = value
+        elif key == "tracestate":
+            carrier[key] = f"{carrier[key]},{value}"
+        else:
+            return {}
+    return carrier
 
 
 def start_attributes(full_method: str, scope: CallScope | None) -> Attributes:

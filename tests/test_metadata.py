@@ -341,3 +341,7 @@ def test_trace_headers_forward_only_a_valid_traceparent_and_a_bounded_tracestate
     assert metadata.trace_headers(tp, "a=" + "x" * 9000) == (("traceparent", tp),)
     for bad in (tp.upper(), "ff" + tp[2:], tp[:-1], tp.replace("b7ad6b7169203331", "0" * 16)):
         assert metadata.trace_headers(bad, "a=1") == ()
+    # A later version may add fields after the flags (W3C versioning); version 00 may not.
+    later = "01" + tp[2:] + "-future"
+    assert metadata.trace_headers(later, None) == (("traceparent", later),)
+    assert metadata.trace_headers(tp + "-future", None) == ()

@@ -272,6 +272,9 @@ def test_several_baggage_headers_are_one_list_with_one_limit(mesh: Mesh) -> None
     md = [("lazy-session-id", "two-headers"), ("baggage", "lazy.a=1"), ("baggage", "lazy.b=2")]
     assert _raw_call(mesh, "two-headers", md).output.string_value == "done:two-headers"
     assert mesh.record.seen["two-headers"]["globals"] == {"a": 1, "b": 2}
+    for pair in (["lazy.a=1", ""], ["", "lazy.a=1"], [" ", "lazy.a=1", ""]):  # empty: nothing
+        _raw_call(mesh, "empty-too", [("baggage", b) for b in pair])
+        assert mesh.record.seen["empty-too"]["globals"] == {"a": 1}
 
     def entries(prefix: str) -> str:
         return ",".join(f"lazy.{prefix}{i}=1" for i in range(100))
@@ -319,6 +322,18 @@ def test_the_incoming_trace_context_reaches_every_hop(mesh: Mesh) -> None:
         bad_md = [("traceparent", bad), ("tracestate", "a=1")]
         assert _raw_call(mesh, "untraced", bad_md).output.string_value == "done:untraced"
         assert mesh.record.traces["untraced"] == ()
+
+
+def test_a_traceparent_sent_twice_starts_the_trace_afresh() -> None:
+    """grpc itself keeps one of two `traceparent` headers; should both reach the server
+    interceptor, they name no one trace, and W3C says to restart it."""
+    from lazygrpc.server_interceptors import ServerCore
+
+    md = [("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT), ("tracestate", "a=1")]
+    scope = ServerCore("s").begin("/lazygrpc.v1.ModuleService/Call", md, None)
+    assert (scope.trace_headers, scope.trace_id) == ((), "")
+    scope = ServerCore("s").begin("/lazygrpc.v1.ModuleService/Call", md[1:], None)
+    assert scope.trace_headers == (("traceparent", TRACEPARENT), ("tracestate", "a=1"))
 
 
 def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:

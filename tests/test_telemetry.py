@@ -370,8 +370,59 @@ def test_frame_event_attributes() -> None:
 
 
 def test_trace_carrier_keeps_only_trace_context() -> None:
-    md = [("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"), ("x", "y"), ("b-bin", b"")]
-    assert list(telemetry.trace_carrier(md)) == ["traceparent"]
+    tp = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    md = [("traceparent", tp), ("x", "y"), ("b-bin", b""), ("tracestate", "a=1")]
+    assert telemetry.trace_carrier([*md, ("tracestate", "b=2")]) == {
+        "traceparent": tp,
+        "tracestate": "a=1,b=2",  # several headers are one list
+    }
+    # A traceparent sent twice names no one trace: W3C restarts it.
+    assert telemetry.trace_carrier([*md, ("traceparent", tp)]) == {}
+
+
+def test_an_otel_client_interceptor_under_ours_continues_the_incoming_trace(
+    servers: Any, spans: InMemorySpanExporter
+) -> None:
+    """A hop without lazygrpc tracing, calling on through OpenTelemetry's client interceptor
+    stacked under ours: the downstream call continues the caller's trace, with its
+    tracestate, as one consistent pair."""
+    from opentelemetry.instrumentation.grpc import client_interceptor
+    from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+
+    from lazygrpc.calls import current_call
+
+    seen: dict[str, Any] = {}
+
+    def leaf(x: str) -> str:
+        scope = current_call()
+        assert scope is not None
+        seen[x] = dict(scope.trace_headers)
+        return x
+
+    leaf_url = servers.modules({"leaf": leaf}, name="leaf")
+    raw = grpc.insecure_channel(leaf_url.removeprefix("grpc://"))
+    downstream = lazygrpc.intercept_channel(intercept_channel(raw, client_interceptor()))
+
+    def mid(x: str) -> str:
+        stub = module_pb2_grpc.ModuleServiceStub(downstream)
+        out = stub.Call(module_pb2.CallRequest(module="leaf", input=to_value(x)))
+        return str(from_value(out.output))
+
+    mid_url = servers.modules({"mid": mid}, name="mid")
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    md = [("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"), ("tracestate", "congo=t61")]
+    try:
+        with grpc.insecure_channel(mid_url.removeprefix("grpc://")) as ch:
+            stub = module_pb2_grpc.ModuleServiceStub(ch)
+            request = module_pb2.CallRequest(module="mid", input=to_value("x"))
+            assert from_value(stub.Call(request, metadata=md).output) == "x"
+    finally:
+        raw.close()
+    assert seen["x"]["traceparent"].split("-")[1] == trace_id
+    assert seen["x"]["traceparent"] != md[0][1]  # OpenTelemetry's client span is the parent
+    assert seen["x"]["tracestate"] == "congo=t61"
+    (client,) = [s for s in spans.get_finished_spans() if s.kind is trace.SpanKind.CLIENT]
+    assert f"{client.context.trace_id:032x}" == trace_id
 
 
 def test_missing_otel_extra_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:

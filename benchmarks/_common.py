@@ -216,7 +216,10 @@ def text_table(rows: Sequence[Row], title: str = "") -> str:
     table = [HEADER, *(r.cells() for r in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
     out = [title] if title else []
+    several = len({r.scenario for r in rows}) > 1
     for i, line in enumerate(table):
+        if several and i and (i == 1 or rows[i - 1].scenario != rows[i - 2].scenario):
+            out.append(f"[{rows[i - 1].scenario}]")
         out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -227,9 +230,17 @@ def text_table(rows: Sequence[Row], title: str = "") -> str:
 
 
 def md_table(rows: Sequence[Row]) -> str:
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    """Rows as a Markdown table; one table per scenario, under its name, when they differ."""
+    groups: dict[str, list[Row]] = {}
     for r in rows:
-        out.append("| " + " | ".join(r.cells()) + " |")
+        groups.setdefault(r.scenario, []).append(r)
+    out: list[str] = []
+    for scenario, group in groups.items():
+        if len(groups) > 1:
+            out += [""] if out else []
+            out += [f"*{scenario}*", ""]
+        out += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        out += ["| " + " | ".join(r.cells()) + " |" for r in group]
     notes = [f"- {r.metric}: {r.note}" for r in rows if r.note]
     baselines = sorted({r.baseline for r in rows if r.base})
     if baselines:

@@ -81,20 +81,24 @@ _WIRE_VALUE = re.compile(r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]
 # decode the value only when code reads it (`Deferred`).
 # At most 200 integer digits and a 2-digit exponent: always a finite float and an int Python
 # converts (longer numbers go through the eager decoder, which refuses what it cannot take).
-_W_NUM = r"-?(?:0|[1-9][0-9]{0,199})(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?"
-_W_STR = r"%22(?:[A-Za-z0-9_.~!#$&'()*+/:<=>?@\[\]^`{|}-]|%2[05C]|%3B)*%22"
+# Runs of plain characters are taken whole and every repeat is possessive (`++`, `*+`,
+# atomic `(?>…)`): what follows a repeat can never start with what it repeats, so this
+# matches exactly what the backtracking form would, about twice as fast, and a failing
+# match never backtracks into a run.
+_W_NUM = r"-?(?:0|[1-9][0-9]{0,199}+)(?:\.[0-9]++)?(?:[eE][+-]?[0-9]{1,2}+)?"
+_W_STR = r"%22(?>[A-Za-z0-9_.~!#$&'()*+/:<=>?@\[\]^`{|}-]+|%2[05C]|%3B)*+%22"
 _W_SCALAR = f"(?:{_W_STR}|{_W_NUM}|true|false|null)"
 _FLAT_WIRE = re.compile(
     f"{_W_SCALAR}"
-    f"|\\{{(?:{_W_STR}:{_W_SCALAR}(?:%2C{_W_STR}:{_W_SCALAR})*)?\\}}"
-    f"|\\[(?:{_W_SCALAR}(?:%2C{_W_SCALAR})*)?\\]"
+    f"|\\{{(?:{_W_STR}:{_W_SCALAR}(?:%2C{_W_STR}:{_W_SCALAR})*+)?\\}}"
+    f"|\\[(?:{_W_SCALAR}(?:%2C{_W_SCALAR})*+)?\\]"
 )
 
 
 # A whole `lazy.` entry with a flat value and a plain key, exactly as `encode_entry` writes
 # it (no spaces, no properties): the name and the wire value in one match.
 _FLAT_ENTRY = re.compile(
-    f"{re.escape(PREFIX)}([!#$&'*+\\-.^_`|~0-9A-Za-z]+)=({_FLAT_WIRE.pattern})"
+    f"{re.escape(PREFIX)}([!#$&'*+\\-.^_`|~0-9A-Za-z]++)=({_FLAT_WIRE.pattern})"
 )
 
 

@@ -7,9 +7,11 @@ import contextlib
 import contextvars
 import inspect
 import threading
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -76,6 +78,22 @@ class Module:
     is_asyncgen: bool = False
     #: A plain function or method: a call binds `signature` itself before its body runs.
     binds_on_call: bool = False
+    #: Parameters annotated with a JSON type (`int`, `float`, `str`, `bool`, `list`, `dict`,
+    #: their generics, `X | None`): name -> accepted Python types, checked on arrival.
+    arg_types: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
+    #: The parameter the one positional input binds to.
+    first: str | None = None
+
+    def check_types(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """`InvalidArgument` naming the parameter when a value is not of its annotated type."""
+        checks = self.arg_types
+        first = self.first
+        if args and first is not None and first in checks:
+            _check_type(self.name, first, args[0], checks[first])
+        for key, value in kwargs.items():
+            accepted = checks.get(key)
+            if accepted is not None:
+                _check_type(self.name, key, value, accepted)
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """`InvalidArgument` naming the module when the call does not fit its signature."""
@@ -107,6 +125,7 @@ class Module:
             raise TypeError(f"module {name!r}: {fn!r} is not callable")
         agen = inspect.isasyncgenfunction(fn)
         gen = inspect.isgeneratorfunction(fn)
+        first, arg_types = _type_checks(fn)
         return cls(
             name=name,
             fn=fn,
@@ -118,7 +137,73 @@ class Module:
             binds_on_call=(inspect.isfunction(fn) or inspect.ismethod(fn))
             and not hasattr(fn, "__wrapped__")
             and not hasattr(fn, "__signature__"),
+            arg_types=arg_types,
+            first=first,
         )
+
+
+#: What a JSON value arrives as (`lazygrpc.values.from_value`), by annotation.
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _accepted(annotation: Any) -> tuple[type, ...] | None:
+    """The Python types a JSON value for `annotation` may arrive as; None: not checked."""
+    if annotation in _JSON_TYPES:
+        return _JSON_TYPES[annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict):
+        return _JSON_TYPES[origin]
+    if origin in (typing.Union, types.UnionType):
+        accepted: tuple[type, ...] = ()
+        for member in typing.get_args(annotation):
+            one = (type(None),) if member is type(None) else _accepted(member)
+            if one is None:
+                return None  # a member not checked: the union is not either
+            accepted += one
+        return accepted
+    return None
+
+
+def _type_checks(fn: Callable[..., Any]) -> tuple[str | None, dict[str, tuple[type, ...]]]:
+    """(the parameter a positional input binds to, name -> accepted types) of `fn`."""
+    try:
+        params = list(inspect.signature(fn, eval_str=True).parameters.values())
+    except Exception:  # no signature, or annotations that do not evaluate: nothing checked
+        return None, {}
+    first = next(
+        (p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None
+    )
+    checks: dict[str, tuple[type, ...]] = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        accepted = _accepted(p.annotation)
+        if accepted is not None:
+            if p.default is None and type(None) not in accepted:
+                accepted += (type(None),)  # `n: int = None`: None is its default anyway
+            checks[p.name] = accepted
+    return first, checks
+
+
+def _check_type(module: str, name: str, value: Any, accepted: tuple[type, ...]) -> None:
+    # bool is an int in Python but not in JSON: true is no number.
+    if isinstance(value, accepted) and (type(value) is not bool or bool in accepted):
+        return
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in accepted)
+    raise InvalidArgument(
+        f"module {module!r}: argument {name!r} must be {names}, got {_json_kind(value)}"
+    )
+
+
+def _json_kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
@@ -237,6 +322,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> module_pb2.CallResponse:
         module = self._lookup(request)
         args, kwargs = _decode(request)
+        if module.arg_types:
+            module.check_types(args, kwargs)
         if module.streaming:
             module.check_arguments(args, kwargs)
             result = await self._run(module, args, kwargs, None)
@@ -251,6 +338,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         module = self._lookup(request)
         args, kwargs = _decode(request)
+        if module.arg_types:
+            module.check_types(args, kwargs)
         if not module.is_asyncgen:  # an async generator's call checks them (`_primed`)
             module.check_arguments(args, kwargs)
         scope = current_call()

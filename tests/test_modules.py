@@ -22,6 +22,10 @@ def add(x: int, y: int = 1) -> int:
     return x + y
 
 
+def plus(x, y=1):  # type: ignore[no-untyped-def]  # unannotated: nothing checked on arrival
+    return x + y
+
+
 async def shout(x: str) -> str:
     """Upper-case the input."""
     return x.upper()
@@ -213,13 +217,13 @@ def test_def_modules_refuse_arguments_that_do_not_fit(servers: Any, decorated: b
     """A plain `def` is called at once (Python binds before the body runs) and a wrapper is
     checked first: either way a call that does not fit is INVALID_ARGUMENT, and a
     TypeError raised inside the body stays the module's own error."""
-    url = servers.modules({"add": _logged(add) if decorated else add}, name="checked")
+    url = servers.modules({"plus": _logged(plus) if decorated else plus}, name="checked")
     RAN.clear()
-    remote = lazygrpc.connect(f"{url}/add")
+    remote = lazygrpc.connect(f"{url}/plus")
     with pytest.raises(lazygrpc.RemoteError) as info:
         remote(1, bogus=1)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.message == "module 'add': got an unexpected keyword argument 'bogus'"
+    assert info.value.message == "module 'plus': got an unexpected keyword argument 'bogus'"
     assert RAN == []
     with pytest.raises(lazygrpc.RemoteError) as info:
         remote("a", y=1)  # fits the signature; `"a" + 1` fails inside
@@ -227,11 +231,70 @@ def test_def_modules_refuse_arguments_that_do_not_fit(servers: Any, decorated: b
     assert remote(2, y=3) == 5
 
 
-def test_errors_inside_a_module_keep_their_type(url: str) -> None:
+def test_errors_inside_a_module_keep_their_type(servers: Any) -> None:
+    url = servers.modules({"plus": plus}, name="plain")
     with pytest.raises(lazygrpc.RemoteError) as info:
-        lazygrpc.connect(f"{url}/add")("a", y=1)
+        lazygrpc.connect(f"{url}/plus")("a", y=1)
     assert info.value.code == grpc.StatusCode.UNKNOWN
     assert info.value.remote_type == "TypeError"
+
+
+def typed(
+    n: int,
+    ratio: float = 0.5,
+    name: str | None = None,
+    flag: bool = False,
+    tags: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    anything: Any = None,
+    loose: int = None,  # type: ignore[assignment]  # noqa: RUF013 (None, its default, passes)
+) -> str:
+    return "ok"
+
+
+async def atyped(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("abc",), {}, "argument 'n' must be int, got str"),
+        ((1.5,), {}, "argument 'n' must be int, got float"),
+        ((True,), {}, "argument 'n' must be int, got bool"),  # true is no number in JSON
+        ((None,), {}, "argument 'n' must be int, got null"),
+        ((1,), {"ratio": "x"}, "argument 'ratio' must be int or float, got str"),
+        ((1,), {"name": 3}, "argument 'name' must be str or null, got int"),
+        ((1,), {"flag": 1}, "argument 'flag' must be bool, got int"),
+        ((1,), {"tags": "a"}, "argument 'tags' must be list or null, got str"),
+        ((1,), {"extra": [1]}, "argument 'extra' must be dict or null, got list"),
+    ],
+)
+def test_values_of_the_wrong_json_type_are_invalid_naming_the_argument(
+    servers: Any, args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+) -> None:
+    """Parameters annotated with a JSON type are checked on arrival, in `Call` and `Stream`
+    alike, before any of the module runs."""
+    url = servers.modules({"typed": typed, "atyped": atyped}, name="typed")
+    remote = lazygrpc.connect(f"{url}/typed")
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        remote(*args, **kwargs)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.message == f"module 'typed': {message}"
+
+
+def test_values_of_the_right_json_type_pass(servers: Any) -> None:
+    url = servers.modules({"typed": typed, "atyped": atyped}, name="typed")
+    remote = lazygrpc.connect(f"{url}/typed")
+    assert remote(2) == "ok"
+    both = {"ratio": 2, "name": None, "tags": ["a"], "extra": {"k": 1}, "flag": True}
+    assert remote(2, anything=[{"x": 1}], loose=None, **both) == "ok"
+    stream = lazygrpc.connect(f"{url}/atyped")
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        list(stream.stream(5))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.message == "module 'atyped': argument 'text' must be str, got int"
+    assert [ev.value for ev in stream.stream("hi")][-1] == "hi"
 
 
 def test_load_target_from_file_and_package(tmp_path: Path) -> None:

@@ -342,13 +342,7 @@ class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClient
             await call  # finish here so the trailers are merged before the caller resumes
         except grpc.RpcError:
             pass
-        trailing = ended_trailers(call)
-        if trailing is None:
-            try:
-                trailing = await call.trailing_metadata()
-            except Exception:
-                return call
-        merge_trailers(out[2], trailing)
+        await _finish_aio(call, out)
         return call
 
     async def intercept_unary_unary(

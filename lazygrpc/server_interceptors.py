@@ -337,10 +337,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self.core.rejection(method, _as_invalid(exc))
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield.
-        sessions.bind(scope.session)
-        bind_call(scope)
-        if scope.trace_headers and "opentelemetry.trace" in sys.modules:
-            _continue_trace(scope)
+        _enter(scope)
         return scope
 
     @staticmethod

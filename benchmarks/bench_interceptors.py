@@ -10,6 +10,10 @@ differ in the same run). Unary QPS and stream throughput are each measured in ma
 blocks, the sides alternating (order flipped each time), so that drift on a shared machine
 stays out of the ratios.
 
+lazygrpc's calls carry a session id and no globals: the run makes a fresh session, so that
+it never inherits globals that an earlier benchmark in the same process left on the thread
+(`make bench` runs them all in one process, and the relays there bring a `usage` global back).
+
 Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
 
     python -m benchmarks.bench_interceptors [--quick]
@@ -25,6 +29,13 @@ from benchmarks._common import Row, Servers, log, print_rows
 
 
 async def run(quick: bool = False) -> list[Row]:
+    from lazygrpc import session
+
+    with session():  # a session id, no globals; the calls' tasks inherit it
+        return await _run(quick)
+
+
+async def _run(quick: bool) -> list[Row]:
     from lazygrpc import aio_client_interceptors
 
     # Throughput drifts by ±10 % over seconds on a shared VM: short blocks, alternated many

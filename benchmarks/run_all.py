@@ -20,13 +20,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks import _clients as c
 from benchmarks import bench_broker, bench_interceptors
 from benchmarks._common import ROOT, Row, Servers, log, machine, md_table, pct, print_rows
 from benchmarks._servers import prompt_chars, token_prompt
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 LAZYLLM_PY = HERE / "lazyllm" / ".venv" / "bin" / "python"
@@ -465,6 +468,18 @@ def write_report(
     path.write_text("\n".join(lines) + "\n")
 
 
+def run_fresh(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)` in a fresh lazygrpc session: a section starts with no globals,
+    whatever the sections before it brought back to this thread (the relays' `usage`)."""
+    from lazygrpc import session
+
+    async def main() -> T:
+        with session():
+            return await coro
+
+    return asyncio.run(main())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short run (~3 minutes)")
@@ -481,21 +496,21 @@ def main() -> None:
         print_rows(rows, title)
         log(f"elapsed {time.monotonic() - t0:.0f} s")
 
-    unary_rows = asyncio.run(unary(a.quick))
+    unary_rows = run_fresh(unary(a.quick))
     add("Unary: ModuleService `Call` with all interceptors vs bare grpcio", unary_rows,
         "lazygrpc: `Server().add_modules({'echo': ..., 'aecho': ...})` + "
         "`connect(url).acall(x)` (client and server interceptors on); `echo` is a plain "
         "`def` (lazygrpc runs it in its thread pool), `aecho` an `async def` (runs on the "
         "loop). Bare: a hand-written aio servicer of the same proto (`async def Call`). The "
         "three alternate in every round.")  # fmt: skip
-    add("Streaming: direct and through a two-hop relay", asyncio.run(streaming(a.quick)),
+    add("Streaming: direct and through a two-hop relay", run_fresh(streaming(a.quick)),
         "Direct: `LLM(url).astream(prompt)` against `Server().add_model(echo backend)`. Relay: "
         "client → gateway module (`async for d in LLM(model).astream(x): yield d`) → model "
         "server. Bare grpcio: hand-written servicers of the same protos, one message per token "
         "at every hop.")  # fmt: skip
     ll = None if a.skip_lazyllm else run_lazyllm(a.quick)
     stream_tokens = int((ll or {}).get("stream_tokens", 2000))
-    lazy = asyncio.run(lazy_pipeline(a.quick, stream_tokens))
+    lazy = run_fresh(lazy_pipeline(a.quick, stream_tokens))
     lazy["stream_tokens"] = stream_tokens
     add("Three-hop pipeline vs LazyLLM 1.4", pipeline_rows(lazy, ll, unary_rows[0].lazy),
         "Same topology as `benchmarks/lazyllm/pipeline.py`: client → hop1 (adds `h1|`) → hop2 "
@@ -504,19 +519,19 @@ def main() -> None:
         "of `connect(below).astream(prefix + x)`; round trip uses `Call` (aggregated text). "
         "Cancel-to-stop: the client closes the stream after 5 tokens; time until hop 3's "
         "`finally` runs (wall clock, same machine).")  # fmt: skip
-    scale_rows, scale_data = asyncio.run(scaling(a.quick))
+    scale_rows, scale_data = run_fresh(scaling(a.quick))
     png = HERE / "scaling.png"
     plot_scaling(scale_data, png)
     add("Scaling: concurrent streams on one model server", scale_rows,
         f"Each stream is {scale_data['tokens_per_stream']} tokens, direct to one model server "
         "process (lazygrpc `LLM.astream` vs bare grpcio); all streams start together. "
         "See scaling.png.")  # fmt: skip
-    add("Issue 3: interceptor cost (quick)", asyncio.run(bench_interceptors.run(quick=True)),
+    add("Issue 3: interceptor cost (quick)", run_fresh(bench_interceptors.run(quick=True)),
         "`python -m benchmarks.bench_interceptors --quick`: the same hand-written servicer with "
         "and without lazygrpc's server + client interceptors, with grpc.aio interceptors "
         "that do nothing (what grpc's interceptor path costs by itself), and bare again in a "
         "second process (A/A: how far two identical servers differ in this run).")  # fmt: skip
-    add("Issue 5: broker and coalescing relay (quick)", asyncio.run(bench_broker.run(quick=True)),
+    add("Issue 5: broker and coalescing relay (quick)", run_fresh(bench_broker.run(quick=True)),
         "`python -m benchmarks.bench_broker --quick`. In quick mode bare grpcio relays 20,000 "
         "tokens (tokens/s is a rate; the full run uses 100,000).")  # fmt: skip
     elapsed = time.monotonic() - t0

@@ -167,7 +167,9 @@ def merge_trailers(s: sessions.Session, trailing: Any) -> None:
     value = metadata.get_header(trailing, metadata.UPDATE_TRAILER)
     if value:
         try:
-            update = metadata.parse_baggage(value)
+            # Flat values stay undecoded until code reads them: a hop that only passes
+            # `usage` on never decodes it (checked here all the same).
+            update = metadata.parse_baggage(value, defer=True)
         except (ValueError, RecursionError):
             return  # a peer's broken trailer must not fail a call that succeeded
         try:

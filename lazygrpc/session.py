@@ -157,8 +157,8 @@ class Session:
         """Apply a callee's `lazy-globals-update`; the keys count as changed here too.
 
         `entries` are the update's own encoded entries (from `metadata.parse_baggage`): the
-        values are then fresh objects, and the trailer already held every entry to its
-        8 KiB limit.
+        values are then fresh objects or `Deferred` ones (decoded when first read), and the
+        trailer already held every entry to its 8 KiB limit.
         """
         if entries is None:
             for key, value in values.items():

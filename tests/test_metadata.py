@@ -286,6 +286,21 @@ def test_a_trailer_entry_that_is_not_forwardable_is_merged_and_encoded_afresh() 
     assert metadata.decode_update(s.update_trailer())[0] == {"a": "x"}
 
 
+def test_a_merged_update_is_decoded_only_when_read_and_forwarded_as_it_came() -> None:
+    """A hop that only passes `usage` on never decodes it: the trailer's entry goes up and
+    down as it came; reading the global gives the value, and changing it is sent."""
+    from lazygrpc.client_interceptors import merge_trailers
+
+    entry = "lazy.usage={%22calls%22:1%2C%22total_tokens%22:16}"
+    s = Session("s1")
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, entry)])
+    assert type(s._values["usage"]) is metadata.Deferred  # not decoded yet
+    assert s.baggage() == entry and s.update_trailer() == entry
+    assert s.get("usage") == {"calls": 1, "total_tokens": 16}
+    s.get("usage")["calls"] = 2
+    assert s.update_trailer() == "lazy.usage={%22calls%22:2%2C%22total_tokens%22:16}"
+
+
 def test_a_merge_is_never_lost_to_a_header_built_at_the_same_time() -> None:
     """baggage() on one thread, merge_update() on another (a call's threads share one
     session): the header sent afterwards always has the merged value."""

@@ -102,27 +102,31 @@ class Session:
         return value
 
     def _decode(self, key: str, deferred: metadata.Deferred) -> Any:
-        """Decode a value that came off the wire unread (validated then)."""
+        """Decode a value that came off the wire unread (validated then); `_MISSING` if
+        another thread deleted the key meanwhile."""
         value, text = deferred.decode()
         with self._lock:
-            if self._values.get(key) is not deferred:  # another thread got here first
-                return self._values.get(key)
+            current = self._values.get(key, _MISSING)
+            if current is not deferred:  # another thread set, decoded or deleted it first
+                return current
             self._values[key] = value
             self._initial[key] = text
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._values.get(key, _MISSING)
-        if value is _MISSING:
-            return default
         if type(value) is metadata.Deferred:
             value = self._decode(key, value)
+        if value is _MISSING:
+            return default
         return self._hand_out(key, value)
 
     def item(self, key: str) -> Any:
         value = self._values[key]
         if type(value) is metadata.Deferred:
             value = self._decode(key, value)
+            if value is _MISSING:
+                raise KeyError(key)
         return self._hand_out(key, value)
 
     def set(self, key: str, value: Any) -> None:

@@ -360,3 +360,26 @@ def test_trace_headers_forward_only_a_valid_traceparent_and_a_bounded_tracestate
     later = "01" + tp[2:] + "-future"
     assert metadata.trace_headers(later, None) == (("traceparent", later),)
     assert metadata.trace_headers(tp + "-future", None) == ()
+
+
+def test_a_global_deleted_while_its_first_read_decodes_reads_as_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread of the call deletes the global between the read's lookup and the end
+    of its decode: `get` gives the default and `[]` raises KeyError, never a stale None."""
+    decode = metadata.Deferred.decode
+    for read in ("get", "item"):
+        s = _from_wire("lazy.a=1", True)
+
+        def decode_then_delete(self: metadata.Deferred, s: Session = s) -> tuple[object, str]:
+            s.delete("a")  # what the other thread does meanwhile
+            return decode(self)
+
+        monkeypatch.setattr(metadata.Deferred, "decode", decode_then_delete)
+        if read == "get":
+            assert s.get("a", "default") == "default"
+        else:
+            with pytest.raises(KeyError):
+                s.item("a")
+        monkeypatch.setattr(metadata.Deferred, "decode", decode)
+        assert not s.has("a") and s.baggage() == ""

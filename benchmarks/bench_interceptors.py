@@ -16,6 +16,10 @@ it never inherits globals that an earlier benchmark in the same process left on 
 
 Targets: interceptors cost <= 10 % of unary QPS and <= 5 % of streaming throughput.
 
+Throughput ratios carry the machine's noise (the A/A rows show how much); the CPU rows do
+not: they add up the CPU time the server process and this client process spent per call or
+message over all blocks of each side (waiting costs no CPU), which is the layer's cost itself.
+
     python -m benchmarks.bench_interceptors [--quick]
 """
 
@@ -23,6 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import time
+
+import psutil
 
 from benchmarks import _clients as c
 from benchmarks._common import Row, Servers, log, print_rows
@@ -56,6 +64,12 @@ async def _run(quick: bool) -> list[Row]:
         ch_off = c.bare_channel(off.address)
         ch_twin = c.bare_channel(twin.address)
         sides = ("twin", "layer", "on", "noop", "off")
+        pids = {"twin": twin.pid, "layer": wrapped.pid, "on": on.pid, "noop": noop.pid,
+                "off": off.pid}  # fmt: skip
+        # CPU seconds of (server, client) and calls or messages per side, over all blocks.
+        cpu: dict[str, dict[str, list[float]]] = {
+            k: {side: [0.0, 0.0, 0.0] for side in sides} for k in ("q32", "stream")
+        }
         try:
             unary = {
                 "layer": c.layered_unary(ch_layer),
@@ -80,11 +94,16 @@ async def _run(quick: bool) -> list[Row]:
             for key, callers in (("q1", 1), ("q32", 32)):
                 for b in range(blocks):
                     for side in sides if b % 2 == 0 else tuple(reversed(sides)):
-                        res[key][side].append(await c.qps(unary[side], callers, block_s))
+                        with _CpuMeter(pids[side], cpu.get(key, {}).get(side)) as meter:
+                            rate = await c.qps(unary[side], callers, block_s)
+                            meter.count = rate * meter.elapsed()  # calls made
+                        res[key][side].append(rate)
                 log(f"interceptors: unary, {callers} caller(s), {blocks} blocks done")
             for r in range(rounds):
                 for side in sides if r % 2 == 0 else tuple(reversed(sides)):
-                    _, total, _ = await c.stream_once(stream[side], n_stream)
+                    with _CpuMeter(pids[side], cpu["stream"][side]) as meter:
+                        _, total, _ = await c.stream_once(stream[side], n_stream)
+                        meter.count = n_stream
                     res["stream"][side].append(n_stream / total)
                 log(f"interceptors: stream round {r + 1}/{rounds} done")
         finally:
@@ -103,6 +122,12 @@ async def _run(quick: bool) -> list[Row]:
             Row(scen, f"stream throughput, {n_stream:,} msgs", "msgs/s", res["stream"][side],
                 res["stream"]["off"], "≥ 0.95×", "ratio>=0.95", base),
         ]  # fmt: skip
+        for key, what in (("q32", "call, unary 32 callers"), ("stream", "message, stream")):
+            for i, proc in ((0, "server"), (1, "client")):
+                rows.append(
+                    Row(scen, f"{proc} CPU per {what}", "µs", [_per(cpu[key][side], i)],
+                        [_per(cpu[key]["off"], i)], baseline=base)
+                )  # fmt: skip
     # Context: grpc's interceptor path alone (no lazygrpc code), and the same bare server in
     # a second process, which differs from the first by this run's noise alone.
     noop = "grpc.aio interceptors that do nothing (what any interceptor costs), no lazygrpc"
@@ -117,6 +142,42 @@ async def _run(quick: bool) -> list[Row]:
                 res["stream"]["off"], baseline=base),
         ]  # fmt: skip
     return rows
+
+
+class _CpuMeter:
+    """Adds the CPU seconds a server process and this process spend in a block, and the
+    block's `count` of calls, to `acc` ([server s, client s, count]; None: not measured)."""
+
+    def __init__(self, pid: int, acc: list[float] | None) -> None:
+        self.acc = acc
+        self.count = 0.0
+        self._server = psutil.Process(pid)
+        self._client = psutil.Process(os.getpid())
+        self._start = (0.0, 0.0, 0.0)
+
+    def __enter__(self) -> _CpuMeter:
+        if self.acc is not None:
+            self._start = (_cpu(self._server), _cpu(self._client), time.perf_counter())
+        return self
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start[2]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.acc is not None and exc[0] is None:
+            self.acc[0] += _cpu(self._server) - self._start[0]
+            self.acc[1] += _cpu(self._client) - self._start[1]
+            self.acc[2] += self.count
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+def _per(acc: list[float], i: int) -> float:
+    """Microseconds of CPU per call or message (i=0 server, 1 client)."""
+    return acc[i] / acc[2] * 1e6 if acc[2] else float("nan")
 
 
 def main() -> None:

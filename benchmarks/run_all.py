@@ -429,7 +429,8 @@ def write_report(
         "- method: servers in their own processes, this process is the load client; lazygrpc "
         "and its baseline alternate A/B, B/A, … in the same run. Each cell is the median "
         "[min–max] over rounds; the ratio is lazygrpc ÷ baseline of the medians, with the "
-        "min–max of the per-round (paired) ratios.",
+        "min–max of the per-round (paired) ratios. Each section starts in a fresh lazygrpc "
+        "session (no globals left over from the sections before it).",
         "",
         "- diagnosing a miss: `python -m benchmarks.profile_calls unary|ttft|relay-ttft --spy` "
         "(CPU per call in client and servers, py-spy of the lazygrpc server); "
@@ -530,7 +531,10 @@ def main() -> None:
         "`python -m benchmarks.bench_interceptors --quick`: the same hand-written servicer with "
         "and without lazygrpc's server + client interceptors, with grpc.aio interceptors "
         "that do nothing (what grpc's interceptor path costs by itself), and bare again in a "
-        "second process (A/A: how far two identical servers differ in this run).")  # fmt: skip
+        "second process (A/A: how far two identical servers differ in this run). The CPU rows "
+        "add up the CPU time the server process and the client spent per call or message "
+        "over every block of a side: waiting costs no CPU, so they show the layer's own cost "
+        "without the wall-clock noise of the throughput rows.")  # fmt: skip
     add("Issue 5: broker and coalescing relay (quick)", run_fresh(bench_broker.run(quick=True)),
         "`python -m benchmarks.bench_broker --quick`. In quick mode bare grpcio relays 20,000 "
         "tokens (tokens/s is a rate; the full run uses 100,000).")  # fmt: skip

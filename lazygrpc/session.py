@@ -102,16 +102,19 @@ class Session:
         return value
 
     def _decode(self, key: str, deferred: metadata.Deferred) -> Any:
-        """Decode a value that came off the wire unread (validated then); `_MISSING` if
-        another thread deleted the key meanwhile."""
-        value, text = deferred.decode()
-        with self._lock:
-            current = self._values.get(key, _MISSING)
-            if current is not deferred:  # another thread set, decoded or deleted it first
-                return current
-            self._values[key] = value
-            self._initial[key] = text
-        return value
+        """Decode a value that came off the wire unread (validated then) and return the
+        key's value now; `_MISSING` if another thread deleted the key meanwhile."""
+        while True:
+            value, text = deferred.decode()
+            with self._lock:
+                current = self._values.get(key, _MISSING)
+                if current is deferred:
+                    self._values[key] = value
+                    self._initial[key] = text
+                    return value
+            if type(current) is not metadata.Deferred:
+                return current  # another thread decoded, set or deleted it first
+            deferred = current  # a merged update put a newer undecoded value there
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._values.get(key, _MISSING)
@@ -205,6 +208,9 @@ class Session:
                 self._decode(key, value)
         with self._lock:
             for key, value in self._values.items():
+                if type(value) is metadata.Deferred:  # merged while the others decoded
+                    value, self._initial[key] = value.decode()
+                    self._values[key] = value
                 self._hand_out(key, value)
             return dict(self._values)
 

@@ -383,3 +383,38 @@ def test_a_global_deleted_while_its_first_read_decodes_reads_as_missing(
                 s.item("a")
         monkeypatch.setattr(metadata.Deferred, "decode", decode)
         assert not s.has("a") and s.baggage() == ""
+
+
+def test_a_global_merged_again_while_its_first_read_decodes_reads_as_the_newer_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child call's trailer lands (another thread of the call) while a read decodes the
+    value that came before: the read gives the merged value decoded, never its wire text,
+    and what goes on is the merged entry as it came."""
+    from lazygrpc.client_interceptors import merge_trailers
+
+    newer = "lazy.usage={%22calls%22:2}"
+    decode = metadata.Deferred.decode
+    for read in ("get", "item", "values"):
+        s = Session("s1")
+        merge_trailers(s, [(metadata.UPDATE_TRAILER, "lazy.usage={%22calls%22:1}")])
+        merged: list[bool] = []
+
+        def decode_then_merge(
+            self: metadata.Deferred, s: Session = s, merged: list[bool] = merged
+        ) -> tuple[object, str]:
+            if not merged:
+                merged.append(True)
+                merge_trailers(s, [(metadata.UPDATE_TRAILER, newer)])  # meanwhile
+            return decode(self)
+
+        monkeypatch.setattr(metadata.Deferred, "decode", decode_then_merge)
+        if read == "get":
+            value = s.get("usage")
+        elif read == "item":
+            value = s.item("usage")
+        else:
+            value = s.values()["usage"]
+        monkeypatch.setattr(metadata.Deferred, "decode", decode)
+        assert value == {"calls": 2} and type(value) is dict
+        assert s.baggage() == newer and s.update_trailer() == newer

@@ -3,10 +3,11 @@
 One hand-written grpcio `ModuleService` servicer (`benchmarks/_servers.py`, `bare-modules`)
 runs in five server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
 once, at registration; the client goes through `lazygrpc.invoke`, as `connect()` does), on a
-plain `grpc.aio.server` with `server_interceptors(aio=True)` (the client channel with
-`aio_client_interceptors()`), bare, and, for context, with grpc.aio interceptors that do
-nothing and bare again in a second process (an A/A pair: how far two identical servers
-differ in the same run). Unary QPS and stream throughput are each measured in many short
+plain `grpc.aio.server` with `server_interceptors(aio=True)` (raw stubs: the client channel
+wrapped by `intercept_aio_channel()`, and, for context, a channel with grpc's client
+interceptors, `aio_client_interceptors()`), bare, and, for context, with grpc.aio
+interceptors that do nothing and bare again in a second process (an A/A pair: how far two
+identical servers differ in the same run). Unary QPS and stream throughput are each measured in many short
 blocks, the sides alternating (order flipped each time), so that drift on a shared machine
 stays out of the ratios.
 
@@ -44,7 +45,7 @@ async def run(quick: bool = False) -> list[Row]:
 
 
 async def _run(quick: bool) -> list[Row]:
-    from lazygrpc import aio_client_interceptors
+    from lazygrpc import aio_client_interceptors, intercept_aio_channel
 
     # Throughput drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
     # times, keep that drift out of the ratios (the order flips every block).
@@ -59,13 +60,14 @@ async def _run(quick: bool) -> list[Row]:
         noop = servers.start("bare-modules", "--noop-interceptors")
         twin = servers.start("bare-modules")  # A/A: what two identical processes differ by
         ch_on = c.bare_channel(on.address, interceptors=aio_client_interceptors())
+        ch_raw = intercept_aio_channel(c.bare_channel(on.address))
         ch_noop = c.bare_channel(noop.address, interceptors=c.noop_interceptors())
         ch_layer = c.bare_channel(wrapped.address)
         ch_off = c.bare_channel(off.address)
         ch_twin = c.bare_channel(twin.address)
-        sides = ("twin", "layer", "on", "noop", "off")
-        pids = {"twin": twin.pid, "layer": wrapped.pid, "on": on.pid, "noop": noop.pid,
-                "off": off.pid}  # fmt: skip
+        sides = ("twin", "layer", "raw", "on", "noop", "off")
+        pids = {"twin": twin.pid, "layer": wrapped.pid, "raw": on.pid, "on": on.pid,
+                "noop": noop.pid, "off": off.pid}  # fmt: skip
         # CPU seconds of (server, client) and calls or messages per side, over all blocks.
         cpu: dict[str, dict[str, list[float]]] = {
             k: {side: [0.0, 0.0, 0.0] for side in sides} for k in ("q32", "stream")
@@ -73,6 +75,7 @@ async def _run(quick: bool) -> list[Row]:
         try:
             unary = {
                 "layer": c.layered_unary(ch_layer),
+                "raw": c.bare_unary(ch_raw),
                 "on": c.bare_unary(ch_on),
                 "noop": c.bare_unary(ch_noop),
                 "off": c.bare_unary(ch_off),
@@ -80,6 +83,7 @@ async def _run(quick: bool) -> list[Row]:
             }
             stream = {
                 "layer": c.layered_module_stream(ch_layer, "tokens", n_stream),
+                "raw": c.bare_module_stream(ch_raw, "tokens", n_stream),
                 "on": c.bare_module_stream(ch_on, "tokens", n_stream),
                 "noop": c.bare_module_stream(ch_noop, "tokens", n_stream),
                 "off": c.bare_module_stream(ch_off, "tokens", n_stream),
@@ -107,13 +111,16 @@ async def _run(quick: bool) -> list[Row]:
                     res["stream"][side].append(n_stream / total)
                 log(f"interceptors: stream round {r + 1}/{rounds} done")
         finally:
-            for ch in (ch_on, ch_layer, ch_noop, ch_off, ch_twin):
+            for ch in (ch_on, ch_raw, ch_layer, ch_noop, ch_off, ch_twin):
                 await ch.close()
     base = "the same grpcio servicer and channel without lazygrpc"
     layer = "interceptors (issue 3), as lazygrpc.Server and connect() apply them"
-    raw = "interceptors (issue 3), as grpc interceptors on a plain grpc.aio server and channel"
+    raw = (
+        "interceptors (issue 3) for raw stubs: server_interceptors() on a plain grpc.aio "
+        "server, the channel wrapped by intercept_aio_channel()"
+    )
     rows = []
-    for scen, side in ((layer, "layer"), (raw, "on")):
+    for scen, side in ((layer, "layer"), (raw, "raw")):
         rows += [
             Row(scen, "unary QPS, 1 caller", "calls/s", res["q1"][side], res["q1"]["off"],
                 "≥ 0.90×", "ratio>=0.9", base),
@@ -128,11 +135,15 @@ async def _run(quick: bool) -> list[Row]:
                     Row(scen, f"{proc} CPU per {what}", "µs", [_per(cpu[key][side], i)],
                         [_per(cpu[key]["off"], i)], baseline=base)
                 )  # fmt: skip
-    # Context: grpc's interceptor path alone (no lazygrpc code), and the same bare server in
-    # a second process, which differs from the first by this run's noise alone.
+    # Context: raw stubs through grpc's own client interceptor path; that path alone (no
+    # lazygrpc code); the same bare server in a second process (this run's noise alone).
+    on = (
+        "raw stubs as above, but the channel with grpc client interceptors "
+        "(aio_client_interceptors(): grpc's interceptor path adds a task per call)"
+    )
     noop = "grpc.aio interceptors that do nothing (what any interceptor costs), no lazygrpc"
     twin = "the bare servicer again, in a second process (A/A: the run's noise floor)"
-    for scen, side in ((noop, "noop"), (twin, "twin")):
+    for scen, side in ((on, "on"), (noop, "noop"), (twin, "twin")):
         rows += [
             Row(scen, "unary QPS, 1 caller", "calls/s", res["q1"][side], res["q1"]["off"],
                 baseline=base),

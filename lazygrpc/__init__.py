@@ -11,6 +11,7 @@ from lazygrpc.client import LLM, Event, RemoteModule, connect
 from lazygrpc.client_interceptors import (
     ClientInterceptor,
     aio_client_interceptors,
+    intercept_aio_channel,
     intercept_channel,
 )
 from lazygrpc.errors import (
@@ -69,6 +70,7 @@ __all__ = [
     "emit",
     "globals",
     "in_context",
+    "intercept_aio_channel",
     "intercept_channel",
     "remote_error_from_rpc",
     "server_interceptors",

@@ -9,6 +9,7 @@ its `lazy-globals-update` trailer is merged into the caller's session when it en
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from collections import OrderedDict
@@ -325,14 +326,14 @@ def _track_aio(call: Any, out: Outgoing) -> None:
         call.add_done_callback(lambda _: scope.discard_child(call))
 
 
-async def _finish_aio(call: Any, out: Outgoing) -> None:
+async def _finish_aio(call: Any, session: sessions.Session) -> None:
     trailing = ended_trailers(call)
     if trailing is None:
         try:
             trailing = await call.trailing_metadata()
         except Exception:
             return
-    merge_trailers(out[2], trailing)
+    merge_trailers(session, trailing)
 
 
 class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
@@ -344,7 +345,7 @@ class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClient
             await call  # finish here so the trailers are merged before the caller resumes
         except grpc.RpcError:
             pass
-        await _finish_aio(call, out)
+        await _finish_aio(call, out[2])
         return call
 
     async def intercept_unary_unary(
@@ -372,7 +373,7 @@ class _AioStream(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamStreamCli
                     yield response
             finally:
                 if call.done():
-                    await _finish_aio(call, out)
+                    await _finish_aio(call, out[2])
 
         return responses()
 
@@ -390,8 +391,109 @@ class _AioStream(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamStreamCli
 
 
 def aio_client_interceptors() -> list[Any]:
-    """Interceptors for `grpc.aio.insecure_channel(target, interceptors=...)`."""
+    """Interceptors for `grpc.aio.insecure_channel(target, interceptors=...)`.
+
+    `intercept_aio_channel(channel)` does the same for a channel you already have, and
+    costs less per call."""
     return [_AioUnary(), _AioStream()]
+
+
+# -- asyncio without grpc's interceptor path ----------------------------------------------
+
+
+#: Trailer merges that had to wait for a coroutine (kept referenced until they ran).
+_LATE_MERGES: set[asyncio.Future[None]] = set()
+
+
+def _watch_aio(call: Any, session: sessions.Session, scope: CallScope | None) -> None:
+    """Register `call` with the parent call and merge its trailers when it ends.
+
+    grpc.aio runs a call's done callbacks when its status arrives, before the awaiting
+    caller resumes (and before a response stream ends for its reader), so the merged
+    globals are there when the caller looks."""
+    if scope is not None and not scope.add_child(call):
+        return  # the parent call already ended: add_child cancelled this one
+
+    def done(call: Any) -> None:
+        if scope is not None:
+            scope.discard_child(call)
+        trailing = ended_trailers(call)
+        if trailing is not None:
+            merge_trailers(session, trailing)
+        else:  # not grpc's own call object: the public route, a moment later
+            task = asyncio.ensure_future(_finish_aio(call, session))
+            _LATE_MERGES.add(task)
+            task.add_done_callback(_LATE_MERGES.discard)
+
+    call.add_done_callback(done)
+
+
+class _AioCallable:
+    """A grpc.aio multi-callable whose calls carry the session (`intercept_aio_channel`)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(
+        self, request: Any = None, timeout: float | None = None, metadata: Any = None, **kw: Any
+    ) -> Any:
+        items, timeout, session, scope = prepare(metadata, timeout)
+        call = self._inner(request, timeout=timeout, metadata=OutgoingMetadata(items), **kw)
+        _watch_aio(call, session, scope)
+        return call
+
+
+class _AioChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """What `intercept_aio_channel` returns: the channel, its calls carrying the session."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _AioCallable(self._channel.unary_unary(*args, **kwargs))
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _AioCallable(self._channel.unary_stream(*args, **kwargs))
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _AioCallable(self._channel.stream_unary(*args, **kwargs))
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _AioCallable(self._channel.stream_stream(*args, **kwargs))
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    async def __aenter__(self) -> _AioChannel:
+        await self._channel.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._channel.__aexit__(*exc)
+
+
+def intercept_aio_channel(channel: grpc.aio.Channel) -> grpc.aio.Channel:
+    """A grpc.aio channel whose calls carry the session, globals, trace context and the
+    parent's deadline, are cancelled with the parent call, and merge `lazy-globals-update`
+    before the caller sees the response: what `aio_client_interceptors()` do, without
+    grpc's interceptor path (a task and a second call object per call). Calls return
+    grpc's own call objects; errors stay `grpc.aio.AioRpcError`.
+
+    >>> channel = intercept_aio_channel(grpc.aio.insecure_channel("localhost:50051"))
+    >>> stub = module_pb2_grpc.ModuleServiceStub(channel)  # doctest: +SKIP
+    """
+    return _AioChannel(channel)
 
 
 def intercept_channel(channel: grpc.Channel) -> grpc.Channel:

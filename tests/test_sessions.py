@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 import lazygrpc
+from lazygrpc.calls import current_call
 from tests.hops import SERVER_KINDS, Mesh
 
 CLIENT_KINDS = ["sync", "aio"]
@@ -447,9 +449,10 @@ async def _tasks() -> set[str]:
     }
 
 
-@pytest.mark.parametrize("client", CLIENT_KINDS)
+@pytest.mark.parametrize("client", [*CLIENT_KINDS, "aio-channel"])
 def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> None:
-    """Users of plain stubs get sessions, globals back and deadlines from the interceptors."""
+    """Users of plain stubs get sessions, globals back and deadlines from the interceptors
+    (or, for asyncio, from a channel `intercept_aio_channel` wraps)."""
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.values import from_value, to_value
 
@@ -468,10 +471,15 @@ def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> N
             channel.close()
         else:
 
-            async def go() -> tuple[Any, list[Any]]:
-                async with grpc.aio.insecure_channel(
+            def open_channel() -> grpc.aio.Channel:
+                if client == "aio-channel":
+                    return lazygrpc.intercept_aio_channel(grpc.aio.insecure_channel(target))
+                return grpc.aio.insecure_channel(
                     target, interceptors=lazygrpc.aio_client_interceptors()
-                ) as channel:
+                )
+
+            async def go() -> tuple[Any, list[Any]]:
+                async with open_channel() as channel:
                     stub = module_pb2_grpc.ModuleServiceStub(channel)
                     response = await stub.Call(request("raw"))
                     return from_value(response.output), [
@@ -488,6 +496,114 @@ def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> N
         }
         assert mesh.record.seen["raw-stream"]["sid"] == "raw-1"
         assert s.get("from_hop3") == "hop3 saw raw-stream"
+
+
+def test_an_intercepted_aio_channel_merges_globals_before_the_caller_resumes(
+    mesh: Mesh,
+) -> None:
+    """Every call kind through `intercept_aio_channel`: the trailer's globals are in the
+    session when `await` returns or raises and when a response stream ends, and grpc's own
+    call objects and errors come back (no RemoteError)."""
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import to_value
+
+    target = mesh.entry.removeprefix("grpc://")
+
+    def request(module: str, x: str) -> Any:
+        return module_pb2.CallRequest(module=module, input=to_value(x))
+
+    async def go() -> list[Any]:
+        seen = []
+        channel = lazygrpc.intercept_aio_channel(grpc.aio.insecure_channel(target))
+        assert isinstance(channel, grpc.aio.Channel)
+        await channel.channel_ready()
+        stub = module_pb2_grpc.ModuleServiceStub(channel)
+        for i in range(20):  # each merge must be there at once, every time
+            with lazygrpc.session(f"wrapped-{i}"):
+                await stub.Call(request("run", f"ok-{i}"))
+                seen.append(lazygrpc.globals.get("from_hop3"))
+            with lazygrpc.session(f"wrapped-fail-{i}"):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await stub.Call(request("run", f"fail-{i}"))
+                assert failed.value.code() == grpc.StatusCode.UNKNOWN
+                seen.append(lazygrpc.globals.get("from_hop3"))
+            with lazygrpc.session(f"wrapped-stream-{i}"):
+                call = stub.Stream(request("stream", f"s-{i}"))
+                while (await call.read()) is not grpc.aio.EOF:
+                    pass
+                seen.append(lazygrpc.globals.get("from_hop3"))
+        await channel.close()
+        return seen
+
+    seen = asyncio.run(go())
+    expected = []
+    for i in range(20):
+        expected += [f"hop3 saw ok-{i}", f"hop3 saw fail-{i}", f"hop3 saw s-{i}"]
+    assert seen == expected
+
+
+def test_an_intercepted_aio_channel_in_a_handler_passes_the_deadline_and_the_cancel_down(
+    servers: Any,
+) -> None:
+    """A handler that calls on with a raw stub through `intercept_aio_channel`: the child
+    call gets the parent's remaining deadline, and is cancelled when the parent's client
+    cancels. Client- and bidi-streaming stubs work through the channel too."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+    from lazygrpc.values import from_value, to_value
+
+    seen: dict[str, Any] = {}
+    child_started = threading.Event()
+    child_cancelled = threading.Event()
+
+    async def leaf(x: str) -> str:
+        scope = current_call()
+        seen["deadline"] = scope.time_remaining() if scope else None
+        seen["sid"] = lazygrpc.session_id()
+        if x == "hang":
+            child_started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                child_cancelled.set()
+                raise
+        return f"leaf:{x}"
+
+    leaf_target = servers.modules({"leaf": leaf}).removeprefix("grpc://")
+    channels: dict[str, Any] = {}
+
+    async def middle(x: str) -> str:
+        if "ch" not in channels:
+            channels["ch"] = lazygrpc.intercept_aio_channel(grpc.aio.insecure_channel(leaf_target))
+        stub = module_pb2_grpc.ModuleServiceStub(channels["ch"])
+        response = await stub.Call(module_pb2.CallRequest(module="leaf", input=to_value(x)))
+        return str(from_value(response.output))
+
+    middle_url = servers.modules({"middle": middle})
+    with lazygrpc.session("deadline-1"):
+        assert lazygrpc.connect(f"{middle_url}/middle", timeout=5)("ok") == "leaf:ok"
+    assert seen["sid"] == "deadline-1"
+    assert seen["deadline"] is not None and 0 < seen["deadline"] <= 5
+
+    async def cancel_midway() -> None:
+        async with grpc.aio.insecure_channel(middle_url.removeprefix("grpc://")) as ch:
+            stub = module_pb2_grpc.ModuleServiceStub(ch)
+            call = stub.Call(module_pb2.CallRequest(module="middle", input=to_value("hang")))
+            assert await asyncio.to_thread(child_started.wait, 5)
+            call.cancel()
+
+    asyncio.run(cancel_midway())
+    assert child_cancelled.wait(5), "the child call was not cancelled with its parent"
+
+    async def reflect() -> list[str]:
+        async with lazygrpc.intercept_aio_channel(grpc.aio.insecure_channel(leaf_target)) as ch:
+            info = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            return [s.name async for r in info for s in r.list_services_response.service]
+
+    assert "lazygrpc.v1.ModuleService" in asyncio.run(reflect())
 
 
 def test_an_ended_aio_calls_trailers_are_read_without_awaiting(mesh: Mesh) -> None:

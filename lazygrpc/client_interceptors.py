@@ -13,7 +13,7 @@ import asyncio
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import grpc
@@ -152,13 +152,34 @@ def ended_trailers(call: Any) -> Any:
 
     grpc.aio's `trailing_metadata()` is a coroutine that wraps the status the call already
     holds in a new `Metadata`; reading the status directly saves both on every call. The
-    attribute is grpc's own (grpcio 1.85): anything else, such as a call returned through
-    grpc's interceptor path, gets None and takes the public route.
+    attributes are grpc's own (grpcio 1.85); a call that grpc's interceptor path wrapped is
+    unwrapped to the call inside. Anything else gets None and takes the public route.
     """
-    try:
-        return call._cython_call._status.trailing_metadata()
-    except AttributeError:
-        return None
+    for _ in range(_MAX_WRAPPING):
+        try:
+            return call._cython_call._status.trailing_metadata()
+        except AttributeError:
+            pass
+        task = getattr(call, "_interceptors_task", None)
+        if task is not None:  # grpc's InterceptedCall: the call its interceptors returned
+            if not task.done() or task.cancelled():
+                return None
+            error = task.exception()
+            if error is not None:
+                return (
+                    error.trailing_metadata() if isinstance(error, grpc.aio.AioRpcError) else None
+                )
+            call = task.result()
+            continue
+        inner = getattr(call, "_call", None)  # a response iterator an interceptor returned
+        if inner is None or inner is call:
+            return None
+        call = inner
+    return None
+
+
+#: How deep `ended_trailers` unwraps calls (grpc nests one wrapper per interceptor at most).
+_MAX_WRAPPING = 16
 
 
 def merge_trailers(s: sessions.Session, trailing: Any) -> None:
@@ -320,12 +341,6 @@ def _aio_details(details: Any) -> tuple[Any, Outgoing]:
     return details._replace(metadata=md, timeout=out[1]), out
 
 
-def _track_aio(call: Any, out: Outgoing) -> None:
-    scope = out[3]
-    if scope is not None and scope.add_child(call):
-        call.add_done_callback(lambda _: scope.discard_child(call))
-
-
 async def _finish_aio(call: Any, session: sessions.Session) -> None:
     trailing = ended_trailers(call)
     if trailing is None:
@@ -336,58 +351,34 @@ async def _finish_aio(call: Any, session: sessions.Session) -> None:
     merge_trailers(session, trailing)
 
 
-class _AioUnary(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def _unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        new, out = _aio_details(details)
-        call = await continuation(new, request)
-        _track_aio(call, out)
-        try:
-            await call  # finish here so the trailers are merged before the caller resumes
-        except grpc.RpcError:
-            pass
-        await _finish_aio(call, out[2])
-        return call
+async def _intercepted(continuation: Any, details: Any, request: Any) -> Any:
+    """One call through grpc's interceptor path: the session's metadata go in, and the
+    trailers are merged when the call ends (`_watch_aio`), for every call kind alike."""
+    new, out = _aio_details(details)
+    call = await continuation(new, request)
+    _watch_aio(call, out[2], out[3])
+    return call
 
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: Any, request: Any
+
+def _aio_interceptor(base: type, method: str) -> type:
+    """A grpc.aio client interceptor class for one call kind (grpc.aio files an interceptor
+    under the first call kind it implements, so each kind needs a class of its own)."""
+
+    async def intercept(
+        self: Any, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        """Implementation of grpc.aio.UnaryUnaryClientInterceptor; not part of the lazygrpc API."""
-        return await self._unary(continuation, client_call_details, request)
+        return await _intercepted(continuation, client_call_details, request)
 
-    async def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        """Implementation of grpc.aio.StreamUnaryClientInterceptor; not part of the lazygrpc API."""
-        return await self._unary(continuation, client_call_details, request_iterator)
+    intercept.__doc__ = f"Implementation of grpc.aio.{base.__name__}; not part of the lazygrpc API."
+    return type(f"_Aio{base.__name__}", (base,), {method: intercept})
 
 
-class _AioStream(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def _stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        new, out = _aio_details(details)
-        call = await continuation(new, request)
-        _track_aio(call, out)
-
-        async def responses() -> AsyncIterator[Any]:
-            try:
-                async for response in call:
-                    yield response
-            finally:
-                if call.done():
-                    await _finish_aio(call, out[2])
-
-        return responses()
-
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        """Implementation of grpc.aio.UnaryStreamClientInterceptor; not part of the lazygrpc API."""
-        return await self._stream(continuation, client_call_details, request)
-
-    async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        """Implementation of grpc.aio.StreamStreamClientInterceptor; not part of the lazygrpc API."""
-        return await self._stream(continuation, client_call_details, request_iterator)
+_AIO_INTERCEPTORS = [
+    _aio_interceptor(grpc.aio.UnaryUnaryClientInterceptor, "intercept_unary_unary"),
+    _aio_interceptor(grpc.aio.UnaryStreamClientInterceptor, "intercept_unary_stream"),
+    _aio_interceptor(grpc.aio.StreamUnaryClientInterceptor, "intercept_stream_unary"),
+    _aio_interceptor(grpc.aio.StreamStreamClientInterceptor, "intercept_stream_stream"),
+]
 
 
 def aio_client_interceptors() -> list[Any]:
@@ -395,7 +386,7 @@ def aio_client_interceptors() -> list[Any]:
 
     `intercept_aio_channel(channel)` does the same for a channel you already have, and
     costs less per call."""
-    return [_AioUnary(), _AioStream()]
+    return [cls() for cls in _AIO_INTERCEPTORS]
 
 
 # -- asyncio without grpc's interceptor path ----------------------------------------------
@@ -436,13 +427,18 @@ class _AioCallable:
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
-    def __call__(
-        self, request: Any = None, timeout: float | None = None, metadata: Any = None, **kw: Any
-    ) -> Any:
-        items, timeout, session, scope = prepare(metadata, timeout)
-        call = self._inner(request, timeout=timeout, metadata=OutgoingMetadata(items), **kw)
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        if len(args) > 1:  # a request stream's call takes the options by position too
+            kw.update(zip(_CALL_OPTIONS, args[1:], strict=False))
+            args = args[:1]
+        items, timeout, session, scope = prepare(kw.pop("metadata", None), kw.pop("timeout", None))
+        call = self._inner(*args, timeout=timeout, metadata=OutgoingMetadata(items), **kw)
         _watch_aio(call, session, scope)
         return call
+
+
+#: The options of a grpc.aio multi-callable after the request, in their positional order.
+_CALL_OPTIONS = ("timeout", "metadata", "credentials", "wait_for_ready", "compression")
 
 
 class _AioChannel(grpc.aio.Channel):  # type: ignore[misc]

@@ -606,6 +606,135 @@ def test_an_intercepted_aio_channel_in_a_handler_passes_the_deadline_and_the_can
     assert "lazygrpc.v1.ModuleService" in asyncio.run(reflect())
 
 
+class _NoopInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+):
+    """A grpc.aio client interceptor of another library: passes every call on."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
+
+
+class _NoopStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
+
+
+class _NoopStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(details, requests)
+
+
+class _NoopStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(details, requests)
+
+
+def _kinds_service(seen: dict[str, Any]) -> Any:
+    """`t.Kinds` with one method per call kind (bytes in and out): each records the session
+    it runs under and sets a global that must come back."""
+
+    def note(kind: str, tag: str) -> None:
+        seen[tag] = (lazygrpc.session_id(), lazygrpc.globals.get("in"))
+        lazygrpc.globals["back"] = f"{kind}:{tag}"
+
+    async def uu(request: bytes, context: Any) -> bytes:
+        note("uu", request.decode())
+        return request
+
+    async def us(request: bytes, context: Any) -> Any:
+        note("us", request.decode())
+        yield request
+
+    async def su(requests: Any, context: Any) -> bytes:
+        tags = [r.decode() async for r in requests]
+        note("su", tags[-1])
+        return tags[-1].encode()
+
+    async def ss(requests: Any, context: Any) -> Any:
+        async for r in requests:
+            yield r
+        note("ss", r.decode())
+
+    def add(servicer: Any, server: Any) -> None:
+        handlers = {
+            "UU": grpc.unary_unary_rpc_method_handler(uu),
+            "US": grpc.unary_stream_rpc_method_handler(us),
+            "SU": grpc.stream_unary_rpc_method_handler(su),
+            "SS": grpc.stream_stream_rpc_method_handler(ss),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("t.Kinds", handlers),)
+        )
+
+    return add
+
+
+@pytest.mark.parametrize("route", ["interceptors", "channel", "channel-over-interceptors"])
+def test_every_call_kind_brings_its_globals_back_by_the_time_it_ends(
+    servers: Any, route: str
+) -> None:
+    """Unary, server-, client- and bidi-streaming calls of a raw grpc.aio channel, through
+    lazygrpc's client interceptors or `intercept_aio_channel` (also over a channel that
+    has another library's interceptors): the server sees the caller's session and globals,
+    and the global it sets is in the caller's session when `await` returns or the stream
+    ends, not later. Request streams accept `request_iterator=` and options by position."""
+    seen: dict[str, Any] = {}
+
+    async def build() -> lazygrpc.Server:
+        server = lazygrpc.Server(name="kinds")
+        server.add_service("t.Kinds", _kinds_service(seen), None)
+        await server.start()
+        return server
+
+    server = servers.lt.run(build())
+    servers.started.append(server)
+    target = f"127.0.0.1:{server.port}"
+    others = [_NoopInterceptor(), _NoopStream(), _NoopStreamUnary(), _NoopStreamStream()]
+
+    def open_channel() -> Any:
+        if route == "interceptors":
+            return grpc.aio.insecure_channel(
+                target, interceptors=lazygrpc.aio_client_interceptors()
+            )
+        inner = grpc.aio.insecure_channel(
+            target, interceptors=others if route == "channel-over-interceptors" else None
+        )
+        return lazygrpc.intercept_aio_channel(inner)
+
+    async def requests(tag: str) -> Any:
+        yield b"first"
+        yield tag.encode()
+
+    async def go() -> list[tuple[str, Any]]:
+        back = []
+        async with open_channel() as channel:
+            for i in range(10):
+                for kind in ("uu", "us", "su", "ss"):
+                    tag = f"{route}-{kind}-{i}"
+                    method = f"/t.Kinds/{kind.upper()}"
+                    with lazygrpc.session(f"s-{tag}"):
+                        lazygrpc.globals["in"] = i
+                        if kind == "uu":
+                            await channel.unary_unary(method)(tag.encode(), timeout=5)
+                        elif kind == "us":
+                            _ = [m async for m in channel.unary_stream(method)(tag.encode())]
+                        elif kind == "su":
+                            call = channel.stream_unary(method)(request_iterator=requests(tag))
+                            await call
+                        else:
+                            call = channel.stream_stream(method)(requests(tag), 5)  # timeout
+                            _ = [m async for m in call]
+                        back.append((tag, lazygrpc.globals.get("back")))
+        return back
+
+    back = asyncio.run(go())
+    assert back == [(tag, f"{tag.split('-')[-2]}:{tag}") for tag, _ in back]
+    assert len(back) == 40
+    for tag, _ in back:
+        assert seen[tag] == (f"s-{tag}", int(tag.rsplit("-", 1)[1]))
+
+
 def test_an_ended_aio_calls_trailers_are_read_without_awaiting(mesh: Mesh) -> None:
     """lazygrpc's clients read a finished call's trailers from its status (no coroutine);
     what they read is what grpc.aio's `trailing_metadata()` returns, and a call that has not

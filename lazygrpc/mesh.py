@@ -175,7 +175,10 @@ def run_mesh(
     print(f"  retriever  grpc://{retriever}/rag")
     print(f"  gateway    grpc://{gateway}/ask")
     lazy, grpcurl = _command("lazygrpc"), _command("grpcurl")
-    print("try:")
+    if question is None:
+        print("try:")
+    else:  # the demo stops this mesh once it has answered
+        print(f"with `{lazy} up` (it keeps a mesh up until Ctrl-C, on its own ports), try:")
     print(f"  {lazy} call grpc://{gateway}/ask 'What is a session?' --stream")
     print(f"  {lazy} call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
     print(

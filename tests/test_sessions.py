@@ -606,6 +606,37 @@ def test_an_intercepted_aio_channel_in_a_handler_passes_the_deadline_and_the_can
     assert "lazygrpc.v1.ModuleService" in asyncio.run(reflect())
 
 
+def test_an_intercepted_aio_channel_is_a_whole_grpc_aio_channel(mesh: Mesh) -> None:
+    """Every method of `grpc.aio.Channel` works on the wrapped channel and reaches the
+    channel inside (state, state changes, readiness, close, `async with`)."""
+    import inspect
+
+    from lazygrpc.client_interceptors import _AioChannel
+
+    abstract = {
+        name
+        for name, f in inspect.getmembers(grpc.aio.Channel)
+        if getattr(f, "__isabstractmethod__", False)
+    }
+    assert abstract and abstract <= set(vars(_AioChannel))
+    target = mesh.entry.removeprefix("grpc://")
+
+    async def go() -> None:
+        inner = grpc.aio.insecure_channel(target)
+        channel = lazygrpc.intercept_aio_channel(inner)
+        assert channel.get_state() == inner.get_state() == grpc.ChannelConnectivity.IDLE
+        assert channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.IDLE
+        await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.IDLE), 5)
+        await channel.channel_ready()
+        assert inner.get_state() == grpc.ChannelConnectivity.READY
+        async with channel as same:
+            assert same is channel
+        assert inner.get_state() == grpc.ChannelConnectivity.SHUTDOWN  # closed with it
+        await channel.close()  # closing twice is harmless, as with grpc's own
+
+    asyncio.run(go())
+
+
 class _NoopInterceptor(
     grpc.aio.UnaryUnaryClientInterceptor,
 ):

@@ -162,8 +162,11 @@ async def latencies(call: Unary, n: int) -> list[float]:
     return out
 
 
-async def qps(call: Unary, concurrency: int, duration: float) -> float:
-    """Calls/s with `concurrency` callers looping for `duration` seconds."""
+async def qps(
+    call: Unary, concurrency: int, duration: float, counts: list[int] | None = None
+) -> float:
+    """Calls/s with `concurrency` callers looping for `duration` seconds (the number of
+    calls made is appended to `counts` when given)."""
     count = 0
     stop = time.perf_counter() + duration
 
@@ -175,6 +178,8 @@ async def qps(call: Unary, concurrency: int, duration: float) -> float:
 
     t0 = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
+    if counts is not None:
+        counts.append(count)
     return count / (time.perf_counter() - t0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -96,6 +97,20 @@ class Servers:
     def __exit__(self, *exc: object) -> None:
         for p in reversed(self.procs):
             p.stop()
+
+
+def block_order(sides: Sequence[str], block: int) -> list[str]:
+    """The order the sides run in block number `block`: a fresh random permutation (seeded,
+    so a run can be repeated).
+
+    With more than two sides, flipping one fixed order every block is biased: the sides at
+    its ends run twice in a row every other block (on a server that has just run), the sides
+    in the middle never do. Random orders give every side every place and every predecessor
+    alike. Two sides alternate A/B, B/A as before (already balanced).
+    """
+    if len(sides) <= 2:
+        return list(sides) if block % 2 == 0 else list(sides)[::-1]
+    return random.Random(block).sample(list(sides), len(sides))
 
 
 # -- statistics ------------------------------------------------------------------------------

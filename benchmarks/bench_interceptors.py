@@ -9,7 +9,8 @@ interceptors, `aio_client_interceptors()`), bare, and, for context, with grpc.ai
 interceptors that do nothing and bare again in a second process (an A/A pair: how far two
 identical servers differ in the same run). Unary QPS and stream throughput are each measured in many short
 blocks, the sides alternating (order flipped each time), so that drift on a shared machine
-stays out of the ratios.
+stays out of the ratios; each block runs the sides in a fresh random order
+(`_common.block_order`).
 
 lazygrpc's calls carry a session id and no globals: the run makes a fresh session, so that
 it never inherits globals that an earlier benchmark in the same process left on the thread
@@ -33,7 +34,7 @@ import os
 import psutil
 
 from benchmarks import _clients as c
-from benchmarks._common import Row, Servers, log, print_rows
+from benchmarks._common import Row, Servers, block_order, log, print_rows
 
 
 async def run(quick: bool = False) -> list[Row]:
@@ -47,7 +48,7 @@ async def _run(quick: bool) -> list[Row]:
     from lazygrpc import aio_client_interceptors, intercept_aio_channel
 
     # Throughput drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
-    # times, keep that drift out of the ratios (the order flips every block).
+    # times, keep that drift out of the ratios (each block in a fresh random order).
     blocks = 24 if quick else 48
     block_s = 0.2 if quick else 0.3
     rounds = 16 if quick else 40
@@ -96,7 +97,7 @@ async def _run(quick: bool) -> list[Row]:
             }
             for key, callers in (("q1", 1), ("q32", 32)):
                 for b in range(blocks):
-                    for side in sides if b % 2 == 0 else tuple(reversed(sides)):
+                    for side in block_order(sides, b):
                         with _CpuMeter(pids[side], cpu.get(key, {}).get(side)) as meter:
                             made: list[int] = []
                             rate = await c.qps(unary[side], callers, block_s, made)
@@ -104,7 +105,7 @@ async def _run(quick: bool) -> list[Row]:
                         res[key][side].append(rate)
                 log(f"interceptors: unary, {callers} caller(s), {blocks} blocks done")
             for r in range(rounds):
-                for side in sides if r % 2 == 0 else tuple(reversed(sides)):
+                for side in block_order(sides, r):
                     with _CpuMeter(pids[side], cpu["stream"][side]) as meter:
                         _, total, _ = await c.stream_once(stream[side], n_stream)
                         meter.count = n_stream

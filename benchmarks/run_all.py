@@ -26,7 +26,17 @@ from typing import Any, TypeVar
 
 from benchmarks import _clients as c
 from benchmarks import bench_broker, bench_interceptors
-from benchmarks._common import ROOT, Row, Servers, log, machine, md_table, pct, print_rows
+from benchmarks._common import (
+    ROOT,
+    Row,
+    Servers,
+    block_order,
+    log,
+    machine,
+    md_table,
+    pct,
+    print_rows,
+)
 from benchmarks._servers import prompt_chars, token_prompt
 
 T = TypeVar("T")
@@ -63,7 +73,7 @@ async def unary(quick: bool) -> list[Row]:
             }
             await c.warm(*fn.values(), times=200)
             for r in range(rounds):
-                order = sides if r % 2 == 0 else sides[::-1]
+                order = block_order(sides, r)
                 for side in order:
                     lat = await c.latencies(fn[side], calls)
                     res["p50"][side].append(pct(lat, 50) * 1000)
@@ -427,7 +437,8 @@ def write_report(
         f"- command: `{command}` ({elapsed / 60:.1f} min)",
         f"- machine: {machine()}",
         "- method: servers in their own processes, this process is the load client; lazygrpc "
-        "and its baseline alternate A/B, B/A, … in the same run. Each cell is the median "
+        "and its baseline alternate A/B, B/A, … in the same run (three or more sides: a fresh "
+        "random order per round). Each cell is the median "
         "[min–max] over rounds; the ratio is lazygrpc ÷ baseline of the medians, with the "
         "min–max of the per-round (paired) ratios. Each section starts in a fresh lazygrpc "
         "session (no globals left over from the sections before it).",

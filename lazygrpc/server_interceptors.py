@@ -66,7 +66,14 @@ class ServerCore:
         try:
             if baggage:
                 values, texts, entries, others, _ = metadata.parse_baggage_fields(baggage, True)
-                session = sessions.Session(sid, values, others, texts, entries)
+                # Every global undecoded and forwardable as it came (the common case): the
+                # header it sends on is their entries, joined now, once.
+                header = (
+                    ",".join(entries.values())
+                    if not texts and not others and len(entries) == len(values)
+                    else None
+                )
+                session = sessions.Session(sid, values, others, texts, entries, header)
             else:
                 session = sessions.Session(sid)
         except ValueError as exc:  # a bad baggage header or session id, named

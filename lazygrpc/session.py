@@ -69,10 +69,13 @@ class Session:
         foreign_baggage: list[str] | None = None,
         texts: dict[str, str] | None = None,
         entries: dict[str, str] | None = None,
+        header: str | None = None,
     ) -> None:
         """`texts` and `entries` are the values' JSON texts and baggage entries as they came
         off the wire (then `values` are fresh objects nobody else holds, or `Deferred`
-        values not decoded yet: those have an entry and no text)."""
+        values not decoded yet: those have an entry and no text). `header` is the baggage
+        header they came in when it is exactly what `baggage()` would build from them: a hop
+        then forwards it as it is until a global changes."""
         if id is None:
             id = new_session_id()
         elif not (id.isalnum() and id.isascii() and len(id) <= metadata.MAX_SESSION_ID):
@@ -83,7 +86,7 @@ class Session:
         self._dirty: _Keys = set()
         self._deleted: _Keys = set()
         self._lock = threading.Lock()
-        self._baggage: str | None = None  # the header while no global changed
+        self._baggage: str | None = header  # the header while no global changed
         # Encodings the call started with, to notice values changed in place.
         if texts is not None:
             self._initial = texts

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazygrpc import metadata
+from lazygrpc.server_interceptors import ServerCore
 from lazygrpc.session import Session
 
 json_values = st.recursive(
@@ -93,8 +94,13 @@ def test_session_tracks_changes_and_deletions() -> None:
 
 
 def _from_wire(header: str, defer: bool = True) -> Session:
-    """A server's session for an incoming `baggage` header (servers defer decoding)."""
-    parsed = metadata.parse_baggage(header, defer=defer)
+    """A server's session for an incoming `baggage` header, as a server makes it when
+    deferring (its per-call path, with the header it forwards joined once), or decoded at
+    once."""
+    if defer:
+        md = (("lazy-session-id", "s1"), ("baggage", header))
+        return ServerCore().begin("/lazygrpc.v1.ModuleService/Call", md, None).session
+    parsed = metadata.parse_baggage(header)
     return Session("s1", parsed.values, parsed.others, parsed.texts, parsed.entries)
 
 
@@ -115,6 +121,17 @@ def test_untouched_globals_are_forwarded_as_they_came_and_report_no_change(defer
     assert s.get("a") == {"x": 1} and s.get("c") == {"y": 2}
     assert s.update_trailer() == ""
     assert metadata.split_baggage(s.baggage())[0] == {"a": {"x": 1}, "b": [1, 2], "c": {"y": 2}}
+
+
+def test_a_hop_forwards_the_header_it_came_with_until_a_global_changes() -> None:
+    header = metadata.encode_globals({"usage": {"prompt_tokens": 3}, "user": "ann", "n": 1})
+    s = _from_wire(header)
+    assert s.baggage() == header
+    s.set("n", 2)
+    assert s.baggage() == header.replace("lazy.n=1", "lazy.n=2")
+    # Not every entry as it came (a repeated name, a foreign entry): built from the globals.
+    assert _from_wire("lazy.n=1,lazy.n=2").baggage() == "lazy.n=2"
+    assert _from_wire("lazy.n=1,k=v").baggage() == "k=v,lazy.n=1"
 
 
 @pytest.mark.parametrize("source", ["wire", "deferred", "merged", "set"])

@@ -322,12 +322,13 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return self.wrap(handler, handler_call_details.method)
 
     def wrap(self, handler: Any, full_method: str) -> Any:
-        """`handler` with lazygrpc's per-call layer; the same wrapper is reused per handler."""
-        if handler is None or self.core.skips(full_method):
-            return handler
+        """`handler` with lazygrpc's per-call layer; the same wrapper is reused per handler
+        (a call of a method seen before is one dict lookup here)."""
         cached = self._cache.get(full_method)
         if cached is not None and cached[0] is handler:
             return cached[1]
+        if handler is None or self.core.skips(full_method):
+            return handler
         wrapped = _wrap_handler(handler, lambda b, streaming: self._wrap(b, streaming, full_method))
         self._cache[full_method] = (handler, wrapped)
         return wrapped

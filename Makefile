@@ -48,6 +48,8 @@ test: $(STAMP) $(NODE_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,otel,bench]'
+	command -v callgrind_control >/dev/null || apt-get install -y -q valgrind \
+		|| echo "valgrind (Debian) not installed: make bench skips the instruction counts"
 	bash benchmarks/lazyllm/setup.sh
 	$(PYTHON) -m benchmarks.run_all
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import re
 import statistics
 import subprocess
@@ -100,17 +99,29 @@ class Servers:
 
 
 def block_order(sides: Sequence[str], block: int) -> list[str]:
-    """The order the sides run in block number `block`: a fresh random permutation (seeded,
-    so a run can be repeated).
+    """The order the sides run in block number `block`: the rows of a Williams design.
 
     With more than two sides, flipping one fixed order every block is biased: the sides at
     its ends run twice in a row every other block (on a server that has just run), the sides
-    in the middle never do. Random orders give every side every place and every predecessor
-    alike. Two sides alternate A/B, B/A as before (already balanced).
+    in the middle never do. Over each full cycle of rows (n blocks for n sides, 2n when n is
+    odd) every side runs in every place equally often and right after every other side
+    equally often. Two sides alternate A/B, B/A as before (the same design).
     """
-    if len(sides) <= 2:
-        return list(sides) if block % 2 == 0 else list(sides)[::-1]
-    return random.Random(block).sample(list(sides), len(sides))
+    rows = _williams(len(sides))
+    return [sides[i] for i in rows[block % len(rows)]]
+
+
+def _williams(n: int) -> list[list[int]]:
+    """Williams' Latin square(s) for n treatments (balanced for first-order carry-over)."""
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + r) % n for x in first] for r in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
 
 
 # -- statistics ------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ interceptors, `aio_client_interceptors()`), bare, and, for context, with grpc.ai
 interceptors that do nothing and bare again in a second process (an A/A pair: how far two
 identical servers differ in the same run). Unary QPS and stream throughput are each measured in many short
 blocks, the sides alternating (order flipped each time), so that drift on a shared machine
-stays out of the ratios; each block runs the sides in a fresh random order
-(`_common.block_order`).
+stays out of the ratios; the blocks run the sides in the orders of a Williams design
+(`_common.block_order`: every side in every place, after every other side, equally often).
 
 lazygrpc's calls carry a session id and no globals: the run makes a fresh session, so that
 it never inherits globals that an earlier benchmark in the same process left on the thread
@@ -48,7 +48,7 @@ async def _run(quick: bool) -> list[Row]:
     from lazygrpc import aio_client_interceptors, intercept_aio_channel
 
     # Throughput drifts by ±10 % over seconds on a shared VM: short blocks, alternated many
-    # times, keep that drift out of the ratios (each block in a fresh random order).
+    # times, keep that drift out of the ratios (block orders from a Williams design).
     blocks = 24 if quick else 48
     block_s = 0.2 if quick else 0.3
     rounds = 16 if quick else 40

@@ -67,9 +67,9 @@ class ServerCore:
             if baggage:
                 values, texts, entries, others, _ = metadata.parse_baggage_fields(baggage, True)
                 # Every global undecoded and forwardable as it came (the common case): the
-                # header it sends on is their entries, joined now, once.
+                # header it sends on is their entries in the globals' order, joined once.
                 header = (
-                    ",".join(entries.values())
+                    ",".join([entries[key] for key in values])
                     if not texts and not others and len(entries) == len(values)
                     else None
                 )

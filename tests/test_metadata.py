@@ -131,6 +131,8 @@ def test_a_hop_forwards_the_header_it_came_with_until_a_global_changes() -> None
     assert s.baggage() == header.replace("lazy.n=1", "lazy.n=2")
     # Not every entry as it came (a repeated name, a foreign entry): built from the globals.
     assert _from_wire("lazy.n=1,lazy.n=2").baggage() == "lazy.n=2"
+    # A name first sent in a form decoded on arrival, then flat: the globals' order holds.
+    assert _from_wire('lazy.a="hi",lazy.b=1,lazy.a=2').baggage() == "lazy.a=2,lazy.b=1"
     assert _from_wire("lazy.n=1,k=v").baggage() == "k=v,lazy.n=1"
 
 

@@ -54,7 +54,6 @@ def _leftover(safe: str) -> re.Pattern[str]:
 
 
 _KEY_LEFTOVER = _leftover("")
-_VALUE_LEFTOVER = _leftover(_VALUE_SAFE)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -128,11 +127,27 @@ def decode_json(text: str) -> Any:
 
 def _quote(text: str, leftover: re.Pattern[str], safe: str) -> str:
     """`urllib.parse.quote(text, safe=safe)`."""
+    out = _common_escaped(text)
+    return quote(text, safe=safe) if leftover.search(out) else out
+
+
+def _quote_value(text: str) -> str:
+    """`urllib.parse.quote(text, safe=_VALUE_SAFE)`, for a global's JSON text.
+
+    Once the common characters are escaped, printable ASCII is all safe in a value (tests
+    check every character), so two str methods, one O(1) and one a single pass, replace a
+    character-class search that cost ~40 instructions per character.
+    """
+    out = _common_escaped(text)
+    return out if out.isascii() and out.isprintable() else quote(text, safe=_VALUE_SAFE)
+
+
+def _common_escaped(text: str) -> str:
     out = text.replace("%", "%25") if "%" in text else text
     for ch, esc in _COMMON:
         if ch in out:
             out = out.replace(ch, esc)
-    return quote(text, safe=safe) if leftover.search(out) else out
+    return out
 
 
 def _unquote(text: str) -> str:
@@ -182,7 +197,7 @@ def encode_json(key: str, value: Any) -> str:
 
 def encode_entry(key: str, value_json: str, *props: str) -> str:
     """One baggage entry `lazy.<key>=<json>` with both parts percent-encoded."""
-    entry = f"{PREFIX}{_quote(key, _KEY_LEFTOVER, '')}={_quote(value_json, _VALUE_LEFTOVER, _VALUE_SAFE)}"
+    entry = f"{PREFIX}{_quote(key, _KEY_LEFTOVER, '')}={_quote_value(value_json)}"
     return ";".join((entry, *props)) if props else entry
 
 

@@ -196,7 +196,7 @@ def _account(run: _Run, backend: Backend) -> None:
         ("calls", 1),
     ):
         usage[key] = usage.get(key, 0) + n
-    session.set("usage", usage)
+    session.set("usage", usage, owned=True)  # a fresh dict: encoded once
 
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):

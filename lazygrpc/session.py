@@ -135,7 +135,10 @@ class Session:
                 raise KeyError(key)
         return self._hand_out(key, value)
 
-    def set(self, key: str, value: Any) -> None:
+    def set(self, key: str, value: Any, *, owned: bool = False) -> None:
+        """Set a global. `owned=True`: the caller hands `value` over and will not change it
+        in place, so the encoding made now is the one sent on and back (a mutable value is
+        otherwise encoded again at the end, in case it changed)."""
         if not isinstance(key, str) or not key:
             raise TypeError(f"session global key {key!r} must be a non-empty str")
         entry = metadata.encode_entry(key, metadata.encode_json(key, value))
@@ -148,7 +151,10 @@ class Session:
             self._baggage = None
             self._values[key] = value
             self._entries[key] = entry
-            self._hand_out(key, value)
+            if owned:
+                self._exposed.discard(key)
+            else:
+                self._hand_out(key, value)
             self._dirty.add(key)
             self._deleted.discard(key)
 

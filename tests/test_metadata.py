@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -121,6 +122,29 @@ def test_untouched_globals_are_forwarded_as_they_came_and_report_no_change(defer
     assert s.get("a") == {"x": 1} and s.get("c") == {"y": 2}
     assert s.update_trailer() == ""
     assert metadata.split_baggage(s.baggage())[0] == {"a": {"x": 1}, "b": [1, 2], "c": {"y": 2}}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text() | st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
+def test_values_are_quoted_exactly_as_urllib_does(text: str) -> None:
+    assert metadata._quote_value(text) == urllib.parse.quote(text, safe=metadata._VALUE_SAFE)
+
+
+def test_every_ascii_character_is_quoted_as_urllib_does() -> None:
+    for ch in map(chr, range(0x80)):
+        assert metadata._quote_value(ch) == urllib.parse.quote(ch, safe=metadata._VALUE_SAFE)
+
+
+def test_a_value_set_as_owned_is_sent_as_it_was_when_set() -> None:
+    s = Session("s1")
+    usage = {"calls": 1}
+    s.set("usage", usage, owned=True)
+    header = s.baggage()
+    usage["calls"] = 2  # breaks the promise: not seen, the encoding made at set() stands
+    assert s.baggage() == header == "lazy.usage={%22calls%22:1}"
+    assert metadata.decode_update(s.update_trailer())[0] == {"usage": {"calls": 1}}
+    s.get("usage")["calls"] = 3  # handed out again by get(): changes in place count again
+    assert metadata.decode_update(s.update_trailer())[0] == {"usage": {"calls": 3}}
 
 
 def test_a_hop_forwards_the_header_it_came_with_until_a_global_changes() -> None:

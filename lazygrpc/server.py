@@ -87,7 +87,7 @@ class Server:
         )
         self._handlers = _Handlers(self._server, self._wrap_method)
         self._server.add_generic_rpc_handlers((self._handlers,))
-        self.health = health.aio.HealthServicer()
+        self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._handlers)
         self.service_names: list[str] = [HEALTH_SERVICE]
         self._stopped = asyncio.Event()
@@ -150,7 +150,7 @@ class Server:
         if not self.port:
             raise OSError(f"could not bind {self.host}:{self.requested_port}")
         await self._server.start()
-        for name in ["", *self.service_names]:
+        for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
         return self.port
@@ -176,7 +176,10 @@ class Server:
         if self._started and grace > 0:
             self._gate.draining = True
             await self._gate.wait_idle(grace)
-        await self._server.stop(max(0.0, deadline - time.monotonic()))
+        # Once lazygrpc's calls have drained, what is left are health and reflection calls:
+        # an open health Watch would hold the stop for the whole grace otherwise.
+        left = 0.0 if self._started and not self._gate.active else deadline - time.monotonic()
+        await self._server.stop(max(0.0, left))
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""
@@ -209,6 +212,22 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(0)
+
+
+class _Health(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpcio-health-checking's servicer with `List`, which its aio servicer leaves
+    unimplemented (UNIMPLEMENTED) although reflection shows it."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """Implementation of grpc.health.v1.Health; not part of the lazygrpc API."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
 
 
 class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -24,11 +25,42 @@ def _check(ch: grpc.Channel, service: str) -> int:
 def test_health_reports_every_service_and_the_server(servers: Any) -> None:
     url = servers.model("echo")
     with grpc.insecure_channel(url.removeprefix("grpc://")) as ch:
-        for service in ("", "lazygrpc.v1.ModelService", "lazygrpc.v1.BrokerService"):
+        served = (
+            "",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "lazygrpc.v1.ModelService",
+            "lazygrpc.v1.BrokerService",
+        )
+        for service in served:
             assert _check(ch, service) == SERVING
         with pytest.raises(grpc.RpcError) as info:
             _check(ch, "no.such.Service")
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = health_pb2_grpc.HealthStub(ch).List(health_pb2.HealthListRequest(), timeout=5)
+        assert {k: v.status for k, v in listed.statuses.items()} == dict.fromkeys(served, SERVING)
+
+
+def test_an_open_health_watch_does_not_hold_the_stop(server_loop: Any) -> None:
+    async def build() -> lazygrpc.Server:
+        s = lazygrpc.Server(name="watched", grace=30)
+        s.add_modules({"echo": lambda x: x})
+        await s.start()
+        return s
+
+    server = server_loop.run(build())
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert next(watch).status == SERVING
+        t0 = time.monotonic()
+        server_loop.run(server.stop())
+        # The drain has nothing of lazygrpc's to wait for: the stop does not take the grace.
+        assert time.monotonic() - t0 < 10
+        statuses = []
+        with pytest.raises(grpc.RpcError):
+            for item in watch:
+                statuses.append(item.status)
+        assert statuses[:1] == [NOT_SERVING]
 
 
 def test_graceful_stop_drains_streams_and_flips_health(server_loop: Any) -> None:

@@ -29,6 +29,8 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+#: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
+_HEALTH_GRACE = 0.1
 
 
 class Server:
@@ -177,8 +179,12 @@ class Server:
             self._gate.draining = True
             await self._gate.wait_idle(grace)
         # Once lazygrpc's calls have drained, what is left are health and reflection calls:
-        # an open health Watch would hold the stop for the whole grace otherwise.
-        left = 0.0 if self._started and not self._gate.active else deadline - time.monotonic()
+        # an open health Watch would hold the stop for the whole grace otherwise. A short
+        # grace, not none: grpc then closes idle connections with a clean GOAWAY (stop(0)
+        # cancels with an error code that clients log).
+        left = deadline - time.monotonic()
+        if self._started and not self._gate.active:
+            left = min(left, _HEALTH_GRACE)
         await self._server.stop(max(0.0, left))
 
     async def wait(self) -> None:

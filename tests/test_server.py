@@ -112,3 +112,22 @@ def test_graceful_stop_drains_streams_and_flips_health(server_loop: Any) -> None
     consumer.join(10)
     health_ch.close()
     assert "".join(results) == "t0 t1 t2 t3 "
+
+
+def test_the_server_registers_no_methods_with_grpc(server_loop: Any) -> None:
+    """Every service reaches grpc as one generic handler: grpc.aio keeps a task per
+    registered method, and each registered method costs every call (docs/index.md)."""
+
+    async def build_and_count() -> tuple[lazygrpc.Server, int]:
+        s = lazygrpc.Server(name="plain")
+        s.add_modules({"echo": lambda x: x})
+        await s.start()
+        names = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+        return s, sum(n.endswith("_request_registered_call") for n in names)
+
+    server, registered = server_loop.run(build_and_count())
+    try:
+        assert registered == 0
+        assert lazygrpc.connect(f"grpc://127.0.0.1:{server.port}/echo")("hi") == "hi"
+    finally:
+        server_loop.run(server.stop(0))

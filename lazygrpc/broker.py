@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +288,19 @@ class Topic:
         return len(self._q), self._bytes
 
 
+def topic_args(options: Mapping[str, Any]) -> tuple[int, int, int]:
+    """`Topic` options (`max_events`, `max_bytes`, `coalesce_bytes`) as its positional
+    arguments after the broker and the loop; `TypeError` names an unknown one."""
+    unknown = set(options) - {"max_events", "max_bytes", "coalesce_bytes"}
+    if unknown:
+        raise TypeError(f"unknown topic options: {', '.join(sorted(unknown))}")
+    return (
+        options.get("max_events", DEFAULT_TOPIC_EVENTS),
+        options.get("max_bytes", DEFAULT_TOPIC_BYTES),
+        options.get("coalesce_bytes", DEFAULT_COALESCE_BYTES),
+    )
+
+
 def push_front(topic: Topic, item: Item) -> None:
     """Put a first item `prime` handed back at the head of `topic` after all (consumer side)."""
     with topic._lock:
@@ -342,9 +356,12 @@ class Broker:
 
     def open(self, **options: Any) -> Topic:
         """A new topic drained on the running event loop."""
-        topic = Topic(self, asyncio.get_running_loop(), **options)
-        with self._lock:
-            self._topics.add(topic)
+        return self.open_topic(Topic(self, asyncio.get_running_loop(), **options))
+
+    def open_topic(self, topic: Topic) -> Topic:
+        """Register a topic made for this broker (a handler's per-call path builds it with
+        positional arguments, `Topic(BROKER, loop, events, bytes, coalesce)`)."""
+        self._topics.add(topic)  # one set operation: atomic, no lock needed
         return topic
 
     def open_named(self, name: str, **options: Any) -> Topic:

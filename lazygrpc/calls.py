@@ -23,12 +23,16 @@ class Cancellable(Protocol):
     def cancel(self) -> Any: ...
 
 
+#: Guards every scope's child calls and cancelled flag: a few set operations at a time, so
+#: one lock for all costs less than one made per call.
+_LOCK = threading.Lock()
+
+
 class CallScope:
     """State of one incoming RPC, shared by every thread and task working for it."""
 
     __slots__ = (
         "_children",
-        "_lock",
         "cancelled",
         "deadline",
         "method",
@@ -58,14 +62,13 @@ class CallScope:
         self.trace_headers: tuple[tuple[str, str], ...] = ()
         self.cancelled = False
         self._children: set[Cancellable] | None = None  # made by the first child call
-        self._lock = threading.Lock()
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def add_child(self, call: Cancellable) -> bool:
         """Track a child call; False (and the call is cancelled) if this call already ended."""
-        with self._lock:
+        with _LOCK:
             if not self.cancelled:
                 if self._children is None:
                     self._children = set()
@@ -75,13 +78,13 @@ class CallScope:
         return False
 
     def discard_child(self, call: Cancellable) -> None:
-        with self._lock:
+        with _LOCK:
             if self._children is not None:
                 self._children.discard(call)
 
     def cancel(self) -> None:
         """The parent call ended early: cancel every child call and close the topic."""
-        with self._lock:
+        with _LOCK:
             self.cancelled = True
             children, self._children = self._children, None
         for child in children or ():

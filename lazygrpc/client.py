@@ -30,7 +30,17 @@ class Event:
         kind = ev.WhichOneof("body")
         if kind is None:
             raise ValueError(f"event {ev.seq} has no body")
-        return cls(kind, from_value(getattr(ev, kind), where=kind), ev.source, ev.seq)  # type: ignore[arg-type]
+        # Filled in directly: a frozen dataclass's __init__ sets each field through
+        # object.__setattr__, four calls per event on a stream's path.
+        event = _new_object(cls)
+        event.__dict__.update(
+            {"kind": kind, "value": from_value(getattr(ev, kind), where=kind),
+             "source": ev.source, "seq": ev.seq}
+        )  # fmt: skip
+        return event
+
+
+_new_object = object.__new__
 
 
 def _relay_source(module: str, source: str) -> str:
@@ -276,21 +286,28 @@ class LLM:
         response = await invoke.aunary(method, request, self.timeout, self._error("Complete"))
         return str(response.text)
 
-    async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
-        """`async for delta in llm.astream(x)`: the asyncio twin of `llm.stream(x)`."""
+    @invoke.async_stream  # served as a streaming module, like an async generator function
+    def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+        """`async for delta in llm.astream(x)`: the asyncio twin of `llm.stream(x)`.
+
+        The request is built (and `params` checked) at once; the call starts at the first
+        step. It is the stream itself, not a generator around it: one layer less per token.
+        """
         request = self._request(text, params)
-        error = self._error("Generate")
-        async for delta in invoke.astream(self._agenerate, request, self.timeout, error, text=True):
-            yield delta
+        return invoke.astream(
+            self._agenerate, request, self.timeout, self._error("Generate"), text=True
+        )
 
     def achunks(self, text: str, **params: Any) -> AsyncIterator[model_pb2.GenerateChunk]:
         """The asyncio twin of `chunks`."""
         request = self._request(text, params)
         return invoke.astream(self._agenerate, request, self.timeout, self._error("Generate"))
 
-    def _agenerate(self, request: model_pb2.GenerateRequest, **kwargs: Any) -> Any:
+    def _agenerate(
+        self, request: model_pb2.GenerateRequest, metadata: Any = None, timeout: Any = None
+    ) -> Any:
         # The stub belongs to the loop that iterates, which need not run yet at astream().
-        return self._astub().Generate(request, **kwargs)
+        return self._astub().Generate(request, metadata=metadata, timeout=timeout)
 
     def info(self) -> dict[str, Any]:
         """Name, backend and the params a caller may set, with their ranges."""

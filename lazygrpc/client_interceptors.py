@@ -75,11 +75,16 @@ Outgoing = tuple[
 ]
 
 
+_bound_session = sessions._current.get
+
+
 def prepare(md: Any, timeout: float | None) -> Outgoing:
     """(metadata, timeout, session, parent scope) for a call made from the current context.
 
     No I/O."""
-    s = sessions.current()
+    s = _bound_session()  # `sessions.current()`, its common case inline
+    if s is None:
+        s = sessions.current()
     scope = current_call()
     if not md and "opentelemetry.trace" not in sys.modules:  # lazygrpc's own clients
         baggage = s.baggage()

@@ -10,13 +10,24 @@ and `aio_client_interceptors()`, which share `prepare()` and `merge_trailers()`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from lazygrpc.client_interceptors import OutgoingMetadata, ended_trailers, merge_trailers, prepare
 
 ErrorFactory = Callable[[grpc.RpcError], Exception]
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The attribute `async_stream` sets (`lazygrpc.modules.Module.of` reads it).
+ASYNC_STREAM_ATTR = "_lazygrpc_async_stream"
+
+
+def async_stream(fn: F) -> F:
+    """Mark a function that returns an async generator (without being an async generator
+    function itself) as a streaming module when served, as `async def ... yield` would be."""
+    setattr(fn, ASYNC_STREAM_ATTR, True)
+    return fn
 
 
 def unary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:

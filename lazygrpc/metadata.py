@@ -101,6 +101,65 @@ _FLAT_ENTRY = re.compile(
 )
 
 
+# A whole header of such entries, and the names in one.
+_FLAT_HEADER = re.compile(f"{_FLAT_ENTRY.pattern}(?:,{_FLAT_ENTRY.pattern})*+")
+_FLAT_NAMES = re.compile(r"(?:^|,)lazy\.([^=]*)=")
+
+
+def is_flat_header(header: str) -> bool:
+    """Whether a `baggage` header is only `lazy.` globals written the way `encode_entry`
+    writes them, each name once, within the W3C limits: then `split_flat_header` takes it
+    apart without checking it again (every value a `Deferred`, decoded when first read),
+    and a hop forwards it as it is.
+
+    One pattern match (`_FLAT_ENTRY`, flat values), or none for a header known already
+    (`_known`): a global's value often comes back (down a chain, up in a trailer, down
+    again on the next call), and constant globals come with every call.
+    """
+    if header in _KNOWN:
+        return True
+    if len(header) > MAX_BAGGAGE_BYTES or _FLAT_HEADER.fullmatch(header) is None:
+        return False
+    if "," in header:
+        names = _FLAT_NAMES.findall(header)
+        if len(names) > MAX_BAGGAGE_ENTRIES or len(set(names)) != len(names):
+            return False
+    _know(header)
+    return True
+
+
+#: Headers and single entries known to be what `is_flat_header` accepts: checked before, or
+#: written by `encode_entry` (valid JSON, percent-encoded, a plain name). Bounded in count
+#: and length; the oldest go first.
+_KNOWN: dict[str, None] = {}
+_KNOWN_MAX = 512
+_KNOWN_CHARS = 1024
+
+
+def _know(text: str) -> None:
+    if len(text) <= _KNOWN_CHARS:
+        known = _KNOWN
+        known[text] = None
+        if len(known) > _KNOWN_MAX:
+            try:
+                del known[next(iter(known))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread got there first
+                pass
+
+
+def split_flat_header(header: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, entries) of a header `is_flat_header` accepted: what `parse_baggage_fields`
+    gives for it, without checking it again (every value a `Deferred`)."""
+    values: dict[str, Any] = {}
+    entries: dict[str, str] = {}
+    for entry in header.split(","):
+        key, _, wire = entry.partition("=")
+        key = key[5:]  # after "lazy."
+        values[key] = Deferred(wire)
+        entries[key] = entry
+    return values, entries
+
+
 class Deferred(str):
     """A global's value as it came on the wire (percent-encoded JSON), checked on arrival
     (`_FLAT_WIRE`) and decoded at its first read. A str, so making one runs no Python code."""
@@ -197,8 +256,13 @@ def encode_json(key: str, value: Any) -> str:
 
 def encode_entry(key: str, value_json: str, *props: str) -> str:
     """One baggage entry `lazy.<key>=<json>` with both parts percent-encoded."""
-    entry = f"{PREFIX}{_quote(key, _KEY_LEFTOVER, '')}={_quote_value(value_json)}"
-    return ";".join((entry, *props)) if props else entry
+    name = _quote(key, _KEY_LEFTOVER, "")
+    entry = f"{PREFIX}{name}={_quote_value(value_json)}"
+    if props:
+        return ";".join((entry, *props))
+    if name == key and key:  # a plain name: `split_flat_header` can take it apart
+        _know(entry)
+    return entry
 
 
 def join_baggage(entries: Iterable[str]) -> str:
@@ -269,6 +333,7 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
             key, wire = flat.groups()  # the common case, in one match
             values[key] = Deferred(wire)
             entries[key] = entry
+            _know(entry)
             texts.pop(key, None)  # a repeated name: the last entry wins, whole
             continue
         entry = entry.strip()

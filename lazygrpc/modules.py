@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
-import threading
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from lazygrpc import broker
+from lazygrpc import broker, invoke
 from lazygrpc.calls import current_call
 from lazygrpc.errors import Internal, InvalidArgument, NotFound, StreamClosed
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
@@ -42,19 +41,22 @@ CLOSE_GRACE = 0.1
 
 
 class _Counter:
-    """Generator producers running right now, in threads or tasks (for tests and stats)."""
+    """Generator producers running right now, in threads or tasks (for tests and stats).
+
+    A list's `append` and `pop` are each one atomic operation: a count without a lock."""
+
+    __slots__ = ("_marks", "enter")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.value = 0
-
-    def enter(self) -> None:
-        with self._lock:
-            self.value += 1
+        self._marks: list[None] = []
+        self.enter: Callable[[None], None] = self._marks.append  # `enter(None)`
 
     def leave(self) -> None:
-        with self._lock:
-            self.value -= 1
+        self._marks.pop()
+
+    @property
+    def value(self) -> int:
+        return len(self._marks)
 
 
 _PRODUCERS = _Counter()
@@ -87,9 +89,14 @@ class Module:
     def check_types(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """`InvalidArgument` naming the parameter when a value is not of its annotated type."""
         checks = self.arg_types
-        first = self.first
-        if args and first is not None and first in checks:
-            _check_type(self.name, first, args[0], checks[first])
+        # A value off the wire is of an exact JSON type (`from_value`): the common case is one
+        # tuple scan; `_check_type` also knows subclasses and says what is wrong.
+        if (
+            args
+            and (accepted := checks.get(self.first)) is not None  # type: ignore[arg-type]
+            and type(args[0]) not in accepted
+        ):
+            _check_type(self.name, self.first, args[0], accepted)  # type: ignore[arg-type]
         for key, value in kwargs.items():
             accepted = checks.get(key)
             if accepted is not None:
@@ -123,7 +130,7 @@ class Module:
     def of(cls, name: str, fn: Callable[..., Any]) -> Module:
         if not callable(fn):
             raise TypeError(f"module {name!r}: {fn!r} is not callable")
-        agen = inspect.isasyncgenfunction(fn)
+        agen = inspect.isasyncgenfunction(fn) or getattr(fn, invoke.ASYNC_STREAM_ATTR, False)
         gen = inspect.isgeneratorfunction(fn)
         first, arg_types = _type_checks(fn)
         return cls(
@@ -268,11 +275,17 @@ class _Aggregate:
     result is null (documented), so an endless generator does not grow memory.
     """
 
-    __slots__ = ("_items", "_size")
+    __slots__ = ("_items", "_size", "source")
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "") -> None:
         self._items: list[Any] | None = []
         self._size = 0
+        self.source = source
+
+    def item(self, delta: Any) -> broker.Item:
+        """Keep `delta` and make it a topic item of this module."""
+        self.append(delta)
+        return broker.make_item(broker.DELTA, self.source, delta)
 
     def append(self, delta: Any) -> None:
         if self._items is None:
@@ -303,6 +316,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> None:
         self.modules = _as_modules(modules)
         self.topic_options = dict(topic_options or {})
+        self._topic_args = broker.topic_args(self.topic_options)
 
     def default_name(self) -> str:
         return next(iter(self.modules)) if len(self.modules) == 1 else "modules"
@@ -343,7 +357,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         if not module.is_asyncgen:  # an async generator's call checks them (`_primed`)
             module.check_arguments(args, kwargs)
         scope = current_call()
-        topic = broker.BROKER.open(**self.topic_options)
+        topic = broker.BROKER.open_topic(
+            broker.Topic(broker.BROKER, asyncio.get_running_loop(), *self._topic_args)
+        )
         if scope is not None:
             scope.topic = topic
         producer: asyncio.Future[Any] | None = None
@@ -355,12 +371,6 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             pending = self._run(module, args, kwargs, topic)
             producer = asyncio.ensure_future(pending)
 
-        def started() -> asyncio.Future[Any]:
-            nonlocal producer
-            if producer is None:
-                producer = asyncio.ensure_future(pending)
-            return producer
-
         seq = 0
         try:
             if first is not broker.QUEUED:
@@ -368,7 +378,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 event.delta.string_value = first
                 yield event
                 seq = 1
-                started()
+                if producer is None:
+                    producer = asyncio.ensure_future(pending)
             while (item := await topic.get()) is not None:
                 kind, source, payload, _ = item
                 event = module_pb2.Event(seq=seq, source=source)
@@ -380,12 +391,17 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                     event.intermediate.CopyFrom(payload)
                 yield event
                 seq += 1
-                started()
-            result = await started()
+                if producer is None:
+                    producer = asyncio.ensure_future(pending)
+            if producer is None:
+                producer = asyncio.ensure_future(pending)
+            result = await producer
             yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
         finally:
             broker.BROKER.close(topic)
-            task = started()  # a producer never started still has to wind its generator down
+            if producer is None:  # never started: it still has to wind its generator down
+                producer = asyncio.ensure_future(pending)
+            task = producer
             if not task.done():
                 # Closing the topic woke a producer waiting on it with StreamClosed: let it end
                 # by itself, so that it sees StreamClosed (not CancelledError) and its cleanup
@@ -410,20 +426,15 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         except BaseException:
             broker.BROKER.close(topic)
             raise
-        _PRODUCERS.enter()
-        deltas = _Aggregate()
-
-        def item(delta: Any) -> broker.Item:
-            deltas.append(delta)
-            return broker.make_item(broker.DELTA, module.name, delta)
-
+        _PRODUCERS.enter(None)
+        deltas = _Aggregate(module.name)
         try:
-            first = await broker.prime(topic, gen, item)
+            first = await broker.prime(topic, gen, deltas.item)
             if first is not broker.QUEUED and first is not broker.ENDED:
                 if type(first) is str:
                     deltas.append(first)
                 else:  # sent through the topic, which converts (and checks) the value
-                    broker.push_front(topic, item(first))
+                    broker.push_front(topic, deltas.item(first))
                     first = broker.QUEUED
         except BaseException as exc:
             topic.finish(exc)
@@ -454,7 +465,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             if module.is_asyncgen:
                 if gen is None:
                     gen = module.fn(*args, **kwargs)
-                    _PRODUCERS.enter()
+                    _PRODUCERS.enter(None)
                 result = await self._drive_async(module, gen, deltas or _Aggregate(), topic)
             elif module.streaming:
                 result = await _in_thread(self._drive_sync, module, args, kwargs, topic)
@@ -498,7 +509,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     ) -> Any:
         deltas = _Aggregate()
         gen = module.fn(*args, **kwargs)
-        _PRODUCERS.enter()
+        _PRODUCERS.enter(None)
         try:
             while True:
                 try:

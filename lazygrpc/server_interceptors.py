@@ -24,6 +24,14 @@ from lazygrpc.calls import CallScope, bind_call
 from lazygrpc.errors import InvalidArgument, RemoteError, ResourceExhausted
 
 _SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+# The per-call header loop reads these as plain globals.
+_SESSION_HEADER = metadata.SESSION_HEADER
+_BAGGAGE_HEADER = metadata.BAGGAGE_HEADER
+_TRACEPARENT_HEADER = metadata.TRACEPARENT_HEADER
+_OWN_HEADERS = frozenset(
+    {_SESSION_HEADER, _BAGGAGE_HEADER, _TRACEPARENT_HEADER, metadata.TRACESTATE_HEADER}
+)
+_MAX_HEADER = metadata.MAX_HEADER_BYTES
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -41,41 +49,28 @@ class ServerCore:
         """Scope for a new call; `InvalidArgument` names a bad header."""
         sid = baggage = traceparent = tracestate = None
         for key, value in invocation_metadata or ():
-            if isinstance(value, bytes):
+            if len(value) > _MAX_HEADER and type(value) is str:  # -bin values are bytes
+                raise InvalidArgument(f"{key}: {len(value)} bytes, over the limit of {_MAX_HEADER}")
+            if key not in _OWN_HEADERS:
                 continue
-            if len(value) > metadata.MAX_HEADER_BYTES:
-                raise InvalidArgument(
-                    f"{key}: {len(value)} bytes, over the limit of {metadata.MAX_HEADER_BYTES}"
-                )
-            if key == metadata.SESSION_HEADER:
+            if key == _SESSION_HEADER:
                 if sid is not None:
                     raise InvalidArgument(f"{key}: sent more than once (a call has one session)")
                 sid = value
-            elif key == metadata.BAGGAGE_HEADER:
+            elif key == _BAGGAGE_HEADER:
                 # W3C baggage may come in several headers: they are one list (empty ones
                 # add nothing, RFC 9110 5.3), and the limits apply to all of it.
                 if not baggage or baggage.isspace():
                     baggage = value
                 elif value and not value.isspace():
                     baggage = f"{baggage},{value}"
-            elif key == metadata.TRACEPARENT_HEADER:
+            elif key == _TRACEPARENT_HEADER:
                 # Sent twice, it names no one trace: W3C says to restart it ("" forwards none).
                 traceparent = value if traceparent is None else ""
-            elif key == metadata.TRACESTATE_HEADER:
+            else:
                 tracestate = value if tracestate is None else f"{tracestate},{value}"
         try:
-            if baggage:
-                values, texts, entries, others, _ = metadata.parse_baggage_fields(baggage, True)
-                # Every global undecoded and forwardable as it came (the common case): the
-                # header it sends on is their entries in the globals' order, joined once.
-                header = (
-                    ",".join([entries[key] for key in values])
-                    if not texts and not others and len(entries) == len(values)
-                    else None
-                )
-                session = sessions.Session(sid, values, others, texts, entries, header)
-            else:
-                session = sessions.Session(sid)
+            session = sessions.arrived(sid, baggage) if baggage else sessions.Session(sid)
         except ValueError as exc:  # a bad baggage header or session id, named
             raise InvalidArgument(str(exc)) from None
         names = self._names.get(full_method)
@@ -344,8 +339,11 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self.gate.leave()
             return self.core.rejection(method, _as_invalid(exc))
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
-        # hold for the whole call, across every await and every yield.
-        _enter(scope)
+        # hold for the whole call, across every await and every yield (`_enter`, inline).
+        sessions.bind(scope.session)
+        bind_call(scope)
+        if scope.trace_headers and "opentelemetry.trace" in sys.modules:
+            _continue_trace(scope)
         return scope
 
     @staticmethod

@@ -33,6 +33,7 @@ _Keys = set[str]
 #: Values that cannot change in place: their encoding stays right as long as they do.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _MISSING = object()
+_MAX_SESSION_ID = metadata.MAX_SESSION_ID
 
 
 class Session:
@@ -57,6 +58,7 @@ class Session:
         "_exposed",
         "_initial",
         "_lock",
+        "_raw",
         "_values",
         "foreign_baggage",
         "id",
@@ -78,26 +80,37 @@ class Session:
         then forwards it as it is until a global changes."""
         if id is None:
             id = new_session_id()
-        elif not (id.isalnum() and id.isascii() and len(id) <= metadata.MAX_SESSION_ID):
+        elif not (id.isalnum() and id.isascii() and len(id) <= _MAX_SESSION_ID):
             metadata.validate_session_id(id)  # raises unless it has "._:-" in it
         self.id: str = id
-        self._values: dict[str, Any] = values or {}
-        self.foreign_baggage: list[str] = foreign_baggage or []
         self._dirty: _Keys = set()
         self._deleted: _Keys = set()
         self._lock = threading.Lock()
         self._baggage: str | None = header  # the header while no global changed
+        self._raw: str | None = None  # a checked header not parsed yet (`arrived`)
+        self.foreign_baggage: list[str] = foreign_baggage or []
         # Encodings the call started with, to notice values changed in place.
         if texts is not None:
+            self._values: dict[str, Any] = values or {}
             self._initial = texts
             self._entries = entries if entries is not None else {}
             self._exposed: _Keys = set()
         elif not values:
-            self._initial, self._entries, self._exposed = {}, {}, set()
+            self._values, self._initial, self._entries, self._exposed = {}, {}, {}, set()
         else:
-            self._initial = {k: metadata.encode_json(k, v) for k, v in self._values.items()}
+            self._values = values
+            self._initial = {k: metadata.encode_json(k, v) for k, v in values.items()}
             self._entries = {}
-            self._exposed = {k for k, v in self._values.items() if type(v) not in _IMMUTABLE}
+            self._exposed = {k for k, v in values.items() if type(v) not in _IMMUTABLE}
+
+    def _parse(self) -> None:
+        """Parse the header `arrived` checked and kept (every global a flat `Deferred`)."""
+        with self._lock:
+            raw = self._raw
+            if raw is None:
+                return  # another thread parsed it first
+            self._values, self._entries = metadata.split_flat_header(raw)
+            self._raw = None
 
     def _hand_out(self, key: str, value: Any) -> Any:
         if type(value) not in _IMMUTABLE:
@@ -120,6 +133,8 @@ class Session:
             deferred = current  # a merged update put a newer undecoded value there
 
     def get(self, key: str, default: Any = None) -> Any:
+        if self._raw is not None:
+            self._parse()
         value = self._values.get(key, _MISSING)
         if type(value) is metadata.Deferred:
             value = self._decode(key, value)
@@ -128,6 +143,8 @@ class Session:
         return self._hand_out(key, value)
 
     def item(self, key: str) -> Any:
+        if self._raw is not None:
+            self._parse()
         value = self._values[key]
         if type(value) is metadata.Deferred:
             value = self._decode(key, value)
@@ -142,6 +159,8 @@ class Session:
         if not isinstance(key, str) or not key:
             raise TypeError(f"session global key {key!r} must be a non-empty str")
         entry = metadata.encode_entry(key, metadata.encode_json(key, value))
+        if self._raw is not None:
+            self._parse()
         if len(entry) > metadata.MAX_BAGGAGE_BYTES:
             raise ValueError(
                 f"session global {key!r}: {len(entry)} bytes encoded, over the limit of "
@@ -159,6 +178,8 @@ class Session:
             self._deleted.discard(key)
 
     def delete(self, key: str) -> None:
+        if self._raw is not None:
+            self._parse()
         with self._lock:
             self._baggage = None
             del self._values[key]
@@ -176,6 +197,8 @@ class Session:
         values are then fresh objects or `Deferred` ones (decoded when first read), and the
         trailer already held every entry to its 8 KiB limit.
         """
+        if self._raw is not None:
+            self._parse()
         if entries is None:
             for key, value in values.items():
                 self.set(key, value)
@@ -191,7 +214,9 @@ class Session:
                     self._exposed.discard(key)
                     self._dirty.add(key)
                     self._deleted.discard(key)
-                self._baggage = None  # under the lock: a concurrent baggage() cannot keep it
+                # Under the lock: a concurrent baggage() cannot keep an older header. The
+                # next call's header is joined now, at the end of this one, not on its way.
+                self._baggage = self._joined()
         with self._lock:
             for key in deleted:
                 self._values.pop(key, None)
@@ -202,16 +227,39 @@ class Session:
             if deleted:
                 self._baggage = None
 
+    def _joined(self) -> str | None:
+        """The `baggage` header from the entries as they are, when every global has one and
+        none is handed out (else None: `baggage()` builds it); under the lock."""
+        if self._exposed:
+            return None
+        entries = self._entries
+        parts = list(self.foreign_baggage)
+        for key in self._values:
+            entry = entries.get(key)
+            if entry is None:
+                return None
+            parts.append(entry)
+        header = ",".join(parts)
+        if len(header) > metadata.MAX_BAGGAGE_BYTES or len(parts) > metadata.MAX_BAGGAGE_ENTRIES:
+            return None  # `baggage()` raises, naming the limit
+        return header
+
     def has(self, key: object) -> bool:
+        if self._raw is not None:
+            self._parse()
         return key in self._values
 
     def keys(self) -> list[str]:
         """The names of the globals (a snapshot)."""
+        if self._raw is not None:
+            self._parse()
         with self._lock:
             return list(self._values)
 
     def values(self) -> dict[str, Any]:
         """A snapshot of the globals."""
+        if self._raw is not None:
+            self._parse()
         for key, value in list(self._values.items()):
             if type(value) is metadata.Deferred:
                 self._decode(key, value)
@@ -239,7 +287,9 @@ class Session:
         afresh every time."""
         header = self._baggage
         if header is not None and not self._exposed:
-            return header
+            return header  # unchanged since it arrived (parsed or not) or was last built
+        if self._raw is not None:
+            self._parse()
         if not self._values and not self.foreign_baggage:
             return ""
         with self._lock:
@@ -263,6 +313,8 @@ class Session:
         """
         if not self._dirty and not self._exposed and not self._deleted:
             return ""  # nothing set, deleted or handed out: every global is as it came
+        if self._raw is not None:
+            self._parse()
         changed: list[str] = []
         names: list[str] = []
         with self._lock:
@@ -306,6 +358,29 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, globals={self.values()!r})"
+
+
+def arrived(id: str | None, header: str) -> Session:
+    """The session of an incoming call from its `lazy-session-id` and `baggage` headers.
+
+    Both are checked now (`ValueError` names what is wrong). A header of flat globals only
+    (the common case, `metadata.is_flat_header`: one pattern match) is parsed when code first
+    touches the globals, and a hop that never does forwards it as it came; any other header
+    is parsed now, its flat values decoded at first read.
+    """
+    if metadata.is_flat_header(header):
+        session = Session(id, header=header)
+        session._raw = header
+        return session
+    values, texts, entries, others, _ = metadata.parse_baggage_fields(header, True)
+    # Every global undecoded and forwardable as it came: the header it sends on is their
+    # entries in the globals' order (a repeated name once), joined once.
+    forward = (
+        ",".join([entries[key] for key in values])
+        if not texts and not others and len(entries) == len(values)
+        else None
+    )
+    return Session(id, values, others, texts, entries, forward)
 
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(

@@ -28,25 +28,36 @@ class Cancellable(Protocol):
 _LOCK = threading.Lock()
 
 
+def _not_loaded(args: Any) -> Session:
+    raise RuntimeError("lazygrpc.session is not imported")
+
+
+#: `lazygrpc.session.from_headers`, set when that module loads (it imports this one).
+_from_headers: Callable[[Any], Session] = _not_loaded
+
+
 class CallScope:
     """State of one incoming RPC, shared by every thread and task working for it."""
 
     __slots__ = (
         "_children",
+        "_session",
+        "_session_args",
         "cancelled",
         "deadline",
         "method",
         "service",
-        "session",
         "topic",
         "trace_headers",
         "trace_id",
     )
 
     def __init__(
-        self, session: Session, service: str, method: str, time_remaining: float | None
+        self, session: Session | None, service: str, method: str, time_remaining: float | None
     ) -> None:
-        self.session = session
+        # None: made from `_session_args` (checked headers) when code first asks for it.
+        self._session = session
+        self._session_args: tuple[str | None, str | None, bool] | None = None
         self.service = service
         self.method = method
         # grpcio reports "no deadline" as None (aio) or a huge number (sync).
@@ -62,6 +73,23 @@ class CallScope:
         self.trace_headers: tuple[tuple[str, str], ...] = ()
         self.cancelled = False
         self._children: set[Cancellable] | None = None  # made by the first child call
+
+    @property
+    def session(self) -> Session:
+        """The call's session: made from its headers when first asked for, so that a call
+        whose code never touches the session (or not before its first token) makes none."""
+        s = self._session
+        if s is None:
+            with _LOCK:
+                s = self._session
+                if s is None:
+                    s = self._session = _from_headers(self._session_args)
+        return s
+
+    def update_trailer(self) -> str:
+        """The session's `lazy-globals-update` ("" when no session was made: nothing changed)."""
+        s = self._session
+        return "" if s is None else s.update_trailer()
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())

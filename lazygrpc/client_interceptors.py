@@ -82,10 +82,10 @@ def prepare(md: Any, timeout: float | None) -> Outgoing:
     """(metadata, timeout, session, parent scope) for a call made from the current context.
 
     No I/O."""
-    s = _bound_session()  # `sessions.current()`, its common case inline
-    if s is None:
-        s = sessions.current()
     scope = current_call()
+    s = _bound_session()  # `sessions.current()`, its common cases inline
+    if s is None:
+        s = scope.session if scope is not None else sessions.current()
     if not md and "opentelemetry.trace" not in sys.modules:  # lazygrpc's own clients
         baggage = s.baggage()
         items: tuple[tuple[str, str | bytes], ...] = (

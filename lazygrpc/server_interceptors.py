@@ -32,6 +32,7 @@ _OWN_HEADERS = frozenset(
     {_SESSION_HEADER, _BAGGAGE_HEADER, _TRACEPARENT_HEADER, metadata.TRACESTATE_HEADER}
 )
 _MAX_HEADER = metadata.MAX_HEADER_BYTES
+_bound_session = sessions._current.get
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -69,15 +70,20 @@ class ServerCore:
                 traceparent = value if traceparent is None else ""
             else:
                 tracestate = value if tracestate is None else f"{tracestate},{value}"
-        try:
-            session = sessions.arrived(sid, baggage) if baggage else sessions.Session(sid)
-        except ValueError as exc:  # a bad baggage header or session id, named
-            raise InvalidArgument(str(exc)) from None
+        if sid is not None or baggage:
+            try:
+                args = sessions.check_headers(sid, baggage)
+            except ValueError as exc:  # a bad baggage header or session id, named
+                raise InvalidArgument(str(exc)) from None
+        else:
+            args = None
         names = self._names.get(full_method)
         if names is None:
             service, method = chain.split_method(full_method)
             names = self._names[full_method] = (service.rsplit(".", 1)[-1], method)
-        scope = CallScope(session, self.service or names[0], names[1], time_remaining)
+        # The session itself is made when code first asks for it (`CallScope.session`).
+        scope = CallScope(None, self.service or names[0], names[1], time_remaining)
+        scope._session_args = args
         if traceparent is not None:
             scope.trace_headers = metadata.trace_headers(traceparent, tracestate)
             if scope.trace_headers:
@@ -90,7 +96,7 @@ class ServerCore:
         """`existing` plus the globals update; on a failing call an oversize update is left
         out (the error matters more, and the caller keeps the globals it had)."""
         try:
-            update = scope.session.update_trailer()
+            update = scope.update_trailer()
         except ResourceExhausted:
             update = ""
         extra = ((metadata.UPDATE_TRAILER, update),) if update else ()
@@ -143,7 +149,10 @@ _SHUTTING_DOWN = _Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down",
 
 
 def _enter(scope: CallScope) -> None:
-    sessions.bind(scope.session)
+    # The call's session is the scope's (`sessions.current()`); one bound around the server
+    # (a server started inside `with session()`) must not stand in for it.
+    if _bound_session() is not None:
+        sessions.bind(None)
     bind_call(scope)
     if scope.trace_headers and "opentelemetry.trace" in sys.modules:
         _continue_trace(scope)
@@ -172,7 +181,7 @@ def _update_error(scope: CallScope, context: Any) -> ResourceExhausted | None:
     """Add `lazy-globals-update` to a successful call's trailers when it changed a global;
     the error to answer with instead when the update is too large to send."""
     try:
-        update = scope.session.update_trailer()
+        update = scope.update_trailer()
     except ResourceExhausted as exc:
         return exc
     if update:
@@ -340,7 +349,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self.core.rejection(method, _as_invalid(exc))
         # In aio the interceptor's wrapper and the handler share one task, so these bindings
         # hold for the whole call, across every await and every yield (`_enter`, inline).
-        sessions.bind(scope.session)
+        if _bound_session() is not None:
+            sessions.bind(None)
         bind_call(scope)
         if scope.trace_headers and "opentelemetry.trace" in sys.modules:
             _continue_trace(scope)

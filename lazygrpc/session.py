@@ -16,7 +16,8 @@ from concurrent import futures
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-from lazygrpc import metadata
+from lazygrpc import calls, metadata
+from lazygrpc.calls import current_call as _current_call
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -360,6 +361,37 @@ class Session:
         return f"Session(id={self.id!r}, globals={self.values()!r})"
 
 
+def check_headers(id: str | None, header: str | None) -> tuple[str | None, str | None, bool]:
+    """Check an incoming call's `lazy-session-id` and `baggage` (`ValueError` names what is
+    wrong); what `from_headers` makes its session from, when code first asks for it.
+
+    A header of flat globals only (`metadata.is_flat_header`) is kept as it came; any other
+    is parsed now (and again when the session is made: such headers are rare)."""
+    if id is not None and not (id.isalnum() and id.isascii() and len(id) <= _MAX_SESSION_ID):
+        metadata.validate_session_id(id)
+    flat = not header or metadata.is_flat_header(header)
+    if not flat:
+        metadata.parse_baggage_fields(header, True)  # type: ignore[arg-type]
+    return id, header, flat
+
+
+def from_headers(args: tuple[str | None, str | None, bool] | None) -> Session:
+    """The session of `check_headers`'s result (a fresh one for None)."""
+    if args is None:
+        return Session()
+    id, header, flat = args
+    if not header:
+        return Session(id)
+    if flat:
+        session = Session(id, header=header)
+        session._raw = header
+        return session
+    return arrived(id, header)
+
+
+calls._from_headers = from_headers
+
+
 def arrived(id: str | None, header: str) -> Session:
     """The session of an incoming call from its `lazy-session-id` and `baggage` headers.
 
@@ -394,6 +426,9 @@ def current() -> Session:
     s = _current.get()
     if s is not None:
         return s
+    scope = _current_call()
+    if scope is not None:
+        return scope.session
     s = getattr(_thread_default, "session", None)
     if s is None:
         s = _thread_default.session = Session()
@@ -402,7 +437,7 @@ def current() -> Session:
 
 #: Make a session current in this context (the server interceptors' per-call step, a bound C
 #: method: no Python frame): `bind(s)` returns a token for `unbind(token)`.
-bind: Callable[[Session], contextvars.Token[Session | None]] = _current.set
+bind: Callable[[Session | None], contextvars.Token[Session | None]] = _current.set
 unbind: Callable[[contextvars.Token[Session | None]], None] = _current.reset
 
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazygrpc import metadata
+from lazygrpc.errors import InvalidArgument
 from lazygrpc.server_interceptors import ServerCore
 from lazygrpc.session import Session
 
@@ -461,3 +462,35 @@ def test_a_global_merged_again_while_its_first_read_decodes_reads_as_the_newer_v
         monkeypatch.setattr(metadata.Deferred, "decode", decode)
         assert value == {"calls": 2} and type(value) is dict
         assert s.baggage() == newer and s.update_trailer() == newer
+
+
+def test_a_global_this_process_wrote_is_known_when_it_comes_back() -> None:
+    """An entry `encode_entry` wrote (a nested value too, which the flat pattern does not
+    take) comes back as a header checked by one lookup, parsed when read, as it was."""
+    value = {"docs": [{"id": 1, "score": 0.5}], "note": 'a "quoted", b;c'}
+    entry = metadata.encode_entry("ctx", metadata.encode_json("ctx", value))
+    assert metadata._FLAT_HEADER.fullmatch(entry) is None  # not flat: known, not matched
+    assert metadata.is_flat_header(entry)
+    s = _from_wire(entry)
+    assert s.baggage() == entry  # forwarded as it came
+    assert s.get("ctx") == value and s.update_trailer() == ""
+    # Not written here and not flat: parsed (and checked) on arrival, as before.
+    other = entry.replace("lazy.ctx=", "lazy.other=")
+    assert not metadata.is_flat_header(other)
+    assert _from_wire(other).get("other") == value
+    with pytest.raises(InvalidArgument, match="baggage"):
+        _from_wire(other.replace("%7D", "", 1) + "%7D%7D")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(keys, json_values, min_size=1, max_size=6))
+def test_a_flat_header_splits_as_the_parser_reads_it(values: dict[str, Any]) -> None:
+    header = metadata.encode_globals(values)
+    if not metadata.is_flat_header(header):
+        return  # not all flat and not known: the parser's own path (other tests)
+    split_values, split_entries = metadata.split_flat_header(header)
+    parsed = metadata.parse_baggage(header, defer=True)
+    assert split_entries == parsed.entries
+    assert {k: metadata.Deferred(v).decode()[0] for k, v in split_values.items()} == json.loads(
+        json.dumps(values)
+    )

@@ -814,3 +814,40 @@ def test_refused_headers_come_with_status_details(servers: Any) -> None:
     assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert status.message.startswith("baggage:")
     assert len(status.details) == 2  # ErrorInfo and CallChain
+
+
+def test_a_server_started_inside_a_session_block_gives_each_call_its_own_session() -> None:
+    """A call's session comes from its own headers, even where the server's task inherited
+    a session bound around `start()`; a call that never touches its session makes none."""
+    made: list[bool] = []
+
+    async def whose(x: str) -> str:
+        scope = current_call()
+        assert scope is not None
+        made.append(scope._session is not None)  # nothing asked for it yet
+        return f"{lazygrpc.session_id()}:{lazygrpc.globals.get('user')}"
+
+    async def untouched(x: str) -> str:
+        return x
+
+    async def main() -> None:
+        with lazygrpc.session("outer", user="server-side"):
+            server = lazygrpc.Server()
+            server.add_modules({"whose": whose, "untouched": untouched})
+            await server.start()
+        try:
+            with lazygrpc.session("inner-1", user="ann"):
+                got = await lazygrpc.connect(f"grpc://{server.address}/whose").acall("x")
+                assert got == "inner-1:ann"
+                assert (
+                    await lazygrpc.connect(f"grpc://{server.address}/untouched").acall("y") == "y"
+                )
+            # No session header: a fresh id, not the one bound around start().
+            got = await lazygrpc.connect(f"grpc://{server.address}/whose").acall("x")
+            assert not got.startswith("outer") and got.endswith(":None")
+        finally:
+            await server.stop(0)
+            await lazygrpc.channels.aclose_all()
+
+    asyncio.run(main())
+    assert made == [False, False]

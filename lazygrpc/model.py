@@ -216,7 +216,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     async def Generate(
         self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        prompt, params, run = self._start(request)
+        prompt = prompt_of(request)  # `_start`, inline: the first token's way
+        params = effective_params(self.config, request.params)
+        run = _Run(prompt)
         name = self.config.name
         tokens = _tokens(self.config, prompt, params, run)
         topic: broker.Topic | None = None

@@ -33,6 +33,8 @@ _OWN_HEADERS = frozenset(
 )
 _MAX_HEADER = metadata.MAX_HEADER_BYTES
 _bound_session = sessions._current.get
+_MAX_SID = metadata.MAX_SESSION_ID
+_KNOWN_HEADERS = metadata._KNOWN
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
@@ -70,13 +72,17 @@ class ServerCore:
                 traceparent = value if traceparent is None else ""
             else:
                 tracestate = value if tracestate is None else f"{tracestate},{value}"
-        if sid is not None or baggage:
+        if sid is None and not baggage:
+            args = None
+        elif (sid is None or (sid.isalnum() and sid.isascii() and len(sid) <= _MAX_SID)) and (
+            not baggage or baggage in _KNOWN_HEADERS
+        ):
+            args = (sid, baggage, True)  # `sessions.check_headers`' common case, inline
+        else:
             try:
                 args = sessions.check_headers(sid, baggage)
             except ValueError as exc:  # a bad baggage header or session id, named
                 raise InvalidArgument(str(exc)) from None
-        else:
-            args = None
         names = self._names.get(full_method)
         if names is None:
             service, method = chain.split_method(full_method)
@@ -340,8 +346,10 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _admit(self, method: str, context: Any) -> CallScope | grpc.Status:
         """Admit the call (counted by the gate until the wrapper ends) and bind its scope, or
         the status that refuses it (`_refuse` sends it). No await on the way in."""
-        if not self.gate.enter():
+        gate = self.gate  # `gate.enter()`, inline
+        if gate.draining:
             return _SHUTTING_DOWN
+        gate.active += 1
         try:
             scope = self.core.begin(method, context.invocation_metadata(), context.time_remaining())
         except Exception as exc:

@@ -50,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,otel,bench]'
 	command -v callgrind_control >/dev/null || apt-get install -y -q valgrind \
 		|| echo "valgrind (Debian) not installed: make bench skips the instruction counts"
+	command -v cc >/dev/null || apt-get install -y -q gcc \
+		|| echo "gcc (Debian) not installed: make bench skips the first token's path counts"
 	bash benchmarks/lazyllm/setup.sh
 	$(PYTHON) -m benchmarks.run_all
 

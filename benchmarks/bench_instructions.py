@@ -18,6 +18,16 @@ Scenarios (one valgrind run per cell):
 - issue 5(c): one-token streams through the two-hop relay of `bench_broker`: each process
   of the chain (client, gateway, model), lazygrpc against bare grpcio.
 
+- issue 5(c), the first token's own path: the same relay with 1-token streams, counting
+  only the stretches a first token waits on in each process (the client until its call is
+  made and from its first message to its first delta; the gateway from its handler's start
+  to its downstream call and from that call's first message to its own first message; the
+  model from its handler's start to its first message). Collection is toggled by a small C
+  helper (`_cgtoggle.c`, built with `cc`), and the cache is simulated cold: before each
+  stretch the process copies 8 MiB, as the other processes on the two cores would have
+  evicted it between calls. "Est. cycles" weighs a cache miss as callgrind_annotate does
+  (Ir + 10 x L1 misses + 100 x LL misses); it tracks the measured time to first token.
+
 Needs valgrind (`callgrind_control` on PATH); without it the script says so and gives no rows.
 """
 
@@ -38,6 +48,7 @@ from benchmarks._common import PYTHON, ROOT, Row, log, print_rows
 
 SCEN_UNARY = "issue 3: instructions per unary call (callgrind)"
 SCEN_RELAY = "issue 5(c): instructions per one-token stream through the two-hop relay (callgrind)"
+SCEN_PATH = "issue 5(c): the first token's own path per process, cold caches (callgrind)"
 
 
 def available() -> bool:
@@ -152,6 +163,231 @@ async def _client(address: str, kind: str, arg: str, calls: int) -> None:
         await channel.close()
 
 
+# -- the first token's path: collection toggled on and off around its stretches ------------
+
+_TOGGLE_ENV = "LAZYGRPC_BENCH_TOGGLE"
+_state = {"on": False, "armed": False}
+_toggle: Any = None
+_evict: tuple[bytearray, bytearray] | None = None
+
+
+def _on() -> None:
+    if not _state["on"]:
+        assert _evict is not None
+        _evict[1][:] = _evict[0]  # cold caches, as between calls on a shared machine
+        _toggle()
+        _state["on"] = True
+
+
+def _off() -> None:
+    if _state["on"]:
+        _toggle()
+        _state["on"] = False
+
+
+def _install_marks() -> None:
+    """Toggle at a stream call's creation (off) and its first message (on), when this
+    process runs under callgrind with the toggle helper (else nothing)."""
+    global _toggle, _evict
+    lib = os.environ.get(_TOGGLE_ENV)
+    if not lib:
+        return
+    import ctypes
+
+    import grpc.aio._call as calls
+
+    _toggle = ctypes.CDLL(lib).lazygrpc_bench_toggle
+    _evict = (bytearray(8 << 20), bytearray(8 << 20))
+    init = calls.UnaryStreamCall.__init__
+    read = calls._StreamResponseMixin._read
+
+    def marked_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        _off()
+        _state["armed"] = True
+
+    async def marked_read(self: Any) -> Any:
+        message = await read(self)
+        if _state["armed"]:
+            _state["armed"] = False
+            _on()
+        return message
+
+    calls.UnaryStreamCall.__init__ = marked_init  # type: ignore[method-assign]
+    calls._StreamResponseMixin._read = marked_read  # type: ignore[method-assign]
+
+
+def _marked(fn: Any) -> Any:
+    """A streaming handler counted from its start to its first message."""
+
+    async def handler(*args: Any) -> Any:
+        _on()
+        first = True
+        async for item in fn(*args):
+            if first:
+                _off()
+                first = False
+            yield item
+
+    return handler
+
+
+def _serve_marked(argv: list[str]) -> None:
+    import importlib
+
+    import benchmarks._servers as servers
+
+    _install_marks()
+    if _toggle is not None:
+        if argv[0].startswith("bare"):
+            servers.BareModules.Stream = _marked(servers.BareModules.Stream)  # type: ignore[method-assign]
+            servers.BareModel.Generate = _marked(servers.BareModel.Generate)  # type: ignore[method-assign]
+        else:
+            layer = importlib.import_module("lazygrpc.server_interceptors")
+            wrap = layer.AioServerInterceptor._wrap
+
+            def marked_wrap(self: Any, behavior: Any, streaming: bool, method: str) -> Any:
+                wrapped = wrap(self, behavior, streaming, method)
+                return _marked(wrapped) if streaming else wrapped
+
+            layer.AioServerInterceptor._wrap = marked_wrap
+    sys.argv = [sys.argv[0], *argv]
+    servers.main()
+
+
+def _build_toggle(tmp: Path) -> Path | None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not Path("/usr/include/valgrind/callgrind.h").exists():
+        return None
+    lib = tmp / "cgtoggle.so"
+    done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib),
+                           str(ROOT / "benchmarks" / "_cgtoggle.c")], capture_output=True)  # fmt: skip
+    return lib if done.returncode == 0 else None
+
+
+_CACHES = ["--cache-sim=yes", "--I1=32768,8,64", "--D1=49152,12,64", "--LL=2097152,16,64"]
+
+
+def _measure_path(side: str, who: int, calls: int, lib: Path) -> tuple[int, int]:
+    """(instructions, estimated cycles) per first token on its path in process `who`
+    (0 model, 1 gateway, -1 client), cold caches."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        procs: list[subprocess.Popen[str]] = []
+
+        def start(argv: list[str], counted: bool) -> subprocess.Popen[str]:
+            pre = ["valgrind", "--tool=callgrind", "--collect-atstart=no", *_CACHES,
+                   f"--callgrind-out-file={out}"] if counted else []  # fmt: skip
+            p = subprocess.Popen(
+                [*pre, PYTHON, "-m", "benchmarks.bench_instructions", *argv], cwd=ROOT,
+                env={**env, _TOGGLE_ENV: str(lib)} if counted else env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+            procs.append(p)
+            return p
+
+        def expect(p: subprocess.Popen[str], pattern: str) -> str:
+            assert p.stdout is not None
+            while line := p.stdout.readline():
+                if m := re.search(pattern, line):
+                    return m.group(1) if m.groups() else line
+            raise RuntimeError(f"{p.args} ended before printing {pattern!r}")
+
+        try:
+            model = start(["--serve-marked", f"{side}-model"], who == 0)
+            below = expect(model, r"listening on (\S+:\d+)")
+            below = f"grpc://{below}" if side == "lazy" else below
+            gateway = start(["--serve-marked", f"{side}-modules", "--model", below], who == 1)
+            address = expect(gateway, r"listening on (\S+:\d+)")
+            client = start(["--client-marked", address, side, str(calls)], who == -1)
+            target = {0: model, 1: gateway, -1: client}[who]
+            expect(client, "^(warm)")
+            subprocess.run(["callgrind_control", "-z", str(target.pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            assert client.stdin is not None
+            client.stdin.write("\n")
+            client.stdin.flush()
+            expect(client, "^(done)")
+            subprocess.run(["callgrind_control", "-d", str(target.pid)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            client.stdin.write("\n")
+            client.stdin.flush()
+            text = sorted(out.parent.glob(out.name + ".*"))[-1].read_text()
+        finally:
+            for p in reversed(procs):
+                if p.poll() is None:
+                    p.terminate()
+                    p.wait(30)
+    events = re.search(r"^events: (.*)$", text, re.M)
+    totals = re.search(r"^(?:totals|summary): (.*)$", text, re.M)
+    assert events and totals
+    n = dict(zip(events.group(1).split(), map(int, totals.group(1).split()), strict=True))
+    l1 = n["I1mr"] + n["D1mr"] + n["D1mw"]
+    ll = n["ILmr"] + n["DLmr"] + n["DLmw"]
+    return n["Ir"] // calls, (n["Ir"] + 10 * l1 + 100 * ll) // calls
+
+
+async def _client_marked(address: str, side: str, calls: int) -> None:
+    from benchmarks import _clients as c
+    from benchmarks._servers import token_prompt
+
+    _install_marks()
+    prompt = token_prompt(1)
+    stream = (
+        c.lazy_module_stream(f"grpc://{address}", "relay", prompt)
+        if side == "lazy"
+        else c.bare_module_stream(c.bare_channel(address), "relay", prompt)
+    )
+    counted = _toggle is not None
+
+    async def once() -> None:
+        if counted:
+            _on()
+        async for text in stream():
+            if text and counted:
+                _off()
+        if counted:
+            _off()
+
+    for _ in range(50):
+        await once()
+    print("warm", flush=True)
+    sys.stdin.readline()
+    for _ in range(calls):
+        await once()
+    print("done", flush=True)
+    sys.stdin.readline()
+
+
+def run_first_token(quick: bool = False) -> list[Row]:
+    if not available():
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = _build_toggle(Path(tmp))
+        if lib is None:
+            log("instructions: no cc or valgrind/callgrind.h: no first-token path rows")
+            return []
+        calls = 50 if quick else 100
+        got = {}
+        for side in ("lazy", "bare"):
+            for who in (-1, 1, 0):
+                got[side, who] = _measure_path(side, who, calls, lib)
+                log(f"instructions: first-token path {side} process {who} done")
+    rows = []
+    base = "bare grpcio relay"
+    for who, proc in ((-1, "client"), (1, "gateway"), (0, "model server")):
+        for k, unit in ((1, "est. cycles"), (0, "instructions")):
+            rows.append(Row(SCEN_PATH, f"{proc}: {unit}", unit, [got["lazy", who][k]],
+                            [got["bare", who][k]], baseline=base))  # fmt: skip
+    rows.append(Row(SCEN_PATH, "all three processes: est. cycles", "est. cycles",
+                    [sum(got["lazy", w][1] for w in (-1, 0, 1))],
+                    [sum(got["bare", w][1] for w in (-1, 0, 1))], baseline=base,
+                    note="cold caches; what the relay's time to first token adds up over "
+                         "the bare relay's, apart from the hops themselves"))  # fmt: skip
+    return rows
+
+
 # -- scenarios -------------------------------------------------------------------------------
 
 
@@ -200,7 +436,7 @@ def run(quick: bool = False) -> list[Row]:
                     baseline="bare grpcio relay",
                     note="lazygrpc's model adds its usage to the `usage` global on every "
                          "call, and the client's session carries it back down"))  # fmt: skip
-    return rows
+    return rows + run_first_token(quick)
 
 
 def main() -> None:
@@ -208,7 +444,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer calls per count")
     p.add_argument("--client", nargs=4, metavar=("ADDRESS", "KIND", "ARG", "CALLS"),
                    help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--serve-marked", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("--client-marked", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=["first-token"], help="run one part")
     a = p.parse_args()
+    if a.serve_marked:
+        _serve_marked(a.serve_marked)
+        return
+    if a.client_marked:
+        address, side, calls = a.client_marked
+        asyncio.run(_client_marked(address, side, int(calls)))
+        return
+    if a.only == "first-token":
+        print_rows(run_first_token(a.quick), "the first token's path, lazygrpc vs bare")
+        return
     if a.client:
         address, kind, arg, calls = a.client
         asyncio.run(_client(address, kind, arg, int(calls)))

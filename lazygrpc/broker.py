@@ -288,12 +288,12 @@ class Topic:
         return len(self._q), self._bytes
 
 
-def topic_args(options: Mapping[str, Any]) -> tuple[int, int, int]:
+def topic_args(options: Mapping[str, Any]) -> tuple[int, int, int] | None:
     """`Topic` options (`max_events`, `max_bytes`, `coalesce_bytes`) as its positional
-    arguments after the broker and the loop; `TypeError` names an unknown one."""
-    unknown = set(options) - {"max_events", "max_bytes", "coalesce_bytes"}
-    if unknown:
-        raise TypeError(f"unknown topic options: {', '.join(sorted(unknown))}")
+    arguments after the broker and the loop; None when there are others (then they go by
+    keyword, `Broker.open(**options)`)."""
+    if not set(options) <= {"max_events", "max_bytes", "coalesce_bytes"}:
+        return None
     return (
         options.get("max_events", DEFAULT_TOPIC_EVENTS),
         options.get("max_bytes", DEFAULT_TOPIC_BYTES),

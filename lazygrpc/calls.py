@@ -80,10 +80,11 @@ class CallScope:
         whose code never touches the session (or not before its first token) makes none."""
         s = self._session
         if s is None:
+            made = _from_headers(self._session_args)  # outside the lock every scope shares
             with _LOCK:
                 s = self._session
-                if s is None:
-                    s = self._session = _from_headers(self._session_args)
+                if s is None:  # else another thread made it first: one session per call
+                    s = self._session = made
         return s
 
     def update_trailer(self) -> str:

@@ -292,6 +292,8 @@ class LLM:
 
         The request is built (and `params` checked) at once; the call starts at the first
         step. It is the stream itself, not a generator around it: one layer less per token.
+        So `inspect.isasyncgenfunction(llm.astream)` is False; served as a module (also
+        through `functools.partial`) it streams all the same (`invoke.async_stream`).
         """
         request = self._request(text, params)
         return invoke.astream(

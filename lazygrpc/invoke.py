@@ -9,6 +9,7 @@ and `aio_client_interceptors()`, which share `prepare()` and `merge_trailers()`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -21,6 +22,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The attribute `async_stream` sets (`lazygrpc.modules.Module.of` reads it).
 ASYNC_STREAM_ATTR = "_lazygrpc_async_stream"
+
+
+def is_async_stream(fn: Any) -> bool:
+    """Whether `fn` (or the function a `functools.partial` wraps) is marked `async_stream`."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return bool(getattr(fn, ASYNC_STREAM_ATTR, False))
 
 
 def async_stream(fn: F) -> F:

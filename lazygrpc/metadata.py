@@ -140,7 +140,7 @@ def _know(text: str) -> None:
     if len(text) <= _KNOWN_CHARS:
         known = _KNOWN
         known[text] = None
-        if len(known) > _KNOWN_MAX:
+        while len(known) > _KNOWN_MAX:
             try:
                 del known[next(iter(known))]
             except (KeyError, RuntimeError, StopIteration):  # another thread got there first

@@ -52,7 +52,10 @@ class _Counter:
         self.enter: Callable[[None], None] = self._marks.append  # `enter(None)`
 
     def leave(self) -> None:
-        self._marks.pop()
+        try:
+            self._marks.pop()
+        except IndexError:  # unbalanced: never raise over the error of the code that left
+            pass
 
     @property
     def value(self) -> int:
@@ -130,7 +133,7 @@ class Module:
     def of(cls, name: str, fn: Callable[..., Any]) -> Module:
         if not callable(fn):
             raise TypeError(f"module {name!r}: {fn!r} is not callable")
-        agen = inspect.isasyncgenfunction(fn) or getattr(fn, invoke.ASYNC_STREAM_ATTR, False)
+        agen = inspect.isasyncgenfunction(fn) or invoke.is_async_stream(fn)
         gen = inspect.isgeneratorfunction(fn)
         first, arg_types = _type_checks(fn)
         return cls(
@@ -357,8 +360,12 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         if not module.is_asyncgen:  # an async generator's call checks them (`_primed`)
             module.check_arguments(args, kwargs)
         scope = current_call()
-        topic = broker.BROKER.open_topic(
-            broker.Topic(broker.BROKER, asyncio.get_running_loop(), *self._topic_args)
+        topic = (
+            broker.BROKER.open_topic(
+                broker.Topic(broker.BROKER, asyncio.get_running_loop(), *self._topic_args)
+            )
+            if self._topic_args is not None
+            else broker.BROKER.open(**self.topic_options)
         )
         if scope is not None:
             scope.topic = topic

@@ -494,3 +494,11 @@ def test_a_flat_header_splits_as_the_parser_reads_it(values: dict[str, Any]) -> 
     assert {k: metadata.Deferred(v).decode()[0] for k, v in split_values.items()} == json.loads(
         json.dumps(values)
     )
+
+
+def test_the_known_headers_stay_within_their_bound() -> None:
+    for i in range(3 * metadata._KNOWN_MAX):
+        metadata._know(f"lazy.k{i}={i}")
+    assert len(metadata._KNOWN) <= metadata._KNOWN_MAX
+    metadata._know("lazy.big=" + "1" * metadata._KNOWN_CHARS)  # too long to keep
+    assert all(len(k) <= metadata._KNOWN_CHARS for k in metadata._KNOWN)

@@ -191,3 +191,16 @@ def test_an_llm_stream_serves_as_a_streaming_module(servers: Any, method: str) -
     assert events[-1].kind == "result"
     assert "".join(e.value for e in events[:-1]) == events[-1].value == "one two three"
     assert remote("four five") == "four five"
+
+
+def test_a_partial_of_llm_astream_still_serves_as_a_streaming_module(servers: Any) -> None:
+    """`LLM.astream` returns its stream (no generator of its own); bound with
+    `functools.partial` it is still served as a stream, as an async generator function is."""
+    import functools
+
+    llm = lazygrpc.LLM(servers.model("echo"))
+    url = servers.modules({"chat": functools.partial(llm.astream, max_tokens=2)}, name="chat")
+    remote = lazygrpc.connect(f"{url}/chat")
+    events = list(remote.stream("one two three"))
+    assert events[-1].kind == "result" and events[-1].value == "one two"
+    assert all(e.kind == "delta" for e in events[:-1])

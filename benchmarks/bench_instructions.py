@@ -152,15 +152,21 @@ async def _client(address: str, kind: str, arg: str, calls: int) -> None:
         else:  # relay-lazy
             stream = c.lazy_module_stream(f"grpc://{address}", "relay", token_prompt(int(arg)))
             fn = lambda: c.stream_once(stream)  # noqa: E731
-        for _ in range(200):
-            await fn()
-        print("warm", flush=True)
-        sys.stdin.readline()
-        for _ in range(calls):
-            await fn()
-        print("done", flush=True)
-        sys.stdin.readline()
+        await _driven(fn, 200, calls)
         await channel.close()
+
+
+async def _driven(fn: Any, warm: int, calls: int) -> None:
+    """The counted client's protocol: `warm` calls, "warm", wait for a line (the counters
+    are zeroed), `calls` calls, "done", wait for a line (they are dumped)."""
+    for _ in range(warm):
+        await fn()
+    print("warm", flush=True)
+    sys.stdin.readline()
+    for _ in range(calls):
+        await fn()
+    print("done", flush=True)
+    sys.stdin.readline()
 
 
 # -- the first token's path: collection toggled on and off around its stretches ------------
@@ -350,14 +356,7 @@ async def _client_marked(address: str, side: str, calls: int) -> None:
         if counted:
             _off()
 
-    for _ in range(50):
-        await once()
-    print("warm", flush=True)
-    sys.stdin.readline()
-    for _ in range(calls):
-        await once()
-    print("done", flush=True)
-    sys.stdin.readline()
+    await _driven(once, 50, calls)
 
 
 def run_first_token(quick: bool = False) -> list[Row]:

@@ -51,7 +51,7 @@ def bare_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
 
 def layered_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
     """`bare_unary` through lazygrpc's client layer (`lazygrpc.invoke`, what connect() uses)."""
-    from lazygrpc import invoke
+    from lazygrpc.client import call as invoke
 
     stub = module_pb2_grpc.ModuleServiceStub(channel)
     request = module_pb2.CallRequest(module="echo", input=struct_pb2.Value(string_value=value))
@@ -64,7 +64,7 @@ def layered_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
 
 def layered_module_stream(channel: grpc.aio.Channel, module: str, value: Any) -> StreamFn:
     """`bare_module_stream` through lazygrpc's client layer."""
-    from lazygrpc import invoke
+    from lazygrpc.client import call as invoke
 
     stub = module_pb2_grpc.ModuleServiceStub(channel)
     v = struct_pb2.Value(number_value=value)

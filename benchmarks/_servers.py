@@ -188,7 +188,8 @@ def hop3_tokens(x: str) -> Iterator[str]:
 async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False) -> None:
     from lazygrpc import Server
     from lazygrpc.backends.base import SamplingParams
-    from lazygrpc.model import ModelConfig, make_backend
+    from lazygrpc.backends import make_backend
+from lazygrpc.server.model import ModelConfig
 
     server = Server(name="bench")
     if model:

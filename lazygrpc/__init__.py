@@ -1,20 +1,23 @@
 """lazygrpc: a gRPC service-mesh toolkit for model services.
 
 Sessions and globals that follow every hop, streams fed by a bounded broker with end-to-end
-backpressure, and exception chains from the entry to the failing service.
+backpressure, and exception chains from the entry to the failing service. The layers are
+drawn in docs/architecture.md.
 """
 
 from lazygrpc.broker import BrokerStats, aemit, emit
 from lazygrpc.broker import stats as broker_stats
-from lazygrpc.chain import remote_error_from_rpc
-from lazygrpc.client import LLM, Event, RemoteModule, connect
-from lazygrpc.client_interceptors import (
+from lazygrpc.client.interceptors import (
     ClientInterceptor,
     aio_client_interceptors,
     intercept_aio_channel,
     intercept_channel,
 )
-from lazygrpc.errors import (
+from lazygrpc.client.llm import LLM
+from lazygrpc.client.remote import RemoteModule, connect
+from lazygrpc.core.chain import remote_error_from_rpc
+from lazygrpc.core.context import ThreadPoolExecutor, globals, in_context, session, session_id
+from lazygrpc.core.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -28,16 +31,16 @@ from lazygrpc.errors import (
     StreamClosed,
     Unavailable,
 )
-from lazygrpc.model import ModelConfig
-from lazygrpc.server import Server
-from lazygrpc.server_interceptors import (
+from lazygrpc.core.events import Event
+from lazygrpc.core.session import Session
+from lazygrpc.server.builder import Server
+from lazygrpc.server.interceptors import (
     AioServerInterceptor,
     ServerInterceptor,
     server_interceptors,
 )
-from lazygrpc.session import Session, ThreadPoolExecutor, globals, in_context, session, session_id
-
-__version__ = "0.1.0"
+from lazygrpc.server.model import ModelConfig
+from lazygrpc.version import __version__
 
 __all__ = [
     "LLM",
@@ -63,6 +66,7 @@ __all__ = [
     "StreamClosed",
     "ThreadPoolExecutor",
     "Unavailable",
+    "__version__",
     "aemit",
     "aio_client_interceptors",
     "broker_stats",

@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
-from lazygrpc import channels
-from lazygrpc.errors import RemoteError
+from lazygrpc.client import channels
+from lazygrpc.core.errors import RemoteError
 
 
 def _json_or_text(text: str) -> Any:
@@ -52,7 +52,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_server(args: argparse.Namespace) -> Any:
-    from lazygrpc.server import Server
+    from lazygrpc.server.builder import Server
 
     topic = {
         k: v
@@ -78,7 +78,8 @@ async def _serve(server: Any) -> int:
 
 
 def cmd_serve_model(args: argparse.Namespace) -> int:
-    from lazygrpc.model import KNOWN_PARAMS, ModelConfig, make_backend, presets_from
+    from lazygrpc.backends import make_backend
+    from lazygrpc.server.model import KNOWN_PARAMS, ModelConfig, presets_from
 
     backend = make_backend(args.backend, token_delay=args.token_delay, name=args.model_name)
     presets = presets_from(_key_values(args.preset, "--preset"))
@@ -99,7 +100,7 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lazygrpc.modules import load_target
+    from lazygrpc.server.module_spec import load_target
 
     sys.path.insert(0, ".")
     try:
@@ -115,25 +116,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _print_error(exc: RemoteError) -> None:
-    print(f"error: {exc}", file=sys.stderr)
-    print(f"status: {exc.code.name}   session: {exc.session_id or '-'}", file=sys.stderr)
-    for i, frame in enumerate(exc.chain):
-        where = f"{frame.host}:{frame.pid}" if frame.host else "?"
-        print(
-            f"  {i + 1}. {frame.service}.{frame.method} ({where}) "
-            f"{frame.error_type}: {frame.message}",
-            file=sys.stderr,
-        )
-        for line in frame.traceback.rstrip().splitlines():
-            print(f"       | {line}", file=sys.stderr)
-    if exc.elided_frames:
-        print(f"  ({exc.elided_frames} middle frames elided)", file=sys.stderr)
-
-
 def cmd_call(args: argparse.Namespace) -> int:
-    from lazygrpc.client import LLM, RemoteModule
-    from lazygrpc.session import session
+    from lazygrpc.client.llm import LLM
+    from lazygrpc.client.remote import RemoteModule
+    from lazygrpc.core.context import session
 
     _, module = channels.parse_url(args.url)
     with session(args.session, **_key_values(args.set_global, "--global")) as s:
@@ -161,7 +147,7 @@ def cmd_call(args: argparse.Namespace) -> int:
                 else:
                     print(llm(args.input))
         except RemoteError as exc:
-            _print_error(exc)
+            print(exc.report(), file=sys.stderr)
             return 1
         if s.values():
             print(f"globals: {json.dumps(s.values(), ensure_ascii=False)}", file=sys.stderr)
@@ -208,7 +194,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from lazygrpc.mesh import run_mesh
+    from lazygrpc.demo.mesh import run_mesh
 
     return run_mesh(
         question=args.demo, token_delay=args.token_delay, base_port=args.port, otel=args.otel

@@ -9,8 +9,9 @@ Why not `opentelemetry-instrumentation-grpc`'s server interceptors: the aio one 
 every response-streaming behavior with `async for`, which breaks `await context.write()`
 handlers, the async health `Watch` included (opentelemetry-python-contrib #3066); and it
 knows nothing of sessions or chains. Its sync client loses `.cancel()` on server streams
-(#2014). So this module wraps handlers itself, keeping each behavior's own style: a
-coroutine stays a coroutine, an async generator an async generator, sync ones stay sync.
+(#2014). So a span is `Hooks` of lazygrpc's own dispatcher (`lazygrpc.server.dispatch`),
+which keeps each behavior's style: a coroutine stays a coroutine, an async generator an
+async generator, sync ones stay sync.
 
 Install it right after lazygrpc's own server interceptor (`Server(telemetry=True)` and
 `server_interceptors(telemetry=True)` do): it then runs inside the call scope, so the
@@ -20,9 +21,6 @@ session and the module name are known, and inside a context that ends with the c
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 try:
@@ -38,11 +36,13 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 import grpc
 import grpc.aio
 
-from lazygrpc import chain
-from lazygrpc.calls import CallScope, current_call
-from lazygrpc.errors import RemoteError, status_code_of
-from lazygrpc.server_interceptors import _SKIP_PREFIXES, _wrap_handler
+from lazygrpc.core import chain
+from lazygrpc.core.context import CallScope, current_call
+from lazygrpc.core.errors import status_code_of
+from lazygrpc.server.call import SKIP_PREFIXES
+from lazygrpc.server.dispatch import aborted_by_handler, aio_behavior, sync_behavior, wrap_handler
 from lazygrpc.v1 import chain_pb2
+from lazygrpc.version import __version__
 
 TRACER_NAME = "lazygrpc"
 FRAME_EVENT = "lazygrpc.call_frame"
@@ -132,25 +132,6 @@ def frame_event(index: int, frame: chain_pb2.CallFrame) -> tuple[Attributes, int
     return attributes, timestamp
 
 
-def failure_chain(exc: BaseException, scope: CallScope | None) -> chain_pb2.CallChain:
-    """The chain this hop sends for `exc`: its own frame, then the frames from below.
-
-    Mirrors `ServerCore.failure`, minus the traceback (the span's exception event has it).
-    """
-    if isinstance(exc, grpc.RpcError):
-        exc = chain.remote_error_from_rpc(exc)
-    frame = chain.make_frame(
-        exc,
-        service=scope.service if scope is not None else "",
-        method=scope.method if scope is not None else "",
-        session_id=scope.session.id if scope is not None else "",
-        trace_id=scope.trace_id if scope is not None else "",
-    )
-    below = exc.chain if isinstance(exc, RemoteError) else []
-    elided = exc.elided_frames if isinstance(exc, RemoteError) else 0
-    return chain.extend_chain(frame, below, elided)
-
-
 def _context_code(context: Any) -> grpc.StatusCode | None:
     code = context.code()
     if isinstance(code, int):  # grpc.aio keeps the raw integer
@@ -164,13 +145,6 @@ def _context_details(context: Any) -> str:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
     return value or ""
-
-
-def _aborted_by_handler(exc: BaseException, context: Any) -> bool:
-    # aio raises AbortError; the sync server raises a bare Exception after setting the code.
-    return isinstance(exc, grpc.aio.AbortError) or (
-        type(exc) is Exception and _context_code(context) is not None
-    )
 
 
 # -- one span per call ---------------------------------------------------------------------
@@ -206,7 +180,7 @@ class HopSpan:
                 description = _context_details(context)
             elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 code, description = grpc.StatusCode.CANCELLED, "cancelled"
-            elif _aborted_by_handler(exc, context):
+            elif aborted_by_handler(exc, context):
                 code = _context_code(context) or grpc.StatusCode.UNKNOWN
                 description = _context_details(context)
             else:
@@ -223,7 +197,14 @@ class HopSpan:
 
     def _record_chain(self, exc: BaseException) -> None:
         self.span.record_exception(exc, escaped=True)
-        call_chain = failure_chain(exc, self.scope)
+        scope = self.scope
+        call_chain = chain.failure_chain(  # as this hop sends it, minus the traceback
+            exc,
+            service=scope.service if scope is not None else "",
+            method=scope.method if scope is not None else "",
+            session_id=scope.session.id if scope is not None else "",
+            trace_id=scope.trace_id if scope is not None else "",
+        )
         if call_chain.elided_frames:
             self.span.set_attribute("lazygrpc.chain.elided_frames", call_chain.elided_frames)
         for index, frame in enumerate(call_chain.frames):
@@ -231,83 +212,37 @@ class HopSpan:
             self.span.add_event(FRAME_EVENT, attributes, timestamp)
 
 
-def wrap_behavior(behavior: Callable[..., Any], start: Callable[[Any], HopSpan]) -> Any:
-    """Wrap one handler behavior in a span, keeping its style.
+class SpanHooks:
+    """A SERVER span around each call of one method (`lazygrpc.server.dispatch.Hooks`)."""
 
-    Dispatching on the behavior itself rather than on `response_streaming` is the fix for
-    opentelemetry-python-contrib #3066: a streaming handler may be a coroutine that calls
-    `await context.write()`, and must then be awaited, not iterated.
-    """
-    if inspect.isasyncgenfunction(behavior):
+    __slots__ = ("full_method", "tracer")
 
-        async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
-            hop = start(context)
-            try:
-                async with contextlib.aclosing(behavior(request, context)) as items:
-                    async for item in items:
-                        yield item
-            except BaseException as exc:
-                hop.end(context, exc)
-                raise
-            hop.end(context)
+    def __init__(self, tracer: trace.Tracer, full_method: str) -> None:
+        self.tracer = tracer
+        self.full_method = full_method
 
-        return agen
+    def start(self, context: Any) -> HopSpan:
+        return HopSpan(self.tracer, self.full_method, context)
 
-    if inspect.iscoroutinefunction(behavior):  # unary, or streaming by `context.write()`
+    def error(self, hop: HopSpan, context: Any, exc: BaseException) -> None:
+        hop.end(context, exc)
+        return None  # the exception goes on to lazygrpc's lifecycle, or to grpc
 
-        async def coroutine(request: Any, context: Any) -> Any:
-            hop = start(context)
-            try:
-                response = await behavior(request, context)
-            except BaseException as exc:
-                hop.end(context, exc)
-                raise
-            hop.end(context)
-            return response
+    def leave(self, hop: HopSpan) -> None:
+        pass
 
-        return coroutine
-
-    if inspect.isgeneratorfunction(behavior):
-
-        def generator(request: Any, context: Any) -> Iterator[Any]:
-            hop = start(context)
-            try:
-                with contextlib.closing(behavior(request, context)) as items:
-                    yield from items
-            except BaseException as exc:
-                hop.end(context, exc)
-                raise
-            hop.end(context)
-
-        return generator
-
-    def function(request: Any, context: Any) -> Any:
-        hop = start(context)
-        try:
-            response = behavior(request, context)
-        except BaseException as exc:
-            hop.end(context, exc)
-            raise
+    def done(self, hop: HopSpan, context: Any) -> None:
         hop.end(context)
-        return response
-
-    return function
+        return None
 
 
 class _TracingBase:
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        from lazygrpc import __version__
-
         self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider)
 
-    def _wrap(self, handler: Any, method: str) -> Any:
-        if handler is None or method.startswith(_SKIP_PREFIXES):
-            return handler
-
-        def start(context: Any) -> HopSpan:
-            return HopSpan(self.tracer, method, context)
-
-        return _wrap_handler(handler, lambda behavior, _streaming: wrap_behavior(behavior, start))
+    def hooks(self, method: str) -> SpanHooks | None:
+        """The span hooks of one method (None: health and reflection go untraced)."""
+        return None if method.startswith(SKIP_PREFIXES) else SpanHooks(self.tracer, method)
 
 
 class TracingServerInterceptor(_TracingBase, grpc.ServerInterceptor):  # type: ignore[misc]
@@ -315,7 +250,11 @@ class TracingServerInterceptor(_TracingBase, grpc.ServerInterceptor):  # type: i
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
-        return self._wrap(continuation(handler_call_details), handler_call_details.method)
+        handler = continuation(handler_call_details)
+        hooks = self.hooks(handler_call_details.method)
+        if handler is None or hooks is None:
+            return handler
+        return wrap_handler(handler, lambda b, streaming: sync_behavior(b, streaming, hooks))
 
 
 class AioTracingServerInterceptor(_TracingBase, grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -324,7 +263,14 @@ class AioTracingServerInterceptor(_TracingBase, grpc.aio.ServerInterceptor):  # 
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
         handler = await continuation(handler_call_details)
-        return self._wrap(handler, handler_call_details.method)
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: Any, full_method: str) -> Any:
+        """`handler` with a span around each of its calls."""
+        hooks = self.hooks(full_method)
+        if handler is None or hooks is None:
+            return handler
+        return wrap_handler(handler, lambda b, _streaming: aio_behavior(b, hooks))
 
 
 def server_interceptor(

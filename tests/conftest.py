@@ -15,8 +15,9 @@ import grpc
 import pytest
 
 import lazygrpc
-from lazygrpc import channels
-from lazygrpc.model import ModelConfig, make_backend
+from lazygrpc.client import channels
+from lazygrpc.backends import make_backend
+from lazygrpc.server.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

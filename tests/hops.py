@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 
 import lazygrpc
-from lazygrpc.calls import current_call
-from lazygrpc.server import SERVER_OPTIONS
+from lazygrpc.core.context import current_call
+from lazygrpc.server.builder import SERVER_OPTIONS
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
-from lazygrpc.values import from_struct, from_value, to_value
+from lazygrpc.core.values import from_struct, from_value, to_value
 
 SERVER_KINDS = ["aio", "aio-threads", "sync"]
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 import lazygrpc
 from lazygrpc import broker
 from lazygrpc.broker import DELTA, INTERMEDIATE, Broker, Item, Topic, make_item
-from lazygrpc.calls import CallScope, bind_call, unbind_call
-from lazygrpc.errors import ResourceExhausted, StreamClosed
-from lazygrpc.session import Session
-from lazygrpc.values import from_value
+from lazygrpc.core.context import CallScope, bind_call, unbind_call
+from lazygrpc.core.errors import ResourceExhausted, StreamClosed
+from lazygrpc.core.session import Session
+from lazygrpc.core.values import from_value
 
 pytestmark = pytest.mark.timeout(20)
 

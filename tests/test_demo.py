@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 import lazygrpc
-from lazygrpc import demo
+from lazygrpc.demo import modules as demo
 from tests.conftest import ROOT
 
 

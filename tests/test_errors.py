@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 import lazygrpc
 from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
-from lazygrpc.values import to_value
+from lazygrpc.core.values import to_value
 from tests.hops import SERVER_KINDS, Mesh, aborting_bare_server
 
 
@@ -33,7 +33,7 @@ def _run(mesh: Mesh, client: str, x: str) -> Any:
         try:
             return await mesh.run.acall(x)
         finally:
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     return asyncio.run(go())
 
@@ -85,7 +85,7 @@ def test_stream_error_after_five_chunks(mesh: Mesh, client: str) -> None:
                     async for ev in mesh.stream.astream("fail-stream", n=5):
                         got.append(ev.value)
                 finally:
-                    await lazygrpc.channels.aclose_all()
+                    await lazygrpc.client.channels.aclose_all()
 
             asyncio.run(go())
     assert "".join(got) == "c0 c1 c2 c3 c4 "
@@ -182,7 +182,7 @@ def test_corrupt_details_from_a_peer_give_a_plain_remote_error(garbage: bytes) -
 
 
 def test_chain_limits_elide_middle_frames_and_fit_the_trailer() -> None:
-    from lazygrpc import chain
+    from lazygrpc.core import chain
 
     exc = ValueError("x" * 5000)
     c = chain_pb2.CallChain()

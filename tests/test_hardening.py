@@ -12,7 +12,7 @@ import pytest
 
 import lazygrpc
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
-from lazygrpc.values import to_value
+from lazygrpc.core.values import to_value
 from tests.hops import aborting_bare_server
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazygrpc import metadata
-from lazygrpc.errors import InvalidArgument
+from lazygrpc.core import baggage as metadata
+from lazygrpc.core.errors import InvalidArgument
 from lazygrpc.server_interceptors import ServerCore
-from lazygrpc.session import Session
+from lazygrpc.core.session import Session
 
 json_values = st.recursive(
     st.none()
@@ -208,7 +208,7 @@ def test_wire_session_roundtrip_and_changes(defer: bool, values: dict[str, Any],
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "%5B1%2CNaN%5D"])
 def test_non_json_numbers_are_refused_in_baggage_and_dropped_from_updates(value: str) -> None:
-    from lazygrpc.client_interceptors import merge_trailers
+    from lazygrpc.client.call import merge_trailers
 
     for defer in (False, True):
         with pytest.raises(ValueError, match="does not hold percent-encoded JSON"):
@@ -322,7 +322,7 @@ def test_a_repeated_name_takes_the_last_entry_whole() -> None:
 
 
 def test_a_trailer_entry_that_is_not_forwardable_is_merged_and_encoded_afresh() -> None:
-    from lazygrpc.client_interceptors import merge_trailers
+    from lazygrpc.client.call import merge_trailers
 
     s = Session("s1", {"a": 1})
     merge_trailers(s, [(metadata.UPDATE_TRAILER, 'lazy.a="x"')])
@@ -333,7 +333,7 @@ def test_a_trailer_entry_that_is_not_forwardable_is_merged_and_encoded_afresh() 
 def test_a_merged_update_is_decoded_only_when_read_and_forwarded_as_it_came() -> None:
     """A hop that only passes `usage` on never decodes it: the trailer's entry goes up and
     down as it came; reading the global gives the value, and changing it is sent."""
-    from lazygrpc.client_interceptors import merge_trailers
+    from lazygrpc.client.call import merge_trailers
 
     entry = "lazy.usage={%22calls%22:1%2C%22total_tokens%22:16}"
     s = Session("s1")
@@ -435,7 +435,7 @@ def test_a_global_merged_again_while_its_first_read_decodes_reads_as_the_newer_v
     """A child call's trailer lands (another thread of the call) while a read decodes the
     value that came before: the read gives the merged value decoded, never its wire text,
     and what goes on is the merged entry as it came."""
-    from lazygrpc.client_interceptors import merge_trailers
+    from lazygrpc.client.call import merge_trailers
 
     newer = "lazy.usage={%22calls%22:2}"
     decode = metadata.Deferred.decode

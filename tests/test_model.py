@@ -11,7 +11,7 @@ import pytest
 
 import lazygrpc
 from lazygrpc.backends.base import SamplingParams
-from lazygrpc.model import KNOWN_PARAMS
+from lazygrpc.server.model import KNOWN_PARAMS
 from lazygrpc.v1 import model_pb2, model_pb2_grpc
 
 
@@ -123,7 +123,7 @@ def test_shares_keep_their_own_prompt_and_params_under_concurrency(servers: Any)
                 *(french.acall(f"a{i}") if i % 2 else shout.acall(f"b{i} c d e") for i in range(50))
             )
         finally:
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     outs = asyncio.run(both())
     for i, out in enumerate(outs):
@@ -131,7 +131,7 @@ def test_shares_keep_their_own_prompt_and_params_under_concurrency(servers: Any)
 
 
 def test_instances_for_one_target_share_one_channel(servers: Any) -> None:
-    from lazygrpc import channels
+    from lazygrpc.client import channels
 
     url = servers.model("echo")
     a, b = lazygrpc.LLM(url), lazygrpc.LLM(url).share(prompt="{input}!")

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 import lazygrpc
-from lazygrpc.modules import load_target
+from lazygrpc.server.module_spec import load_target
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 
@@ -83,7 +83,7 @@ def test_generators_stream_from_asyncio(url: str, module: str) -> None:
         try:
             return [e async for e in lazygrpc.connect(f"{url}/{module}").astream("x y")]
         finally:
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     events = asyncio.run(go())
     assert events[-1].kind == "result" and events[-1].value == "x y "

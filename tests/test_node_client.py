@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT
 
 import lazygrpc
-from lazygrpc.model import ModelConfig, make_backend
+from lazygrpc.backends import make_backend
+from lazygrpc.server.model import ModelConfig
 
 NODE_DIR = ROOT / "clients" / "node"
 NODE = shutil.which("node")

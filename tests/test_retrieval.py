@@ -8,7 +8,7 @@ import pytest
 
 from lazygrpc.backends import markov
 from lazygrpc.backends.markov import Document
-from lazygrpc.retrieval import MAX_WORDS, DocIndex, Passage, split_passages, terms
+from lazygrpc.demo.retrieval import MAX_WORDS, DocIndex, Passage, split_passages, terms
 
 
 @pytest.fixture(scope="module")

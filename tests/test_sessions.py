@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 import lazygrpc
-from lazygrpc.calls import current_call
+from lazygrpc.core.context import current_call
 from tests.hops import SERVER_KINDS, Mesh
 
 CLIENT_KINDS = ["sync", "aio"]
@@ -33,7 +33,7 @@ def call(mesh: Mesh, client: str, x: str, **kwargs: Any) -> Any:
         try:
             return await mesh.run.acall(x, **kwargs)
         finally:
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     return asyncio.run(go())
 
@@ -56,7 +56,7 @@ def test_fresh_session_id_when_the_entry_sets_none(mesh: Mesh, servers: Any, cli
     # A raw grpcio call with no lazygrpc metadata: the entry server makes a fresh id,
     # and every hop below sees that same id.
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     target = mesh.entry.removeprefix("grpc://")
     with grpc.insecure_channel(target) as ch:
@@ -96,7 +96,7 @@ def test_concurrent_calls_with_one_session_id_do_not_share_globals(servers: Any)
         try:
             return await asyncio.gather(*(one(i) for i in range(20)))
         finally:
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     assert asyncio.run(go()) == list(range(20))
     assert all(i == v for i, v in seen)
@@ -116,7 +116,7 @@ def test_500_concurrent_sessions_through_three_hops_have_no_cross_talk(servers: 
         try:
             return await asyncio.gather(*(one(i) for i in range(500)))
         finally:
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     results = asyncio.run(go())
     assert len(results) == 500
@@ -164,7 +164,7 @@ def test_cancel_stops_hop3_generator(mesh: Mesh, client: str) -> None:
                 await agen.aclose()
                 return at
             finally:
-                await lazygrpc.channels.aclose_all()
+                await lazygrpc.client.channels.aclose_all()
 
         cancelled_at = asyncio.run(go())
     deadline = time.monotonic() + 5
@@ -244,7 +244,7 @@ def test_bad_metadata_gets_invalid_argument_and_the_server_goes_on(
     servers: Any, kind: str, header: str, value: str, named: str
 ) -> None:
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     mesh = Mesh(servers, kind)
     target = mesh.entry.removeprefix("grpc://")
@@ -262,7 +262,7 @@ def test_bad_metadata_gets_invalid_argument_and_the_server_goes_on(
 def _raw_call(mesh: Mesh, x: str, md: list[tuple[str, str]]) -> Any:
     """`run(x)` at the entry through a plain grpcio stub with exactly `md` as metadata."""
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     with grpc.insecure_channel(mesh.entry.removeprefix("grpc://")) as ch:
         stub = module_pb2_grpc.ModuleServiceStub(ch)
@@ -376,9 +376,9 @@ def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:
 @pytest.mark.parametrize("style", ["write", "async-generator"])
 def test_aio_streaming_handlers_of_both_styles_see_the_session(servers: Any, style: str) -> None:
     """The session is bound for every step of a hand-written aio stream (grpc #28728)."""
-    from lazygrpc.modules import SERVICE_NAME
+    from lazygrpc.server.modules import SERVICE_NAME
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     def event(i: int) -> Any:
         seen = f"{lazygrpc.session_id()}:{lazygrpc.globals.get('user')}"
@@ -416,7 +416,7 @@ def test_aio_streaming_handlers_of_both_styles_see_the_session(servers: Any, sty
 def test_cancel_leaves_no_producer_thread_or_task_behind(servers: Any) -> None:
 
     from lazygrpc import broker
-    from lazygrpc.modules import active_producers
+    from lazygrpc.server.modules import active_producers
 
     mesh = Mesh(servers, "aio-threads")
     before = servers.lt.run(_tasks())
@@ -455,7 +455,7 @@ def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> N
     """Users of plain stubs get sessions, globals back and deadlines from the interceptors
     (or, for asyncio, from a channel `intercept_aio_channel` wraps)."""
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import from_value, to_value
+    from lazygrpc.core.values import from_value, to_value
 
     target = mesh.entry.removeprefix("grpc://")
 
@@ -506,7 +506,7 @@ def test_an_intercepted_aio_channel_merges_globals_before_the_caller_resumes(
     session when `await` returns or raises and when a response stream ends, and grpc's own
     call objects and errors come back (no RemoteError)."""
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     target = mesh.entry.removeprefix("grpc://")
 
@@ -552,7 +552,7 @@ def test_an_intercepted_aio_channel_in_a_handler_passes_the_deadline_and_the_can
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import from_value, to_value
+    from lazygrpc.core.values import from_value, to_value
 
     seen: dict[str, Any] = {}
     child_started = threading.Event()
@@ -772,10 +772,10 @@ def test_an_ended_aio_calls_trailers_are_read_without_awaiting(mesh: Mesh) -> No
     """lazygrpc's clients read a finished call's trailers from its status (no coroutine);
     what they read is what grpc.aio's `trailing_metadata()` returns, and a call that has not
     ended (or is not grpc's own call object) says so with None."""
-    from lazygrpc.client_interceptors import ended_trailers
-    from lazygrpc.metadata import UPDATE_TRAILER
+    from lazygrpc.client.seams import ended_trailers
+    from lazygrpc.core.baggage import UPDATE_TRAILER
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     target = mesh.entry.removeprefix("grpc://")
     request = module_pb2.CallRequest(module="run", input=to_value("ended"))
@@ -799,7 +799,7 @@ def test_refused_headers_come_with_status_details(servers: Any) -> None:
     from grpc_status import rpc_status
 
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.values import to_value
+    from lazygrpc.core.values import to_value
 
     mesh = Mesh(servers, "aio")
     with grpc.insecure_channel(mesh.entry.removeprefix("grpc://")) as ch:
@@ -847,7 +847,7 @@ def test_a_server_started_inside_a_session_block_gives_each_call_its_own_session
             assert not got.startswith("outer") and got.endswith(":None")
         finally:
             await server.stop(0)
-            await lazygrpc.channels.aclose_all()
+            await lazygrpc.client.channels.aclose_all()
 
     asyncio.run(main())
     assert made == [False, False]

@@ -19,10 +19,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import lazygrpc
 from lazygrpc import telemetry
-from lazygrpc.model import ModelConfig, make_backend
-from lazygrpc.server import SERVER_OPTIONS
+from lazygrpc.backends import make_backend
+from lazygrpc.server.model import ModelConfig
+from lazygrpc.server.builder import SERVER_OPTIONS
 from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
-from lazygrpc.values import from_value, to_value
+from lazygrpc.core.values import from_value, to_value
 
 # Spans end inside the handler wrapper, before the status goes out, and SimpleSpanProcessor
 # exports on end: once a call has returned (or a stream is drained), its spans are here.
@@ -389,7 +390,7 @@ def test_an_otel_client_interceptor_under_ours_continues_the_incoming_trace(
     from opentelemetry.instrumentation.grpc import client_interceptor
     from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
-    from lazygrpc.calls import current_call
+    from lazygrpc.core.context import current_call
 
     seen: dict[str, Any] = {}
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 import lazygrpc
-from lazygrpc.retrieval import DocIndex
+from lazygrpc.demo.retrieval import DocIndex
 
 MODEL_URL_ENV = "LAZYGRPC_MODEL_URL"
 RETRIEVER_URL_ENV = "LAZYGRPC_RETRIEVER_URL"

@@ -1,6 +1,6 @@
 """Metadata codecs, pure functions: session id, globals ⇄ W3C baggage, the globals-update trailer.
 
-Wire format (DESIGN.md "Metadata"): session globals travel as `baggage` entries whose key
+Wire format (docs/wire-contract.md "Metadata"): session globals travel as `baggage` entries whose key
 starts with `lazy.`; keys and values are percent-encoded, values are JSON. Other baggage
 entries pass through untouched. The `lazy-globals-update` trailer uses the same encoding; a
 deleted key carries the property `deleted` and an empty value.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
@@ -77,7 +77,7 @@ _WIRE_VALUE = re.compile(r"(?:[\x21\x23\x24\x26-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]
 # A flat JSON value on the wire, as `encode_entry` writes it: a scalar, or an object or array
 # of scalars, its strings printable ASCII without backslash escapes. Whatever matches is valid
 # strict JSON and valid baggage octets, so a server can forward the entry as it came and
-# decode the value only when code reads it (`Deferred`).
+# decode the value only when code reads it (`Undecoded`).
 # At most 200 integer digits and a 2-digit exponent: always a finite float and an int Python
 # converts (longer numbers go through the eager decoder, which refuses what it cannot take).
 # Runs of plain characters are taken whole and every repeat is possessive (`++`, `*+`,
@@ -109,67 +109,46 @@ _FLAT_NAMES = re.compile(r"(?:^|,)lazy\.([^=]*)=")
 def is_flat_header(header: str) -> bool:
     """Whether a `baggage` header is only `lazy.` globals written the way `encode_entry`
     writes them, each name once, within the W3C limits: then `split_flat_header` takes it
-    apart without checking it again (every value a `Deferred`, decoded when first read),
-    and a hop forwards it as it is.
-
-    One pattern match (`_FLAT_ENTRY`, flat values), or none for a header known already
-    (`_known`): a global's value often comes back (down a chain, up in a trailer, down
-    again on the next call), and constant globals come with every call.
-    """
-    if header in _KNOWN:
-        return True
+    apart without checking it again (every value `Undecoded`, decoded when first read), and
+    a hop forwards it as it is. One pattern match (`_FLAT_ENTRY`, flat values)."""
     if len(header) > MAX_BAGGAGE_BYTES or _FLAT_HEADER.fullmatch(header) is None:
         return False
     if "," in header:
         names = _FLAT_NAMES.findall(header)
         if len(names) > MAX_BAGGAGE_ENTRIES or len(set(names)) != len(names):
             return False
-    _know(header)
     return True
-
-
-#: Headers and single entries known to be what `is_flat_header` accepts: checked before, or
-#: written by `encode_entry` (valid JSON, percent-encoded, a plain name). Bounded in count
-#: and length; the oldest go first.
-_KNOWN: dict[str, None] = {}
-_KNOWN_MAX = 512
-_KNOWN_CHARS = 1024
-
-
-def _know(text: str) -> None:
-    if len(text) <= _KNOWN_CHARS:
-        known = _KNOWN
-        known[text] = None
-        while len(known) > _KNOWN_MAX:
-            try:
-                del known[next(iter(known))]
-            except (KeyError, RuntimeError, StopIteration):  # another thread got there first
-                pass
 
 
 def split_flat_header(header: str) -> tuple[dict[str, Any], dict[str, str]]:
     """(values, entries) of a header `is_flat_header` accepted: what `parse_baggage_fields`
-    gives for it, without checking it again (every value a `Deferred`)."""
+    gives for it, without checking it again (every value `Undecoded`)."""
     values: dict[str, Any] = {}
     entries: dict[str, str] = {}
     for entry in header.split(","):
         key, _, wire = entry.partition("=")
         key = key[5:]  # after "lazy."
-        values[key] = Deferred(wire)
+        values[key] = Undecoded(wire)
         entries[key] = entry
     return values, entries
 
 
-class Deferred(str):
+class Undecoded:
     """A global's value as it came on the wire (percent-encoded JSON), checked on arrival
-    (`_FLAT_WIRE`) and decoded at its first read. A str, so making one runs no Python code."""
+    (`_FLAT_WIRE`) and decoded at its first read."""
 
-    __slots__ = ()
+    __slots__ = ("wire",)
+
+    def __init__(self, wire: str) -> None:
+        self.wire = wire
 
     def decode(self) -> tuple[Any, str]:
         """(value, JSON text)."""
-        text = _unquote(str(self))
+        text = _unquote(self.wire)
         return decode_json(text), text
+
+    def __repr__(self) -> str:
+        return f"Undecoded({self.wire!r})"
 
 
 def decode_json(text: str) -> Any:
@@ -222,7 +201,7 @@ def _unquote(text: str) -> str:
     return out.replace("%25", "%")
 
 
-def validate_session_id(value: str) -> str:
+def check_session_id(value: str) -> str:
     """Return `value` if it is a valid session id, else raise `ValueError` naming the header."""
     if value.isalnum() and value.isascii() and len(value) <= MAX_SESSION_ID:
         return value  # the common case (hex ids), without the regex
@@ -258,11 +237,7 @@ def encode_entry(key: str, value_json: str, *props: str) -> str:
     """One baggage entry `lazy.<key>=<json>` with both parts percent-encoded."""
     name = _quote(key, _KEY_LEFTOVER, "")
     entry = f"{PREFIX}{name}={_quote_value(value_json)}"
-    if props:
-        return ";".join((entry, *props))
-    if name == key and key:  # a plain name: `split_flat_header` can take it apart
-        _know(entry)
-    return entry
+    return ";".join((entry, *props)) if props else entry
 
 
 def join_baggage(entries: Iterable[str]) -> str:
@@ -282,12 +257,6 @@ def join_baggage(entries: Iterable[str]) -> str:
     return header
 
 
-def encode_globals(values: Mapping[str, Any], other_entries: Iterable[str] = ()) -> str:
-    """Globals (plus foreign baggage entries kept as they were) → a `baggage` header value."""
-    own = [encode_entry(k, encode_json(k, v)) for k, v in values.items()]
-    return join_baggage([*other_entries, *own])
-
-
 class ParsedBaggage(NamedTuple):
     """A parsed `baggage` header."""
 
@@ -302,17 +271,8 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
     """Parse a baggage header; `ValueError` names the header and the bad entry.
 
     With `defer=True` a flat JSON value (the common case) is validated but not decoded: its
-    `values` item is a `Deferred`, and it has an `entries` item but no `texts` one.
+    `values` item is `Undecoded`, and it has an `entries` item but no `texts` one.
     """
-    return ParsedBaggage(*parse_baggage_fields(header, defer))
-
-
-BaggageFields = tuple[dict[str, Any], dict[str, str], dict[str, str], list[str], set[str]]
-
-
-def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
-    """`parse_baggage` as a plain tuple, for a server's per-call path (no Python code runs to
-    build the result)."""
     values: dict[str, Any] = {}
     texts: dict[str, str] = {}
     entries: dict[str, str] = {}
@@ -331,9 +291,8 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
     for entry in raw_entries:
         if defer and (flat := _FLAT_ENTRY.fullmatch(entry)) is not None:
             key, wire = flat.groups()  # the common case, in one match
-            values[key] = Deferred(wire)
+            values[key] = Undecoded(wire)
             entries[key] = entry
-            _know(entry)
             texts.pop(key, None)  # a repeated name: the last entry wins, whole
             continue
         entry = entry.strip()
@@ -355,7 +314,7 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
             continue
         raw_value = raw_value.strip()
         if defer and _FLAT_WIRE.fullmatch(raw_value):
-            values[key] = Deferred(raw_value)
+            values[key] = Undecoded(raw_value)
             entries[key] = f"{raw_key}={raw_value}"
             texts.pop(key, None)
             continue
@@ -371,34 +330,7 @@ def parse_baggage_fields(header: str, defer: bool) -> BaggageFields:
             entries[key] = f"{raw_key}={raw_value}"
         else:  # encoded afresh when sent on (and never an earlier entry of the same name)
             entries.pop(key, None)
-    return values, texts, entries, others, deleted
-
-
-def split_baggage(header: str) -> tuple[dict[str, Any], list[str], set[str]]:
-    """Parse a baggage header: (lazy globals, other entries verbatim, keys marked deleted).
-
-    Raises `ValueError` naming the header and the bad entry.
-    """
-    parsed = parse_baggage(header)
-    return parsed.values, parsed.others, parsed.deleted
-
-
-def encode_update(
-    changed: Mapping[str, Any], deleted: Iterable[str], *, encoded: bool = False
-) -> str:
-    """The `lazy-globals-update` trailer value for keys a call set or deleted.
-
-    With `encoded=True` the values of `changed` are JSON texts already.
-    """
-    entries = [encode_entry(k, v if encoded else encode_json(k, v)) for k, v in changed.items()]
-    entries += [encode_entry(k, "", DELETED) for k in deleted]
-    return ",".join(entries)
-
-
-def decode_update(value: str) -> tuple[dict[str, Any], set[str]]:
-    """Parse a `lazy-globals-update` trailer: (set keys with values, deleted keys)."""
-    values, _, deleted = split_baggage(value)
-    return values, deleted
+    return ParsedBaggage(values, texts, entries, others, deleted)
 
 
 def join_update(entries: Iterable[str], deleted: Iterable[str]) -> str:

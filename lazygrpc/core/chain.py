@@ -1,4 +1,4 @@
-"""Exception chains ⇄ `google.rpc.Status` details, pure functions (DESIGN.md "CallChain").
+"""Exception chains ⇄ `google.rpc.Status` details, pure functions (docs/errors.md).
 
 The failing service writes the first `CallFrame`; every service above it that lets the
 `RemoteError` escape prepends its own, so a chain reads entry → failure point. Limits keep
@@ -19,7 +19,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lazygrpc.errors import RemoteError, StatusError, status_code_of
+from lazygrpc.core.errors import RemoteError, StatusError, status_code_of
 from lazygrpc.v1 import chain_pb2
 
 DETAILS_TRAILER = "grpc-status-details-bin"
@@ -73,6 +73,32 @@ def make_frame(
     ts.FromNanoseconds(time.time_ns())
     frame.time.CopyFrom(ts)
     return frame
+
+
+def failure_chain(
+    exc: BaseException,
+    *,
+    service: str,
+    method: str,
+    session_id: str = "",
+    trace_id: str = "",
+    expose_traceback: bool = False,
+) -> chain_pb2.CallChain:
+    """The chain a hop sends for an exception escaping its handler: its own frame, then the
+    frames from below (a `RemoteError`'s, or a raw stub's failed call read as one)."""
+    if isinstance(exc, grpc.RpcError):
+        exc = remote_error_from_rpc(exc)
+    frame = make_frame(
+        exc,
+        service=service,
+        method=method,
+        session_id=session_id,
+        trace_id=trace_id,
+        expose_traceback=expose_traceback,
+    )
+    if isinstance(exc, RemoteError):
+        return extend_chain(frame, exc.chain, exc.elided_frames)
+    return extend_chain(frame, [])
 
 
 def extend_chain(

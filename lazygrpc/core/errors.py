@@ -125,29 +125,26 @@ class RemoteError(LazyGrpcError):
         head = f"{self.path}: " if self.chain else ""
         return f"{head}{kind}: {self.message}"
 
+    def report(self) -> str:
+        """The error, its status and session, and every frame of its chain (tracebacks
+        included where the services sent them), as lines for a terminal or a log."""
+        lines = [f"error: {self}", f"status: {self.code.name}   session: {self.session_id or '-'}"]
+        for i, frame in enumerate(self.chain):
+            where = f"{frame.host}:{frame.pid}" if frame.host else "?"
+            lines.append(
+                f"  {i + 1}. {frame.service}.{frame.method} ({where}) "
+                f"{frame.error_type}: {frame.message}"
+            )
+            lines.extend(f"       | {line}" for line in frame.traceback.rstrip().splitlines())
+        if self.elided_frames:
+            lines.append(f"  ({self.elided_frames} middle frames elided)")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         return (
             f"RemoteError(code={self.code.name}, remote_type={self.remote_type!r}, "
             f"message={self.message!r}, frames={len(self.chain)})"
         )
-
-
-STATUS_ERRORS: dict[grpc.StatusCode, type[StatusError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        ResourceExhausted,
-        FailedPrecondition,
-        Aborted,
-        Unimplemented,
-        Internal,
-        Unavailable,
-        DeadlineExceeded,
-    )
-}
 
 
 def status_code_of(exc: BaseException) -> grpc.StatusCode:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from lazygrpc import broker
 from lazygrpc.backends.base import Backend, SamplingParams
-from lazygrpc.calls import current_call
-from lazygrpc.errors import InvalidArgument
-from lazygrpc.session import current as current_session
+from lazygrpc.broker.topic import DELTA, Item
+from lazygrpc.core.context import current, current_call
+from lazygrpc.core.errors import InvalidArgument
+from lazygrpc.server.streams import Stream, pump
 from lazygrpc.v1 import model_pb2, model_pb2_grpc
 
-if TYPE_CHECKING:
-    from lazygrpc.server import Server
-
 SERVICE_NAME = "lazygrpc.v1.ModelService"
+add_to_server = model_pb2_grpc.add_ModelServiceServicer_to_server
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ def _account(run: _Run, backend: Backend) -> None:
     """Count the prompt, and add this call's token counts to the session's `usage` global
     (it flows back upstream)."""
     run.prompt_tokens = backend.count_tokens(run.prompt)
-    session = current_session()
+    session = current()
     previous = session.get("usage")
     # The global arrives from callers: anything but a dict of counts starts afresh.
     usage = {
@@ -208,76 +206,47 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self.config = config
         self.topic_options = dict(topic_options or {})
 
-    def _start(self, request: model_pb2.GenerateRequest) -> tuple[str, SamplingParams, _Run]:
+    def _run(self, request: model_pb2.GenerateRequest) -> tuple[_Run, Any]:
+        """The run of one request (its checked prompt and params) and its token stream."""
         prompt = prompt_of(request)
         params = effective_params(self.config, request.params)
-        return prompt, params, _Run(prompt)
+        run = _Run(prompt)
+        return run, _tokens(self.config, prompt, params, run)
 
     async def Generate(
         self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        prompt = prompt_of(request)  # `_start`, inline: the first token's way
-        params = effective_params(self.config, request.params)
-        run = _Run(prompt)
+        run, tokens = self._run(request)
         name = self.config.name
-        tokens = _tokens(self.config, prompt, params, run)
-        topic: broker.Topic | None = None
-        producer: asyncio.Future[None] | None = None
+        topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
+        scope = current_call()
+        if scope is not None:
+            scope.topic = topic
 
-        async def produce(topic: broker.Topic) -> None:
-            try:
-                async for delta in tokens:
-                    await topic.aput((broker.DELTA, name, delta, len(delta) + 8))
-            except BaseException as exc:
-                topic.finish(exc)
-                raise
-            finally:
-                await tokens.aclose()
-            topic.finish()
+        def make(text: str) -> Item:
+            return Item.of(DELTA, name, text)
 
+        stream = Stream(topic, lambda: pump(tokens, topic, make), gen=tokens, make=make)
         index = 0
         try:
-            # The first token is made and written from this task before the call's topic
-            # exists: time to first token pays neither for the topic nor for a hop to a
-            # producer task. The producer that makes the rest starts once it is written.
-            try:
-                first: str | None = await tokens.__anext__()
-            except StopAsyncIteration:
-                first = None
-            if first is not None:
-                yield model_pb2.GenerateChunk(text=first, index=0, source=name)
-                index = 1
-                topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
-                scope = current_call()
-                if scope is not None:
-                    scope.topic = topic
-                producer = asyncio.ensure_future(produce(topic))
-                while (item := await topic.get()) is not None:
-                    text = item[2]
-                    assert isinstance(text, str)  # this topic only ever holds text deltas
-                    yield model_pb2.GenerateChunk(text=text, index=index, source=name)
-                    index += 1
-                await producer
+            async for item in stream.items():
+                text = item.payload
+                assert isinstance(text, str)  # this topic only ever holds text deltas
+                yield model_pb2.GenerateChunk(text=text, index=index, source=name)
+                index += 1
+            await stream.result()
             _account(run, self.config.backend)
             yield model_pb2.GenerateChunk(
                 index=index, source=name, finish_reason=run.finish_reason, usage=run.usage()
             )
         finally:
-            if topic is not None:
-                broker.BROKER.close(topic)
-            if producer is None:
-                await tokens.aclose()
-            elif not producer.done():
-                producer.cancel()
-                await asyncio.gather(producer, return_exceptions=True)
-            elif not producer.cancelled():
-                producer.exception()
+            await stream.close()
 
     async def Complete(
         self, request: model_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> model_pb2.GenerateResponse:
-        prompt, params, run = self._start(request)
-        text = "".join([d async for d in _tokens(self.config, prompt, params, run)])
+        run, tokens = self._run(request)
+        text = "".join([d async for d in tokens])
         _account(run, self.config.backend)
         return model_pb2.GenerateResponse(
             text=text, finish_reason=run.finish_reason, usage=run.usage()
@@ -302,23 +271,6 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                 for name, r in sorted(self.config.settable.items())
             ],
         )
-
-
-def add_model_service(server: Server, servicer: ModelServicer) -> None:
-    server.add_service(SERVICE_NAME, model_pb2_grpc.add_ModelServiceServicer_to_server, servicer)
-
-
-def make_backend(kind: str, *, token_delay: float = 0.0, name: str | None = None) -> Backend:
-    """A built-in backend by name: `markov` (the default) or `echo`."""
-    if kind == "markov":
-        from lazygrpc.backends.markov import MarkovBackend
-
-        return MarkovBackend(token_delay=token_delay, name=name or "markov")
-    if kind == "echo":
-        from lazygrpc.backends.echo import EchoBackend
-
-        return EchoBackend(token_delay=token_delay, name=name or "echo")
-    raise ValueError(f"unknown backend {kind!r} (choose markov or echo)")
 
 
 def presets_from(values: Mapping[str, Any], base: SamplingParams | None = None) -> SamplingParams:

@@ -16,7 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
-from lazygrpc.server_interceptors import AioServerInterceptor, DrainGate
+from lazygrpc.server import broker_service, model, modules
+from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
+from lazygrpc.server.dispatch import aio_behavior, wrap_handler
 
 #: Options of every server lazygrpc builds. Metadata limits sit above lazygrpc's own checks
 #: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
@@ -73,9 +75,7 @@ class Server:
             "coalesce_bytes": coalesce_bytes,
         }
         self._gate = DrainGate()
-        self._own = AioServerInterceptor(
-            name, expose_tracebacks=self.expose_tracebacks, gate=self._gate
-        )
+        self._lifecycle = Lifecycle(name, expose_tracebacks=self.expose_tracebacks, gate=self._gate)
         self._tracing: Any = None
         if telemetry:
             from lazygrpc.telemetry import server_interceptor
@@ -87,17 +87,13 @@ class Server:
         self._server = grpc.aio.server(
             interceptors=list(interceptors) or None, options=[*SERVER_OPTIONS, *options]
         )
-        self._handlers = _Handlers(self._server, self._wrap_method)
+        self._handlers = _Handlers(self._wrap_method)
         self._server.add_generic_rpc_handlers((self._handlers,))
         self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._handlers)
         self.service_names: list[str] = [HEALTH_SERVICE]
         self._stopped = asyncio.Event()
         self._started = False
-
-    @property
-    def grpc_server(self) -> grpc.aio.Server:
-        return self._server
 
     def add_service(self, full_name: str, add_to_server: Any, servicer: Any) -> None:
         """Register a servicer (`add_XServicer_to_server`) under its full service name.
@@ -108,42 +104,39 @@ class Server:
         self.service_names.append(full_name)
 
     def _wrap_method(self, full_method: str, handler: Any) -> Any:
-        if self._own.core.skips(full_method):  # health and reflection: as grpc ships them
+        if full_method.startswith(SKIP_PREFIXES):  # health and reflection: as grpc ships them
             return handler
         if self._tracing is not None:
-            handler = self._tracing._wrap(handler, full_method)
-        return self._own.wrap(handler, full_method)
+            handler = self._tracing.wrap(handler, full_method)
+        hooks = self._lifecycle.hooks(full_method)
+        return wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
 
-    def add_modules(self, modules: Any) -> Any:
-        """Serve callables through `ModuleService` (see `lazygrpc.modules.ModuleServicer`)."""
-        from lazygrpc.modules import ModuleServicer, add_module_service
-
-        servicer = ModuleServicer(modules, topic_options=self.topic_options)
-        add_module_service(self, servicer)
-        if self.name is None:
-            self.name = servicer.default_name()
-            self._set_service_name(self.name)
+    def add_modules(self, callables: Any) -> modules.ModuleServicer:
+        """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""
+        servicer = modules.ModuleServicer(callables, topic_options=self.topic_options)
+        self.add_service(modules.SERVICE_NAME, modules.add_to_server, servicer)
+        self._name_default(servicer.default_name())
         return servicer
 
-    def add_model(self, model: Any) -> Any:
-        """Serve a `lazygrpc.model.ModelConfig` through `ModelService`."""
-        from lazygrpc.model import ModelServicer, add_model_service
-
-        servicer = ModelServicer(model, topic_options=self.topic_options)
-        add_model_service(self, servicer)
-        if self.name is None:
-            self.name = model.name
-            self._set_service_name(self.name)
+    def add_model(self, config: model.ModelConfig) -> model.ModelServicer:
+        """Serve a `lazygrpc.ModelConfig` through `ModelService`."""
+        servicer = model.ModelServicer(config, topic_options=self.topic_options)
+        self.add_service(model.SERVICE_NAME, model.add_to_server, servicer)
+        self._name_default(config.name)
         return servicer
 
-    def _set_service_name(self, name: str) -> None:
-        self._own.core.service = name
+    def _name_default(self, name: str) -> None:
+        """Name the server after its first service when it was given no name."""
+        if self.name is None:
+            self.name = self._lifecycle.service = name
 
     async def start(self) -> int:
         """Bind, start serving and mark every service SERVING; returns the bound port."""
-        from lazygrpc.broker_service import add_broker_service
-
-        add_broker_service(self)
+        self.add_service(
+            broker_service.SERVICE_NAME,
+            broker_service.add_to_server,
+            broker_service.BrokerServicer(self.topic_options),
+        )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer([*self.service_names, reflection.SERVICE_NAME]),
             self._handlers,
@@ -239,59 +232,37 @@ class _Health(health.aio.HealthServicer):  # type: ignore[misc]
 class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Every handler of a `Server`, wrapped once, in one dict that grpc reads per call.
 
-    It also stands in for the server in `add_XServicer_to_server`. Handlers reach grpc only
-    as this one generic handler: on grpc.aio (1.85), each method registered through
-    `add_registered_method_handlers` (which the generated functions call) adds ~5k
-    instructions to *every* call the server takes, whichever service it is for (callgrind:
-    ModuleService alone 490k instructions per unary call generic-only, 504k registered, 520k
-    with health's methods registered too). A generic lookup is one dict access.
+    It stands in for the server in `add_XServicer_to_server`, which registers each service
+    twice: as a generic handler and by `add_registered_method_handlers`. Handlers reach grpc
+    only as this one generic handler: on grpc.aio (1.85) each method registered with grpc
+    itself costs every call the server takes some instructions, whichever service it is for
+    (benchmarks/RESULTS.md, "registered methods"); a generic lookup is one dict access.
     """
 
-    def __init__(self, server: grpc.aio.Server, wrap: Any) -> None:
-        self._server = server
+    def __init__(self, wrap: Any) -> None:
         self._wrap = wrap
         self._methods: dict[str, Any] = {}
+        self._generic: list[Any] = []  # the same services' generic handlers, and others'
 
     def service(self, handler_call_details: Any) -> Any:
         """Implementation of grpc.GenericRpcHandler; not part of the lazygrpc API."""
-        return self._methods.get(handler_call_details.method)
-
-    def _add(self, service: str, handlers: dict[str, Any]) -> None:
-        for name, handler in handlers.items():
-            full_method = f"/{service}/{name.rsplit('/', 1)[-1]}"
-            if full_method not in self._methods:
-                self._methods[full_method] = self._wrap(full_method, handler)
+        method = handler_call_details.method
+        handler = self._methods.get(method)
+        if handler is None:
+            for generic in self._generic:
+                found = generic.service(handler_call_details)
+                if found is not None:
+                    handler = self._methods[method] = self._wrap(method, found)
+                    break
+        return handler
 
     def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
         """What `add_XServicer_to_server` calls; not part of the lazygrpc API."""
-        others = []
-        for generic in generic_handlers:
-            # grpc's DictionaryGenericHandler keys its handlers by "/service/method".
-            handlers = getattr(generic, "_method_handlers", None)
-            if handlers is None:  # not from method_handlers_generic_handler: keep as is
-                others.append(generic)
-            else:
-                self._add(generic.service_name(), handlers)
-        if others:
-            self._server.add_generic_rpc_handlers(tuple(others))
+        self._generic.extend(generic_handlers)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         """What `add_XServicer_to_server` calls; not part of the lazygrpc API."""
-        self._add(service, handlers)
-
-
-def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
-    """Options of the channels lazygrpc opens between hops.
-
-    BDP probing off keeps each stream's HTTP/2 window at `lookahead_bytes`, so a relay hop
-    holds a bounded amount per stream instead of growing to ~4-6 MB (DESIGN.md, measured).
-    """
-    return [
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", lookahead_bytes),
-        ("grpc.max_metadata_size", 32 << 10),
-        ("grpc.absolute_max_metadata_size", 64 << 10),
-        ("grpc.max_receive_message_length", 64 << 20),
-        ("grpc.max_send_message_length", 16 << 20),
-        ("grpc.so_reuseport", 0),
-    ]
+        for name, handler in handlers.items():
+            full_method = f"/{service}/{name}"
+            if full_method not in self._methods:
+                self._methods[full_method] = self._wrap(full_method, handler)

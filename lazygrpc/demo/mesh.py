@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lazygrpc.demo import MODEL_URL_ENV, RETRIEVER_URL_ENV
+from lazygrpc.demo.modules import MODEL_URL_ENV, RETRIEVER_URL_ENV
 
 READY_TIMEOUT = 30.0
 
@@ -102,14 +102,30 @@ def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> li
         children.append(
             _spawn(
                 "retriever",
-                ["serve", "lazygrpc.demo:rag", "--name", "retriever", "--port", port(1), *extra],
+                [
+                    "serve",
+                    "lazygrpc.demo.modules:rag",
+                    "--name",
+                    "retriever",
+                    "--port",
+                    port(1),
+                    *extra,
+                ],
                 {MODEL_URL_ENV: model_url},
             )
         )
         children.append(
             _spawn(
                 "gateway",
-                ["serve", "lazygrpc.demo:ask", "--name", "gateway", "--port", port(2), *extra],
+                [
+                    "serve",
+                    "lazygrpc.demo.modules:ask",
+                    "--name",
+                    "gateway",
+                    "--port",
+                    port(2),
+                    *extra,
+                ],
                 {RETRIEVER_URL_ENV: f"grpc://{children[1].address}"},
             )
         )
@@ -124,27 +140,25 @@ def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> li
 def ask(gateway: str, question: str) -> int:
     """Stream one answer through the mesh to the terminal; 0 on success."""
     import lazygrpc
-    from lazygrpc.cli import _print_error
 
     ask_module = lazygrpc.connect(f"grpc://{gateway}/ask", timeout=60)
     print(f"\nQ: {question}")
     with lazygrpc.session() as s:
+        started = False
         try:
             for ev in ask_module.stream(question):
                 if ev.kind == "intermediate":
                     print(f"  [{ev.source}] {_describe(ev.value)}", flush=True)
                 elif ev.kind == "delta":
-                    if ev.seq == 0 or not getattr(ask, "_started", False):
+                    if not started:
                         print("A: ", end="")
-                        ask._started = True  # type: ignore[attr-defined]
+                        started = True
                     print(ev.value, end="", flush=True)
             print()
         except lazygrpc.RemoteError as exc:
             print()
-            _print_error(exc)
+            print(exc.report(), file=sys.stderr)
             return 1
-        finally:
-            ask._started = False  # type: ignore[attr-defined]
         print(f"session {s.id} usage: {json.dumps(s.get('usage'))}")
     return 0
 

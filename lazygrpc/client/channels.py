@@ -1,4 +1,4 @@
-"""URLs and the shared channels lazygrpc opens: one per target (per event loop for asyncio)."""
+"""URLs, channel options, and the shared channels lazygrpc opens (one per target and loop)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,22 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 
-from lazygrpc.server import channel_options
+
+def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
+    """Options of the channels lazygrpc opens between hops.
+
+    BDP probing off keeps each stream's HTTP/2 window at `lookahead_bytes`, so a relay hop
+    holds a bounded amount per stream instead of growing to ~4-6 MB (docs/streaming.md).
+    """
+    return [
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", lookahead_bytes),
+        ("grpc.max_metadata_size", 32 << 10),
+        ("grpc.absolute_max_metadata_size", 64 << 10),
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -86,9 +101,6 @@ async def aclose_all() -> None:
     with _lock:
         channels = list(_aio.pop(loop, {}).values())
         _astubs.pop(loop, None)
-        for key, (owner, _) in list(_last_astub.items()):
-            if owner is loop:
-                del _last_astub[key]
     for ch in channels:
         await ch.close()
 
@@ -97,10 +109,6 @@ _stubs: dict[tuple[Any, str], Any] = {}
 _astubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, str], Any]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-# The stub last used per (class, target) and its loop: skips the weak-dict lookups per call.
-_last_astub: dict[tuple[Any, str], tuple[asyncio.AbstractEventLoop, Any]] = {}
 
 
 def stub(cls: Any, target: str) -> Any:
@@ -114,14 +122,9 @@ def stub(cls: Any, target: str) -> Any:
 
 def astub(cls: Any, target: str) -> Any:
     """A cached stub of `cls` on the running loop's shared channel for `target`."""
-    loop = asyncio.get_running_loop()
-    cached = _last_astub.get((cls, target))
-    if cached is not None and cached[0] is loop:
-        return cached[1]
-    per_loop = _astubs.setdefault(loop, {})
+    per_loop = _astubs.setdefault(asyncio.get_running_loop(), {})
     key = (cls, target)
     s = per_loop.get(key)
     if s is None:
         s = per_loop[key] = cls(aio_channel(target))
-    _last_astub[key] = (loop, s)
     return s

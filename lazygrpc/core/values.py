@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from lazygrpc.errors import InvalidArgument
+from lazygrpc.core.errors import InvalidArgument
 
 #: Integers beyond this lose precision as a double, so they are refused instead.
 MAX_SAFE_INT = 2**53
@@ -29,7 +29,7 @@ def fill_value(v: struct_pb2.Value, obj: Any, *, where: str = "value") -> None:
 
 
 def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], *, where: str = "kwargs") -> None:
-    """`to_struct` into an existing `Struct`."""
+    """A str-keyed mapping into an existing `Struct`."""
     for key, item in obj.items():
         _fill(s.fields[key], item, f"{where}[{key!r}]")
 
@@ -67,13 +67,6 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
             v.list_value.SetInParent()
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-like (got {obj!r:.60})")
-
-
-def to_struct(obj: Mapping[str, Any], *, where: str = "kwargs") -> struct_pb2.Struct:
-    """Convert a str-keyed mapping to a `Struct`."""
-    s = struct_pb2.Struct()
-    fill_struct(s, obj, where=where)
-    return s
 
 
 def from_value(v: struct_pb2.Value, *, where: str = "value") -> Any:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from lazygrpc import broker
-from lazygrpc.errors import InvalidArgument, NotFound
+from lazygrpc.broker.topic import INTERMEDIATE, Item
+from lazygrpc.core.errors import InvalidArgument, NotFound
+from lazygrpc.core.values import to_value
 from lazygrpc.v1 import broker_pb2, broker_pb2_grpc, module_pb2
-from lazygrpc.values import to_value
-
-if TYPE_CHECKING:
-    from lazygrpc.server import Server
 
 SERVICE_NAME = "lazygrpc.v1.BrokerService"
+add_to_server = broker_pb2_grpc.add_BrokerServiceServicer_to_server
 
 
 def stats_message(stats: broker.BrokerStats) -> broker_pb2.BrokerStats:
@@ -44,13 +43,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
                 raise NotFound(f"topic {request.topic!r} has no subscriber")
             if not request.HasField("value"):
                 raise InvalidArgument("value: missing")
-            item = (
-                broker.INTERMEDIATE,
-                request.source,
-                request.value,
-                request.value.ByteSize() + 8,
-            )
-            await topic.aput(item)
+            await topic.aput(Item.encoded(INTERMEDIATE, request.source, request.value))
             accepted += 1
         return broker_pb2.PublishResponse(accepted=accepted)
 
@@ -69,10 +62,10 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             # the topic is open and that Publish into it will be accepted.
             await context.send_initial_metadata(())
             while (item := await topic.get()) is not None:
-                value = item[2]
+                value = item.payload
                 if isinstance(value, str):  # only Values are published into named topics
                     value = to_value(value)
-                yield module_pb2.Event(seq=seq, source=item[1], intermediate=value)
+                yield module_pb2.Event(seq=seq, source=item.source, intermediate=value)
                 seq += 1
         finally:
             broker.BROKER.close(topic)
@@ -81,11 +74,3 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         self, request: broker_pb2.GetBrokerStatsRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.BrokerStats:
         return stats_message(broker.BROKER.stats())
-
-
-def add_broker_service(server: Server) -> None:
-    server.add_service(
-        SERVICE_NAME,
-        broker_pb2_grpc.add_BrokerServiceServicer_to_server,
-        BrokerServicer(server.topic_options),
-    )

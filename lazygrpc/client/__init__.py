@@ -1,0 +1,1 @@
+"""The client side: channels, the call lifecycle, interceptors for raw stubs, modules, models."""

@@ -1,0 +1,148 @@
+"""`LLM(url)`: a model served by a lazygrpc `ModelService`, sync and asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+import grpc
+
+from lazygrpc.client import call, channels
+from lazygrpc.core import chain
+from lazygrpc.core.events import async_stream
+from lazygrpc.v1 import model_pb2, model_pb2_grpc
+
+_PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+
+
+def _params_message(params: Mapping[str, Any]) -> model_pb2.GenerationParams:
+    msg = model_pb2.GenerationParams()
+    for key, value in params.items():
+        if key not in _PARAMS:
+            raise TypeError(f"unknown generation param {key!r} (known: {', '.join(_PARAMS)})")
+        if value is None:
+            continue
+        if key == "stop":
+            msg.stop.extend([value] if isinstance(value, str) else list(value))
+        else:
+            try:
+                setattr(msg, key, value)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"generation param {key!r}: {value!r} ({exc})") from None
+    return msg
+
+
+class LLM:
+    """A model served by a lazygrpc `ModelService`.
+
+    `share(prompt=..., **params)` gives a new instance on the same channel and service
+    with its own prompt template and params; the server's presets stay on the server.
+    """
+
+    def __init__(
+        self, url: str, *, prompt: str | None = None, timeout: float | None = None, **params: Any
+    ) -> None:
+        self.url = url
+        self.target, path = channels.parse_url(url)
+        if path:
+            raise ValueError(f"invalid lazygrpc URL {url!r}: a model URL has no path")
+        self.prompt = prompt
+        self.timeout = timeout
+        _params_message(params)  # validate names and types now
+        self.params: dict[str, Any] = dict(params)
+
+    def __repr__(self) -> str:
+        return f"LLM({self.url!r}, prompt={self.prompt!r}, params={self.params!r})"
+
+    def share(self, prompt: str | None = None, **params: Any) -> LLM:
+        """A new instance sharing this one's channel, with its own prompt and params."""
+        return LLM(
+            self.url,
+            prompt=self.prompt if prompt is None else prompt,
+            timeout=self.timeout,
+            **{**self.params, **params},
+        )
+
+    def _request(self, text: str, params: Mapping[str, Any]) -> model_pb2.GenerateRequest:
+        request = model_pb2.GenerateRequest()
+        if self.params or params:
+            request.params.CopyFrom(_params_message({**self.params, **params}))
+        if self.prompt is None:
+            request.input = text
+        elif "{input}" in self.prompt:
+            request.input = self.prompt.replace("{input}", text)
+        else:  # a template without a slot acts as the system prompt
+            request.messages.add(role="system", content=self.prompt)
+            request.messages.add(role="user", content=text)
+        return request
+
+    def _error(self, method: str) -> Callable[[grpc.RpcError], Exception]:
+        def build(err: grpc.RpcError) -> Exception:
+            return chain.remote_error_from_rpc(err, service=self.target, method=method)
+
+        return build
+
+    def _stub(self) -> Any:
+        return channels.stub(model_pb2_grpc.ModelServiceStub, self.target)
+
+    def _astub(self) -> Any:
+        return channels.astub(model_pb2_grpc.ModelServiceStub, self.target)
+
+    def __call__(self, text: str, **params: Any) -> str:
+        """The whole answer (`Complete`)."""
+        request = self._request(text, params)
+        response = call.unary(self._stub().Complete, request, self.timeout, self._error("Complete"))
+        return str(response.text)
+
+    def stream(self, text: str, **params: Any) -> Iterator[str]:
+        """The answer's text deltas as they are generated (`Generate`).
+
+        A generator function, so that `add_modules({"chat": llm.stream})` serves it as a
+        streaming module.
+        """
+        request = self._request(text, params)
+        method = self._stub().Generate
+        yield from call.stream(method, request, self.timeout, self._error("Generate"), text=True)
+
+    def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
+        """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
+        request = self._request(text, params)
+        return call.stream(self._stub().Generate, request, self.timeout, self._error("Generate"))
+
+    async def acall(self, text: str, **params: Any) -> str:
+        """`await llm.acall(x)`: the asyncio twin of `llm(x)`."""
+        request = self._request(text, params)
+        method = self._astub().Complete
+        response = await call.aunary(method, request, self.timeout, self._error("Complete"))
+        return str(response.text)
+
+    @async_stream  # served as a streaming module, like an async generator function
+    def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+        """`async for delta in llm.astream(x)`: the asyncio twin of `llm.stream(x)`.
+
+        The request is built (and `params` checked) at once; the call starts at the first
+        step. It is the stream itself, not a generator around it: one layer less per token.
+        So `inspect.isasyncgenfunction(llm.astream)` is False; served as a module (also
+        through `functools.partial`) it streams all the same (`async_stream`).
+        """
+        request = self._request(text, params)
+        return call.astream(
+            self._agenerate, request, self.timeout, self._error("Generate"), text=True
+        )
+
+    def _agenerate(
+        self, request: model_pb2.GenerateRequest, metadata: Any = None, timeout: Any = None
+    ) -> Any:
+        # The stub belongs to the loop that iterates, which need not run yet at astream().
+        return self._astub().Generate(request, metadata=metadata, timeout=timeout)
+
+    def info(self) -> dict[str, Any]:
+        """Name, backend and the params a caller may set, with their ranges."""
+        request = model_pb2.GetModelInfoRequest()
+        method = self._stub().GetModelInfo
+        info = call.unary(method, request, self.timeout, self._error("GetModelInfo"))
+        return {
+            "name": info.name,
+            "backend": info.backend,
+            "settable_params": {p.name: (p.min, p.max) for p in info.settable_params},
+        }

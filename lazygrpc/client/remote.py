@@ -1,0 +1,140 @@
+"""`connect(url)`: a module served by a lazygrpc `ModuleService`, called like a local function."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from lazygrpc import broker
+from lazygrpc.client import call, channels
+from lazygrpc.core import chain
+from lazygrpc.core.events import Event, relay_source
+from lazygrpc.core.values import fill_struct, fill_value, from_value
+from lazygrpc.v1 import module_pb2, module_pb2_grpc
+
+_NO_RESULT = object()
+
+
+def _result_of(module: str, events: Iterable[Event]) -> Any:
+    """The `result` of a stream read to its end (its trailers carry the globals)."""
+    result = _NO_RESULT
+    for ev in events:
+        if ev.kind == "result":
+            result = ev.value
+    if result is _NO_RESULT:
+        raise RuntimeError(f"stream of {module!r} ended without a result")
+    return result
+
+
+async def _aresult_of(module: str, events: AsyncIterator[Event]) -> Any:
+    result = _NO_RESULT
+    async for ev in events:
+        if ev.kind == "result":
+            result = ev.value
+    if result is _NO_RESULT:
+        raise RuntimeError(f"stream of {module!r} ended without a result")
+    return result
+
+
+class RemoteModule:
+    """A module served by a lazygrpc `ModuleService`, called like a local function.
+
+    Under a streaming call, calls use the streaming RPC and re-publish the intermediate
+    events from below into the current stream, so progress from any depth reaches the entry.
+    """
+
+    def __init__(self, url: str, *, timeout: float | None = None) -> None:
+        self.url = url
+        self.target, self.module = channels.parse_url(url)
+        if not self.module:
+            raise ValueError(
+                f"invalid lazygrpc URL {url!r}: no module name (grpc://HOST:PORT/MODULE)"
+            )
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"RemoteModule({self.url!r})"
+
+    def _request(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> module_pb2.CallRequest:
+        if len(args) > 1:
+            raise TypeError(f"{self.module}() takes one positional input, got {len(args)}")
+        request = module_pb2.CallRequest(module=self.module)
+        if args:
+            fill_value(request.input, args[0], where="input")
+        if kwargs:
+            fill_struct(request.kwargs, kwargs)
+        return request
+
+    def _error(self, err: grpc.RpcError) -> Exception:
+        return chain.remote_error_from_rpc(err, service=self.target, method=self.module)
+
+    def _relayed(self, ev: module_pb2.Event) -> broker.Item:
+        source = relay_source(self.module, ev.source)
+        return broker.Item.encoded(broker.INTERMEDIATE, source, ev.intermediate)
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the module and return its result. Raises `RemoteError` if it fails."""
+        request = self._request(args, kwargs)
+        if broker.current_topic() is not None:
+            # Read to the end, not just to the result: the trailers (globals) come after it.
+            return _result_of(self.module, self._stream(request))
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        response = call.unary(stub.Call, request, self.timeout, self._error)
+        return from_value(response.output, where="output")
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
+        """Stream the module's events; the last one is the `result`.
+
+        Under a streaming call, `intermediate` events go straight into the current stream
+        instead of being yielded here.
+        """
+        return self._stream(self._request(args, kwargs))
+
+    def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
+        topic = broker.current_topic()
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        for ev in call.stream(stub.Stream, request, self.timeout, self._error):
+            if topic is not None and ev.HasField("intermediate"):
+                topic.put(self._relayed(ev))
+            else:
+                yield Event.from_pb(ev)
+
+    def list_modules(self) -> list[dict[str, Any]]:
+        """The modules the server exposes: name, streaming, doc."""
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        request = module_pb2.ListModulesRequest()
+        response = call.unary(stub.ListModules, request, self.timeout, self._error)
+        return [{"name": m.name, "streaming": m.streaming, "doc": m.doc} for m in response.modules]
+
+    # -- asyncio ------------------------------------------------------------------------
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """`await m.acall(x)`: the asyncio twin of `m(x)`."""
+        request = self._request(args, kwargs)
+        if broker.current_topic() is not None:
+            return await _aresult_of(self.module, self._astream(request))
+        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
+        response = await call.aunary(stub.Call, request, self.timeout, self._error)
+        return from_value(response.output, where="output")
+
+    def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
+        """`async for ev in m.astream(x)`: the asyncio twin of `m.stream(x)`."""
+        return self._astream(self._request(args, kwargs))
+
+    async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
+        topic = broker.current_topic()
+        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
+        async for ev in call.astream(stub.Stream, request, self.timeout, self._error):
+            if topic is not None and ev.HasField("intermediate"):
+                await broker.aput_from_anywhere(topic, self._relayed(ev))
+            else:
+                yield Event.from_pb(ev)
+
+
+def connect(url: str, *, timeout: float | None = None) -> RemoteModule:
+    """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`."""
+    return RemoteModule(url, timeout=timeout)

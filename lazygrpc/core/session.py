@@ -1,0 +1,287 @@
+"""Session state: an id and JSON globals, and a record of what a call changed. No I/O.
+
+Each incoming call gets its own `Session` (two concurrent calls with one session id never
+share globals); what a call changes goes back to its caller in the `lazy-globals-update`
+trailer (docs/sessions.md). Which session code runs under is `lazygrpc.core.context`'s
+business, not this module's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from lazygrpc.core import baggage
+from lazygrpc.core.baggage import Undecoded
+from lazygrpc.core.errors import ResourceExhausted
+
+#: Values that cannot change in place: their encoding stays right as long as they do.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_MISSING = object()
+
+
+def new_session_id() -> str:
+    """A fresh unique session id (128 random bits, hex)."""
+    return os.urandom(16).hex()
+
+
+class _Global:
+    """One global: its value (`Undecoded` until first read), and what is known of it.
+
+    `text` is the JSON text the call started with (to notice a value changed in place);
+    `entry` its encoded baggage entry while that is known to be current; `exposed` means a
+    mutable value was handed out, so it is encoded afresh whenever it is sent; `dirty` means
+    this call set it (or merged it from a callee).
+    """
+
+    __slots__ = ("dirty", "entry", "exposed", "text", "value")
+
+    def __init__(
+        self, value: Any, text: str | None = None, entry: str | None = None, *, dirty: bool = False
+    ) -> None:
+        self.value = value
+        self.text = text
+        self.entry = entry
+        self.dirty = dirty
+        self.exposed = False
+
+
+class Session:
+    """One session's id and globals, with a record of what changed since it was created.
+
+    A value changed in place (`globals["history"].append(x)`) counts as changed too: the
+    update compares each handed-out value's encoding with the one the call started with.
+    One lock guards the globals, since a call's threads (thread-pool fan-out) share them.
+
+    A session that arrived in a header of flat globals keeps the header unparsed until code
+    first touches a global, and forwards it as it came while no global changed.
+    """
+
+    __slots__ = ("_deleted", "_header", "_lock", "_table", "_unparsed", "foreign_baggage", "id")
+
+    def __init__(
+        self,
+        id: str | None = None,
+        values: dict[str, Any] | None = None,
+        foreign_baggage: list[str] | None = None,
+    ) -> None:
+        """A session with `values` as its starting globals (not counted as changed)."""
+        self.id: str = new_session_id() if id is None else baggage.check_session_id(id)
+        self.foreign_baggage: list[str] = foreign_baggage or []
+        self._lock = threading.Lock()
+        self._table: dict[str, _Global] = {}
+        self._deleted: set[str] = set()
+        self._header: str | None = None  # the `baggage` header while it is current
+        self._unparsed: str | None = None  # a checked flat header not taken apart yet
+        for key, value in (values or {}).items():
+            g = self._table[key] = _Global(value, baggage.encode_json(key, value))
+            g.exposed = type(value) not in _IMMUTABLE
+
+    @classmethod
+    def arrived(cls, id: str | None, header: str | None) -> Session:
+        """The session of an incoming call from its `lazy-session-id` and `baggage` headers.
+
+        Both are checked now (`ValueError` names what is wrong). A header of flat globals only
+        (the common case, one pattern match) is taken apart when code first touches a global,
+        and a hop that never does forwards it as it came."""
+        session = cls(id)
+        if not header:
+            return session
+        if baggage.is_flat_header(header):
+            session._header = session._unparsed = header
+            return session
+        parsed = baggage.parse_baggage(header, defer=True)
+        session.foreign_baggage = parsed.others
+        for key, value in parsed.values.items():
+            session._table[key] = _Global(value, parsed.texts.get(key), parsed.entries.get(key))
+        session._header = session._joined()
+        return session
+
+    def _globals(self) -> dict[str, _Global]:
+        """The table of globals, the arrival header taken apart first if it was not yet."""
+        if self._unparsed is not None:
+            with self._lock:
+                header, self._unparsed = self._unparsed, None
+                if header is not None:  # else another thread took it apart first
+                    for entry in header.split(","):
+                        key, _, wire = entry.partition("=")
+                        self._table[key[len(baggage.PREFIX) :]] = _Global(
+                            Undecoded(wire), None, entry
+                        )
+        return self._table
+
+    def _read(self, key: str) -> Any:
+        """The value of `key` (`_MISSING` if unset), decoded and marked handed out."""
+        g = self._globals().get(key)
+        if g is None:
+            return _MISSING
+        value = g.value
+        if type(value) is Undecoded:
+            decoded, text = value.decode()  # checked on arrival: cannot fail here
+            with self._lock:
+                if g.value is value:  # else another thread decoded or set it meanwhile
+                    g.value, g.text = decoded, text
+                value = g.value
+        if type(value) not in _IMMUTABLE:
+            g.exposed = True  # the caller may change it in place from now on
+            self._header = None
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._read(key)
+        return default if value is _MISSING else value
+
+    def item(self, key: str) -> Any:
+        value = self._read(key)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def has(self, key: object) -> bool:
+        return key in self._globals()
+
+    def keys(self) -> list[str]:
+        """The names of the globals (a snapshot)."""
+        table = self._globals()
+        with self._lock:
+            return list(table)
+
+    def values(self) -> dict[str, Any]:
+        """A snapshot of the globals."""
+        snapshot = {key: self._read(key) for key in self.keys()}
+        return {key: value for key, value in snapshot.items() if value is not _MISSING}
+
+    def set(self, key: str, value: Any, *, owned: bool = False) -> None:
+        """Set a global. `owned=True`: the caller hands `value` over and will not change it
+        in place, so the encoding made now is the one sent on and back (a mutable value is
+        otherwise encoded again whenever it is sent, in case it changed)."""
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"session global key {key!r} must be a non-empty str")
+        entry = baggage.encode_entry(key, baggage.encode_json(key, value))
+        if len(entry) > baggage.MAX_BAGGAGE_BYTES:
+            raise ValueError(
+                f"session global {key!r}: {len(entry)} bytes encoded, over the limit of "
+                f"{baggage.MAX_BAGGAGE_BYTES} bytes for all globals"
+            )
+        table = self._globals()
+        g = _Global(value, None, entry, dirty=True)
+        g.exposed = not owned and type(value) not in _IMMUTABLE
+        with self._lock:
+            table[key] = g
+            self._deleted.discard(key)
+            self._header = None
+
+    def delete(self, key: str) -> None:
+        table = self._globals()
+        with self._lock:
+            del table[key]
+            self._deleted.add(key)
+            self._header = None
+
+    def merge_update(
+        self, values: dict[str, Any], deleted: Iterable[str], entries: dict[str, str] | None = None
+    ) -> None:
+        """Apply a callee's `lazy-globals-update`; the keys count as changed here too.
+
+        `entries` are the update's own encoded entries (`baggage.parse_baggage`): the values
+        are then fresh objects or `Undecoded`, forwarded as they came."""
+        if entries is None:
+            for key, value in values.items():
+                self.set(key, value)
+        table = self._globals()
+        with self._lock:
+            for key, value in values.items() if entries is not None else ():
+                table[key] = _Global(value, None, entries.get(key), dirty=True)  # type: ignore[union-attr]
+                self._deleted.discard(key)
+            for key in deleted:
+                table.pop(key, None)
+                self._deleted.add(key)
+            # The next call's header is joined now, under the lock, not on its way out.
+            self._header = self._joined()
+
+    def _joined(self) -> str | None:
+        """The `baggage` header from the entries as they are, when every global has a current
+        one (else None: `baggage()` encodes what it must)."""
+        parts = list(self.foreign_baggage)
+        for g in self._table.values():
+            if g.entry is None or g.exposed:
+                return None
+            parts.append(g.entry)
+        header = ",".join(parts)
+        if len(header) > baggage.MAX_BAGGAGE_BYTES or len(parts) > baggage.MAX_BAGGAGE_ENTRIES:
+            return None  # `baggage()` raises, naming the limit
+        return header
+
+    def _entry(self, key: str, g: _Global) -> str:
+        """The current baggage entry of a global (under the lock)."""
+        if g.entry is None or g.exposed:
+            g.entry = baggage.encode_entry(key, baggage.encode_json(key, g.value))
+        return g.entry
+
+    def baggage(self) -> str:
+        """The encoded `baggage` header (`ValueError` past the W3C limits).
+
+        Kept until a global changes or a mutable one is handed out; a handed-out value is
+        encoded afresh every time."""
+        header = self._header
+        if header is not None:
+            return header  # unchanged since it arrived (parsed or not) or was last built
+        table = self._globals()
+        with self._lock:
+            parts = [*self.foreign_baggage, *(self._entry(k, g) for k, g in table.items())]
+            header = baggage.join_baggage(parts)  # raises, naming the limit
+            if not any(g.exposed for g in table.values()):
+                self._header = header
+        return header
+
+    def update_trailer(self) -> str:
+        """The `lazy-globals-update` value for what changed, or "" when nothing did.
+
+        Raises `ResourceExhausted` naming the size when it would not fit the 8 KiB limit
+        the caller enforces on it."""
+        if self._unparsed is not None:
+            return ""  # never touched: every global is as it came
+        changed: list[str] = []
+        names: list[str] = []
+        with self._lock:
+            for key, g in self._table.items():
+                if g.dirty:
+                    changed.append(self._entry(key, g))
+                elif g.exposed:
+                    encoded = baggage.encode_json(key, g.value)
+                    if _same_json(key, g.text, encoded):
+                        continue
+                    g.entry = baggage.encode_entry(key, encoded)
+                    changed.append(g.entry)
+                else:
+                    continue  # never handed out, never set: as it came
+                names.append(key)
+            deleted = sorted(self._deleted)
+        if not changed and not deleted:
+            return ""
+        update = baggage.join_update(changed, deleted)
+        if len(update) > baggage.MAX_BAGGAGE_BYTES:
+            raise ResourceExhausted(
+                f"{baggage.UPDATE_TRAILER}: changed globals encode to {len(update)} bytes, "
+                f"over the limit of {baggage.MAX_BAGGAGE_BYTES} "
+                f"(keys: {', '.join(sorted(names))})"
+            )
+        return update
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, globals={self.values()!r})"
+
+
+def _same_json(key: str, initial: str | None, encoded: str) -> bool:
+    """Whether a handed-out value still encodes to the JSON text it started with."""
+    if initial is None:
+        return False
+    if initial == encoded:
+        return True
+    # The text came from a peer that formats JSON differently: compare canonically.
+    try:
+        return baggage.encode_json(key, baggage.decode_json(initial)) == encoded
+    except (TypeError, ValueError, RecursionError):
+        return False

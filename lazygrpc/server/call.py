@@ -1,0 +1,260 @@
+"""The server call lifecycle: one incoming call from start to end, for every server.
+
+    admit    a draining server refuses new calls (UNAVAILABLE); the gate counts the rest
+    bind     the call's scope from its headers (session, deadline, trace context), bound for
+             the whole call; a bad header refuses it (INVALID_ARGUMENT, naming the header)
+    run      the handler, in whichever of the four styles (`lazygrpc.server.dispatch`)
+    failure  an escaping exception becomes a status with this hop's `CallFrame` in front of
+             the chain from below
+    leave    the drain gate counts the call out
+    trailer  changed globals go back in `lazy-globals-update`
+
+`Lifecycle.hooks(full_method)` is these steps for one method, as the dispatcher's `Hooks`:
+`lazygrpc.Server`, and the interceptors for your own servers, wrap each handler with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from lazygrpc.core import baggage, chain
+from lazygrpc.core.context import CallScope, bind_call
+from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
+from lazygrpc.core.session import Session
+from lazygrpc.server.dispatch import aborted_by_handler
+
+SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+_OWN_HEADERS = frozenset(
+    {
+        baggage.SESSION_HEADER,
+        baggage.BAGGAGE_HEADER,
+        baggage.TRACEPARENT_HEADER,
+        baggage.TRACESTATE_HEADER,
+    }
+)
+
+
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+_SHUTTING_DOWN = _Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down", ())
+
+
+class DrainGate:
+    """Counts calls in flight; once draining, new calls are refused with UNAVAILABLE.
+
+    grpc's own `stop(grace)` closes the listener and sends GOAWAY at once, so no client could
+    ever read the NOT_SERVING that a graceful shutdown sets. `Server.stop()` drains here
+    first (health and reflection keep answering), then stops grpc.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        self._idle: asyncio.Event | None = None  # made only while a drain waits
+
+    def enter(self) -> bool:
+        if self.draining:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self._idle is not None and not self.active:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until no call is in flight."""
+        if not self.active:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+def incoming_scope(
+    service: str, method: str, invocation_metadata: Any, time_remaining: float | None
+) -> CallScope:
+    """The scope of a new call from its headers; `InvalidArgument` names a bad one."""
+    sid = header = traceparent = tracestate = None
+    for key, value in invocation_metadata or ():
+        if type(value) is str and len(value) > baggage.MAX_HEADER_BYTES:  # -bin are bytes
+            raise InvalidArgument(
+                f"{key}: {len(value)} bytes, over the limit of {baggage.MAX_HEADER_BYTES}"
+            )
+        if key not in _OWN_HEADERS:
+            continue
+        if key == baggage.SESSION_HEADER:
+            if sid is not None:
+                raise InvalidArgument(f"{key}: sent more than once (a call has one session)")
+            sid = value
+        elif key == baggage.BAGGAGE_HEADER:
+            # W3C baggage may come in several headers: they are one list (empty ones add
+            # nothing, RFC 9110 5.3), and the limits apply to all of it.
+            if not header or header.isspace():
+                header = value
+            elif value and not value.isspace():
+                header = f"{header},{value}"
+        elif key == baggage.TRACEPARENT_HEADER:
+            # Sent twice, it names no one trace: W3C says to restart it ("" forwards none).
+            traceparent = value if traceparent is None else ""
+        else:
+            tracestate = value if tracestate is None else f"{tracestate},{value}"
+    try:
+        session = Session.arrived(sid, header)
+    except ValueError as exc:  # a bad baggage header or session id, named
+        raise InvalidArgument(str(exc)) from None
+    scope = CallScope(session, service, method, time_remaining)
+    if traceparent is not None:
+        scope.trace_headers = baggage.trace_headers(traceparent, tracestate)
+        if scope.trace_headers:
+            scope.trace_id = traceparent[3:35]
+    return scope
+
+
+class Lifecycle:
+    """lazygrpc's call lifecycle for one server: its name, its traceback policy, its gate.
+
+    `service` names this server in call chains (None: each method's service name, until
+    `Server` learns its name). `sync=True` is for a sync `grpc.server`, where the end of a
+    call is seen through `context.add_callback` rather than as a cancelled task.
+    """
+
+    def __init__(
+        self,
+        service: str | None = None,
+        *,
+        expose_tracebacks: bool = False,
+        gate: DrainGate | None = None,
+        sync: bool = False,
+    ) -> None:
+        self.service = service
+        self.expose_tracebacks = expose_tracebacks
+        self.gate = gate
+        self.sync = sync
+
+    def hooks(self, full_method: str) -> MethodCalls:
+        """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`)."""
+        return MethodCalls(self, *chain.split_method(full_method))
+
+    def failure(self, scope: CallScope, exc: BaseException) -> grpc.Status:
+        """Status (code, message, details and globals trailers) for an escaping exception."""
+        if isinstance(exc, grpc.RpcError):  # a child call made with a raw stub failed
+            exc = chain.remote_error_from_rpc(exc)
+        call_chain = chain.failure_chain(
+            exc,
+            service=scope.service,
+            method=scope.method,
+            session_id=scope.session.id,
+            trace_id=scope.trace_id,
+            expose_traceback=self.expose_tracebacks,
+        )
+        status = chain.to_grpc_status(
+            exc, call_chain, service=scope.service, method=scope.method, session_id=scope.session.id
+        )
+        return _Status(status.code, status.details, trailers(scope, status.trailing_metadata))
+
+
+def trailers(scope: CallScope, existing: Sequence[tuple[str, Any]] = ()) -> tuple[Any, ...]:
+    """`existing` plus the globals update; on a failing call an oversize update is left out
+    (the error matters more, and the caller keeps the globals it had)."""
+    try:
+        update = scope.session.update_trailer()
+    except ResourceExhausted:
+        update = ""
+    extra = ((baggage.UPDATE_TRAILER, update),) if update else ()
+    return (*tuple(existing or ()), *extra)
+
+
+class MethodCalls:
+    """The lifecycle's steps for the calls of one method."""
+
+    __slots__ = ("lifecycle", "method", "service")
+
+    def __init__(self, lifecycle: Lifecycle, service: str, method: str) -> None:
+        self.lifecycle = lifecycle
+        self.service = service.rsplit(".", 1)[-1]  # `ModuleService` until the server is named
+        self.method = method
+
+    def start(self, context: Any) -> CallScope | grpc.Status:
+        """Admit the call and bind its scope, or the status that refuses it."""
+        life = self.lifecycle
+        if life.gate is not None and not life.gate.enter():
+            return _SHUTTING_DOWN
+        service = life.service or self.service
+        try:
+            scope = incoming_scope(
+                service, self.method, context.invocation_metadata(), context.time_remaining()
+            )
+        except Exception as exc:
+            if life.gate is not None:
+                life.gate.leave()
+            if not isinstance(exc, InvalidArgument):
+                exc = InvalidArgument(f"request metadata: {exc}")
+            return life.failure(CallScope(Session(), service, self.method, None), exc)
+        # In aio the wrapper and the handler share one task, so the binding holds for the
+        # whole call, across every await and every yield; on a sync server this runs in the
+        # call's own copied context.
+        bind_call(scope)
+        if scope.trace_headers and "opentelemetry.trace" in sys.modules:
+            _continue_trace(scope)
+        if life.sync:
+            context.add_callback(scope.cancel)
+        return scope
+
+    def error(self, scope: CallScope, context: Any, exc: BaseException) -> grpc.Status | None:
+        """Re-raise what must propagate (None); answer anything else with its status."""
+        if aborted_by_handler(exc, context):
+            return None
+        if isinstance(exc, GeneratorExit | asyncio.CancelledError):
+            task = asyncio.current_task() if not self.lifecycle.sync else None
+            if isinstance(exc, GeneratorExit) or (task is not None and task.cancelling()):
+                scope.cancel()  # the RPC itself was cancelled: stop its child calls
+                return None
+            # A CancelledError the RPC did not get (a task the handler awaited was
+            # cancelled): re-raising it would leave the client waiting (grpc #29248).
+        return self.lifecycle.failure(scope, exc)
+
+    def leave(self, scope: CallScope) -> None:
+        if self.lifecycle.gate is not None:
+            self.lifecycle.gate.leave()
+
+    def done(self, scope: CallScope, context: Any) -> grpc.Status | None:
+        """Add `lazy-globals-update` to the trailers when the call changed a global; the
+        error to answer with instead when the update is too large to send."""
+        try:
+            update = scope.session.update_trailer()
+        except ResourceExhausted as exc:
+            return self.lifecycle.failure(scope, exc)
+        if update:
+            getter = getattr(context, "trailing_metadata", None)
+            existing = tuple((getter() if getter else ()) or ())
+            context.set_trailing_metadata((*existing, (baggage.UPDATE_TRAILER, update)))
+        return None
+
+
+def _continue_trace(scope: CallScope) -> None:
+    """Make the incoming trace context OpenTelemetry's current context for the call.
+
+    A span that the handler, our tracing or an OpenTelemetry client interceptor starts then
+    continues the caller's trace, and what OpenTelemetry injects downstream is one
+    consistent traceparent/tracestate pair. The context belongs to the call's task (aio) or
+    to the copy the handler runs in (sync), so nothing is detached.
+    """
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    otel_context.attach(TraceContextTextMapPropagator().extract(dict(scope.trace_headers)))

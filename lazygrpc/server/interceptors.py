@@ -1,0 +1,87 @@
+"""Server interceptors for your own servers (sync `grpc.server` and `grpc.aio.server`).
+
+They run lazygrpc's call lifecycle (`lazygrpc.server.call`) around every handler, as
+`lazygrpc.Server` does: the session and call scope bound for the whole call — every step of
+a streaming response too, in both aio handler styles (async generator and `await
+context.write()`, grpc #28728) — an escaping exception turned into a status with a
+`CallChain`, and changed globals returned in the `lazy-globals-update` trailer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
+from lazygrpc.server.dispatch import aio_behavior, sync_behavior, wrap_handler
+
+
+class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """lazygrpc's interceptor for a sync `grpc.server`."""
+
+    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
+        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, sync=True)
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(SKIP_PREFIXES):
+            return handler
+        # This runs on grpc's polling thread under a lock: only build wrappers here.
+        hooks = self.lifecycle.hooks(method)
+        return wrap_handler(handler, lambda b, streaming: sync_behavior(b, streaming, hooks))
+
+
+class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """lazygrpc's interceptor for a `grpc.aio.server`."""
+
+    def __init__(
+        self,
+        service: str | None = None,
+        *,
+        expose_tracebacks: bool = False,
+        gate: DrainGate | None = None,
+    ) -> None:
+        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, gate=gate)
+        # grpc.aio asks the interceptor for every call: a method's wrapped handler is kept.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        """Implementation of grpc.aio.ServerInterceptor; not part of the lazygrpc API."""
+        handler = await continuation(handler_call_details)
+        return self.wrap(handler, handler_call_details.method)
+
+    def wrap(self, handler: Any, full_method: str) -> Any:
+        """`handler` with lazygrpc's call lifecycle around each of its calls."""
+        kept = self._wrapped.get(full_method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        if handler is None or full_method.startswith(SKIP_PREFIXES):
+            return handler
+        hooks = self.lifecycle.hooks(full_method)
+        wrapped = wrap_handler(handler, lambda b, _streaming: aio_behavior(b, hooks))
+        self._wrapped[full_method] = (handler, wrapped)
+        return wrapped
+
+
+def server_interceptors(
+    service: str | None = None,
+    *,
+    aio: bool = True,
+    expose_tracebacks: bool = False,
+    telemetry: bool = False,
+) -> list[Any]:
+    """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
+
+    `telemetry=True` adds a span per call (extra `otel`; see `lazygrpc.telemetry`).
+    """
+    cls = AioServerInterceptor if aio else ServerInterceptor
+    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks)]
+    if telemetry:
+        from lazygrpc.telemetry import server_interceptor
+
+        interceptors.append(server_interceptor(aio=aio))
+    return interceptors

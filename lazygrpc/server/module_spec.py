@@ -1,0 +1,211 @@
+"""Served callables: what a module is (`Module`), its argument checks, and module specs."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lazygrpc.core.errors import InvalidArgument
+from lazygrpc.core.events import is_async_stream
+
+
+@dataclass(frozen=True)
+class Module:
+    """A served callable: its name, whether it streams, and its docstring."""
+
+    name: str
+    fn: Callable[..., Any]
+    streaming: bool
+    is_async: bool
+    doc: str
+    signature: inspect.Signature | None = None
+    is_asyncgen: bool = False
+    #: A plain function or method: a call binds `signature` itself before its body runs.
+    binds_on_call: bool = False
+    #: Parameters annotated with a JSON type (`int`, `float`, `str`, `bool`, `list`, `dict`,
+    #: their generics, `X | None`): name -> accepted Python types, checked on arrival.
+    arg_types: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
+    #: The parameter the one positional input binds to.
+    first: str | None = None
+
+    def check_types(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """`InvalidArgument` naming the parameter when a value is not of its annotated type."""
+        checks = self.arg_types
+        # A value off the wire is of an exact JSON type (`from_value`): the common case is one
+        # tuple scan; `_check_type` also knows subclasses and says what is wrong.
+        if (
+            args
+            and (accepted := checks.get(self.first)) is not None  # type: ignore[arg-type]
+            and type(args[0]) not in accepted
+        ):
+            _check_type(self.name, self.first, args[0], accepted)  # type: ignore[arg-type]
+        for key, value in kwargs.items():
+            accepted = checks.get(key)
+            if accepted is not None:
+                _check_type(self.name, key, value, accepted)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """`InvalidArgument` naming the module when the call does not fit its signature."""
+        if self.signature is not None:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArgument(f"module {self.name!r}: {exc}") from None
+
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call an `async def` or generator module: its coroutine or generator object.
+
+        Python binds the arguments before any of the body runs, so a call that does not fit
+        the signature fails right here, and `check_arguments` (which costs a signature bind
+        on every call) only runs to tell that failure from a TypeError of a wrapper's own.
+        """
+        if not self.binds_on_call:  # a wrapper: its own body would run first
+            self.check_arguments(args, kwargs)
+            return self.fn(*args, **kwargs)
+        try:
+            return self.fn(*args, **kwargs)
+        except TypeError:
+            self.check_arguments(args, kwargs)
+            raise
+
+    @classmethod
+    def of(cls, name: str, fn: Callable[..., Any]) -> Module:
+        if not callable(fn):
+            raise TypeError(f"module {name!r}: {fn!r} is not callable")
+        agen = inspect.isasyncgenfunction(fn) or is_async_stream(fn)
+        gen = inspect.isgeneratorfunction(fn)
+        first, arg_types = _type_checks(fn)
+        return cls(
+            name=name,
+            fn=fn,
+            streaming=agen or gen,
+            is_async=agen or inspect.iscoroutinefunction(fn),
+            doc=inspect.getdoc(fn) or "",
+            signature=_signature(fn),
+            is_asyncgen=agen,
+            binds_on_call=(inspect.isfunction(fn) or inspect.ismethod(fn))
+            and not hasattr(fn, "__wrapped__")
+            and not hasattr(fn, "__signature__"),
+            arg_types=arg_types,
+            first=first,
+        )
+
+
+#: What a JSON value arrives as (`lazygrpc.values.from_value`), by annotation.
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _accepted(annotation: Any) -> tuple[type, ...] | None:
+    """The Python types a JSON value for `annotation` may arrive as; None: not checked."""
+    if annotation in _JSON_TYPES:
+        return _JSON_TYPES[annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict):
+        return _JSON_TYPES[origin]
+    if origin in (typing.Union, types.UnionType):
+        accepted: tuple[type, ...] = ()
+        for member in typing.get_args(annotation):
+            one = (type(None),) if member is type(None) else _accepted(member)
+            if one is None:
+                return None  # a member not checked: the union is not either
+            accepted += one
+        return accepted
+    return None
+
+
+def _type_checks(fn: Callable[..., Any]) -> tuple[str | None, dict[str, tuple[type, ...]]]:
+    """(the parameter a positional input binds to, name -> accepted types) of `fn`."""
+    try:
+        params = list(inspect.signature(fn, eval_str=True).parameters.values())
+    except Exception:  # no signature, or annotations that do not evaluate: nothing checked
+        return None, {}
+    first = next(
+        (p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None
+    )
+    checks: dict[str, tuple[type, ...]] = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        accepted = _accepted(p.annotation)
+        if accepted is not None:
+            if p.default is None and type(None) not in accepted:
+                accepted += (type(None),)  # `n: int = None`: None is its default anyway
+            checks[p.name] = accepted
+    return first, checks
+
+
+def _check_type(module: str, name: str, value: Any, accepted: tuple[type, ...]) -> None:
+    # bool is an int in Python but not in JSON: true is no number.
+    if isinstance(value, accepted) and (type(value) is not bool or bool in accepted):
+        return
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in accepted)
+    raise InvalidArgument(
+        f"module {module!r}: argument {name!r} must be {names}, got {_json_kind(value)}"
+    )
+
+
+def _json_kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        return None
+
+
+def as_modules(
+    modules: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+) -> dict[str, Module]:
+    items = (
+        modules.items() if isinstance(modules, Mapping) else ((fn.__name__, fn) for fn in modules)
+    )
+    out: dict[str, Module] = {}
+    for name, fn in items:
+        if name in out:
+            raise ValueError(f"module name {name!r} is used twice")
+        out[name] = Module.of(name, fn)
+    if not out:
+        raise ValueError("no modules to serve")
+    return out
+
+
+def load_target(spec: str) -> tuple[str, Callable[..., Any]]:
+    """Resolve `path/to/file.py:name` or `pkg.module:name` to (name, callable)."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"module spec {spec!r} must look like FILE.py:NAME or pkg.module:NAME")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise ValueError(f"module spec {spec!r}: no such file {str(path)!r}")
+        mod_name = f"lazygrpc_user_{path.stem}_{abs(hash(path)) & 0xFFFF:x}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ValueError(f"module spec {spec!r}: cannot load {str(path)!r}")
+        mod = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = mod
+        loader_spec.loader.exec_module(mod)
+    else:
+        mod = importlib.import_module(target)
+    try:
+        fn = getattr(mod, attr)
+    except AttributeError:
+        raise ValueError(f"module spec {spec!r}: {target!r} has no attribute {attr!r}") from None
+    return attr, fn

@@ -1,0 +1,260 @@
+"""`ModuleService`: serve plain Python callables and generators, sync or async alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from lazygrpc import broker
+from lazygrpc.broker.topic import DELTA, INTERMEDIATE, Item, Topic
+from lazygrpc.core.context import current_call
+from lazygrpc.core.errors import Internal, NotFound
+from lazygrpc.core.events import Event
+from lazygrpc.core.values import from_struct, from_value, to_value
+from lazygrpc.server.module_spec import Module, as_modules
+from lazygrpc.server.streams import Stream, drain_sync, pump
+from lazygrpc.v1 import module_pb2, module_pb2_grpc
+
+SERVICE_NAME = "lazygrpc.v1.ModuleService"
+add_to_server = module_pb2_grpc.add_ModuleServiceServicer_to_server
+
+#: Threads for sync modules; a sync producer blocked on a full topic holds one.
+#: Callers pass `contextvars.copy_context().run`, so a plain pool (no second copy) is enough.
+_EXECUTOR = futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
+
+#: How much of a stream's deltas is kept to build its `result`; past it the result is null.
+AGGREGATE_LIMIT = 8 << 20
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """`fn(*args)` on a module thread, in a copy of the caller's context."""
+    ctx = contextvars.copy_context()
+    return asyncio.get_running_loop().run_in_executor(_EXECUTOR, ctx.run, fn, *args)
+
+
+class _Live:
+    """How many module generators are running in this process (`active_producers`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_LIVE = _Live()
+
+
+def active_producers() -> int:
+    """How many module generators are running in this process now."""
+    return _LIVE.count
+
+
+class _Output:
+    """What a streaming module sends: each value it yields becomes an item of its stream,
+    and its `result` when it returns nothing is its text, or its deltas.
+
+    A module that relays another module's stream may yield that stream's `Event`s as they
+    are: a delta goes on as a delta, an intermediate as an intermediate from its source,
+    and a result becomes this module's result. Bounded: a stream longer than
+    `AGGREGATE_LIMIT` still streams every delta, but its result is null (documented)."""
+
+    __slots__ = ("_items", "_relayed", "_size", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._items: list[Any] | None = []
+        self._size = 0
+        self._relayed: Any = _NONE
+
+    def item(self, value: Any) -> Item | None:
+        """The stream item for a yielded value (None: nothing to send)."""
+        if type(value) is Event:
+            if value.kind == "intermediate":
+                return Item.of(INTERMEDIATE, value.source, value.value)
+            if value.kind == "result":
+                self._relayed = value.value
+                return None
+            value = value.value
+        self._keep(value)
+        return Item.of(DELTA, self.source, value)
+
+    def _keep(self, delta: Any) -> None:
+        if self._items is None:
+            return
+        self._size += len(delta) if type(delta) is str else 16 + len(str(delta))
+        if self._size > AGGREGATE_LIMIT:
+            self._items = None
+        else:
+            self._items.append(delta)
+
+    def result(self, returned: Any = None) -> Any:
+        if returned is not None:
+            return returned
+        if self._relayed is not _NONE:
+            return self._relayed
+        items = self._items
+        if items is None:
+            return None
+        if all(type(d) is str for d in items):
+            return "".join(items)
+        return items
+
+
+_NONE = object()
+
+
+def _event(seq: int, item: Item) -> module_pb2.Event:
+    event = module_pb2.Event(seq=seq, source=item.source)
+    payload = item.payload
+    if isinstance(payload, str):
+        event.delta.string_value = payload  # text is only ever a delta
+    elif item.kind == DELTA:
+        event.delta.CopyFrom(payload)
+    else:
+        event.intermediate.CopyFrom(payload)
+    return event
+
+
+class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
+    """Implementation of `lazygrpc.v1.ModuleService` over a set of callables."""
+
+    def __init__(
+        self,
+        modules: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
+        *,
+        topic_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.modules = as_modules(modules)
+        self.topic_options = dict(topic_options or {})
+
+    def default_name(self) -> str:
+        return next(iter(self.modules)) if len(self.modules) == 1 else "modules"
+
+    def _arguments(
+        self, request: module_pb2.CallRequest
+    ) -> tuple[Module, tuple[Any, ...], dict[str, Any]]:
+        """The module a request names and its checked arguments (`InvalidArgument`,
+        `NotFound` otherwise); the call's scope learns the module's name."""
+        module = self.modules.get(request.module)
+        if module is None:
+            known = ", ".join(sorted(self.modules))
+            raise NotFound(f"module {request.module!r} not found (this server has: {known})")
+        scope = current_call()
+        if scope is not None:
+            scope.method = module.name
+        args = (from_value(request.input, where="input"),) if request.HasField("input") else ()
+        kwargs = from_struct(request.kwargs, where="kwargs") if request.HasField("kwargs") else {}
+        if module.arg_types:
+            module.check_types(args, kwargs)
+        return module, args, kwargs
+
+    async def Call(
+        self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
+    ) -> module_pb2.CallResponse:
+        module, args, kwargs = self._arguments(request)
+        if module.streaming:
+            result = await self._run(module, args, kwargs, None)
+        elif module.is_async:
+            result = await module.start(args, kwargs)
+        else:  # `start` tells arguments that do not fit from the body's own TypeError
+            result = await _in_thread(module.start, args, kwargs)
+        return module_pb2.CallResponse(output=_encode(module, result))
+
+    async def Stream(
+        self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        module, args, kwargs = self._arguments(request)
+        topic = broker.BROKER.open(**self.topic_options)
+        scope = current_call()
+        if scope is not None:
+            scope.topic = topic
+        if module.is_asyncgen:
+            # Primed up to its first item on this task; the rest runs as the producer.
+            output = _Output(module.name)
+            try:
+                gen = module.start(args, kwargs)
+            except BaseException:
+                topic.cancel()
+                raise
+            _LIVE.enter()
+
+            async def rest() -> Any:
+                await pump(gen, topic, output.item)
+                return output.result()
+
+            stream = Stream(topic, rest, gen=gen, make=output.item)
+        else:
+            stream = Stream(topic, lambda: self._run(module, args, kwargs, topic))
+        seq = 0
+        try:
+            async for item in stream.items():
+                yield _event(seq, item)
+                seq += 1
+            result = await stream.result()
+            yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
+        finally:
+            await stream.close()
+            if module.is_asyncgen:
+                _LIVE.leave()
+
+    async def _run(
+        self, module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: Topic | None
+    ) -> Any:
+        """Run a module to completion, its deltas put into `topic` (None: none); its result."""
+        if module.is_asyncgen:
+            output = _Output(module.name)
+            gen = module.start(args, kwargs)
+            _LIVE.enter()
+            try:
+                await pump(gen, topic, output.item)
+            finally:
+                _LIVE.leave()
+            return output.result()
+        if module.streaming:
+            return await _in_thread(_drain_module, module, args, kwargs, topic)
+        if module.is_async:
+            return await module.start(args, kwargs)
+        return await _in_thread(module.start, args, kwargs)
+
+    async def ListModules(
+        self, request: module_pb2.ListModulesRequest, context: grpc.aio.ServicerContext
+    ) -> module_pb2.ListModulesResponse:
+        return module_pb2.ListModulesResponse(
+            modules=[
+                module_pb2.ModuleInfo(name=m.name, streaming=m.streaming, doc=m.doc)
+                for m in self.modules.values()
+            ]
+        )
+
+
+def _drain_module(
+    module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: Topic | None
+) -> Any:
+    """A sync generator module, run to its end on a module thread."""
+    output = _Output(module.name)
+    gen = module.start(args, kwargs)
+    _LIVE.enter()
+    try:
+        return output.result(drain_sync(gen, topic, output.item))
+    finally:
+        _LIVE.leave()
+
+
+def _encode(module: Module, value: Any) -> Any:
+    try:
+        return to_value(value, where=f"output of module {module.name!r}")
+    except TypeError as exc:
+        raise Internal(str(exc)) from None

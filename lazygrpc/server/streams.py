@@ -1,0 +1,140 @@
+"""The server side of one streaming call: its topic, and the producer that fills it.
+
+Both stream servicers (`ModuleService.Stream`, `ModelService.Generate`) run their calls
+through `Stream`: it takes an async generator's first item on the handler's own task
+(`Topic.prime`), starts the producer that makes the rest (in one place, `_start`), yields
+the topic's items in order, and winds the producer down when the call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from lazygrpc.broker.topic import Item, Topic
+from lazygrpc.core.errors import StreamClosed
+
+#: Seconds a stream's producer gets to end by itself once its client is gone.
+CLOSE_GRACE = 0.1
+
+Make = Callable[[Any], Item | None]
+
+
+class Stream:
+    """One streaming call's topic and producer.
+
+    `rest()` makes the producer's coroutine; `gen` (with `make`, which turns its values into
+    items) is an async generator to prime on the handler's task before the producer starts.
+    The producer's outcome ends the topic (`Topic.finish`), after what it queued.
+    """
+
+    __slots__ = ("_producer", "_rest", "gen", "make", "topic")
+
+    def __init__(
+        self,
+        topic: Topic,
+        rest: Callable[[], Coroutine[Any, Any, Any]],
+        *,
+        gen: Any = None,
+        make: Make | None = None,
+    ) -> None:
+        self.topic = topic
+        self.gen = gen
+        self.make = make
+        self._rest = rest
+        self._producer: asyncio.Future[Any] | None = None
+
+    async def items(self) -> AsyncIterator[Item]:
+        """The call's items in order; raises the producer's error after what it queued."""
+        if self.gen is not None and self.make is not None:
+            first = await self.topic.prime(self.gen, self.make)
+            if first is not None:
+                yield first
+        if not self.topic.finished:  # else the first step failed: nothing more to make
+            self._start()
+        while (item := await self.topic.get()) is not None:
+            yield item
+
+    def _start(self) -> None:
+        if self._producer is None:
+            self._producer = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> Any:
+        try:
+            result = await self._rest()
+        except StreamClosed:
+            raise  # the topic is closed already
+        except BaseException as exc:
+            self.topic.finish(exc)
+            raise
+        self.topic.finish()
+        return result
+
+    async def result(self) -> Any:
+        """The producer's result, once `items()` is exhausted."""
+        self._start()
+        assert self._producer is not None
+        return await self._producer
+
+    async def close(self) -> None:
+        """Close the topic and wind the producer down (always; from a `finally`)."""
+        self.topic.cancel()
+        task = self._producer
+        if task is None:  # never started: its generator still has to be closed
+            if self.gen is not None:
+                await self.gen.aclose()
+            return
+        if not task.done():
+            # Closing the topic woke a producer waiting on it with StreamClosed: let it end
+            # by itself, so that it sees StreamClosed (not CancelledError) and its cleanup
+            # runs now; only a producer busy elsewhere is cancelled after the grace.
+            await asyncio.wait({task}, timeout=CLOSE_GRACE)
+        if task.done() and not task.cancelled():
+            task.exception()  # already raised through the topic; mark it retrieved
+        elif not task.done():
+            task.cancel()
+            # The producer may be a thread blocked in put(); closing the topic unblocked it.
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def pump(gen: Any, topic: Topic | None, make: Make) -> None:
+    """Drive an async generator to its end, each value put into `topic` as `make(value)`
+    (None: not sent). The generator sees `StreamClosed` at its `yield` when the client is
+    gone, and is closed here, not whenever it is collected."""
+    try:
+        async for value in gen:
+            item = make(value)
+            if topic is None or item is None:
+                continue
+            try:
+                await topic.aput(item)
+            except StreamClosed as closed:
+                with contextlib.suppress(StreamClosed, StopAsyncIteration):
+                    await gen.athrow(closed)
+                raise
+    finally:
+        await gen.aclose()
+
+
+def drain_sync(gen: Any, topic: Topic | None, make: Make) -> Any:
+    """`pump` for a sync generator, on a thread of its own; returns the generator's return
+    value (None when it returned nothing)."""
+    try:
+        while True:
+            try:
+                value = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            item = make(value)
+            if topic is None or item is None:
+                continue
+            try:
+                topic.put(item)
+            except StreamClosed as closed:
+                with contextlib.suppress(StreamClosed, StopIteration):
+                    gen.throw(closed)
+                raise
+    finally:
+        gen.close()

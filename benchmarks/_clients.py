@@ -50,7 +50,7 @@ def bare_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
 
 
 def layered_unary(channel: grpc.aio.Channel, value: str = "ping") -> Unary:
-    """`bare_unary` through lazygrpc's client layer (`lazygrpc.invoke`, what connect() uses)."""
+    """`bare_unary` through lazygrpc's client layer (`lazygrpc.client.call`, what connect() uses)."""
     from lazygrpc.client import call as invoke
 
     stub = module_pb2_grpc.ModuleServiceStub(channel)

@@ -41,14 +41,14 @@ async def _drain(topic: Any) -> int:
 
 
 async def broker_same_thread(n: int, text: bool = True) -> float:
-    from lazygrpc.broker import BROKER, DELTA, INTERMEDIATE, make_item
+    from lazygrpc.broker import BROKER, DELTA, INTERMEDIATE, Item
 
     topic = BROKER.open()
     kind, value = (DELTA, "tok") if text else (INTERMEDIATE, 1)
 
     async def produce() -> None:
         for _ in range(n):
-            await topic.aput(make_item(kind, "src", value))
+            await topic.aput(Item.of(kind, "src", value))
         topic.finish()
 
     t0 = time.perf_counter()
@@ -61,14 +61,14 @@ async def broker_same_thread(n: int, text: bool = True) -> float:
 
 
 async def broker_thread(n: int, text: bool = True) -> float:
-    from lazygrpc.broker import BROKER, DELTA, INTERMEDIATE, make_item
+    from lazygrpc.broker import BROKER, DELTA, INTERMEDIATE, Item
 
     topic = BROKER.open()
     kind, value = (DELTA, "tok") if text else (INTERMEDIATE, 1)
 
     def produce() -> None:
         for _ in range(n):
-            topic.put(make_item(kind, "src", value))
+            topic.put(Item.of(kind, "src", value))
         topic.finish()
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ that side, in instructions rather than seconds (cache misses are not in it).
 
 Scenarios (one valgrind run per cell):
 - issue 3, unary `Call`: the hand-written servicer of `bench_interceptors` on
-  `lazygrpc.Server` with the client through `lazygrpc.invoke` (what `connect()` does), and
+  `lazygrpc.Server` with the client through `lazygrpc.client.call` (what `connect()` does), and
   with `server_interceptors()` on a plain grpc.aio server and the channel wrapped by
   `intercept_aio_channel()`, against the same servicer and stub bare.
 - issue 5(c): one-token streams through the two-hop relay of `bench_broker`: each process
@@ -249,14 +249,16 @@ def _serve_marked(argv: list[str]) -> None:
             servers.BareModules.Stream = _marked(servers.BareModules.Stream)  # type: ignore[method-assign]
             servers.BareModel.Generate = _marked(servers.BareModel.Generate)  # type: ignore[method-assign]
         else:
-            layer = importlib.import_module("lazygrpc.server_interceptors")
-            wrap = layer.AioServerInterceptor._wrap
+            import inspect
 
-            def marked_wrap(self: Any, behavior: Any, streaming: bool, method: str) -> Any:
-                wrapped = wrap(self, behavior, streaming, method)
-                return _marked(wrapped) if streaming else wrapped
+            builder = importlib.import_module("lazygrpc.server.builder")
+            wrap = builder.aio_behavior
 
-            layer.AioServerInterceptor._wrap = marked_wrap
+            def marked_behavior(behavior: Any, hooks: Any) -> Any:
+                wrapped = wrap(behavior, hooks)
+                return _marked(wrapped) if inspect.isasyncgenfunction(wrapped) else wrapped
+
+            builder.aio_behavior = marked_behavior
     sys.argv = [sys.argv[0], *argv]
     servers.main()
 

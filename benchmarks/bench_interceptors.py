@@ -2,7 +2,7 @@
 
 One hand-written grpcio `ModuleService` servicer (`benchmarks/_servers.py`, `bare-modules`)
 runs in five server processes: on `lazygrpc.Server` (lazygrpc's layer wraps the handlers
-once, at registration; the client goes through `lazygrpc.invoke`, as `connect()` does), on a
+once, at registration; the client goes through `lazygrpc.client.call`, as `connect()` does), on a
 plain `grpc.aio.server` with `server_interceptors(aio=True)` (raw stubs: the client channel
 wrapped by `intercept_aio_channel()`, and, for context, a channel with grpc's client
 interceptors, `aio_client_interceptors()`), bare, and, for context, with grpc.aio

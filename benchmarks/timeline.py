@@ -19,6 +19,7 @@ import atexit
 import bisect
 import collections
 import importlib
+import inspect
 import itertools
 import os
 import signal
@@ -90,48 +91,51 @@ def serve(out: str, role: str, argv: list[str]) -> None:
         servers.BareModules.Stream = _outer(role, servers.BareModules.Stream)  # type: ignore[method-assign]
         servers.BareModel.Generate = _outer(role, servers.BareModel.Generate)  # type: ignore[method-assign]
     else:
-        layer = importlib.import_module("lazygrpc.server_interceptors")
-        modules = importlib.import_module("lazygrpc.modules")
-        model = importlib.import_module("lazygrpc.model")
-        invoke = importlib.import_module("lazygrpc.invoke")
-        wrap = layer.AioServerInterceptor._wrap
-        admit = layer.AioServerInterceptor._admit
-        decode = modules._decode
-        prepare = invoke.prepare
-        start = model.ModelServicer._start
+        dispatch = importlib.import_module("lazygrpc.server.dispatch")
+        lifecycle = importlib.import_module("lazygrpc.server.call")
+        modules = importlib.import_module("lazygrpc.server.modules")
+        model = importlib.import_module("lazygrpc.server.model")
+        client_call = importlib.import_module("lazygrpc.client.call")
+        aio_behavior = dispatch.aio_behavior
+        start = lifecycle.MethodCalls.start
+        arguments = modules.ModuleServicer._arguments
+        outgoing = client_call.outgoing_metadata
+        run = model.ModelServicer._run
 
-        def traced_wrap(self: Any, behavior: Any, streaming: bool, method: str) -> Any:
-            wrapped = wrap(self, behavior, streaming, method)
-            return _outer(role, wrapped) if streaming else wrapped
+        def traced_behavior(behavior: Any, hooks: Any) -> Any:
+            wrapped = aio_behavior(behavior, hooks)
+            return _outer(role, wrapped) if inspect.isasyncgenfunction(wrapped) else wrapped
 
-        def traced_admit(self: Any, method: str, context: Any) -> Any:
-            scope = admit(self, method, context)
+        def traced_start(self: Any, context: Any) -> Any:
+            scope = start(self, context)
             _mark(f"{role}.admitted")
             return scope
 
-        def traced_decode(request: Any) -> Any:
+        def traced_arguments(self: Any, request: Any) -> Any:
             _mark(f"{role}.module_stream")
-            args = decode(request)
+            args = arguments(self, request)
             _mark(f"{role}.decoded")
             return args
 
-        def traced_prepare(md: Any, timeout: Any) -> Any:
+        def traced_outgoing(*args: Any) -> Any:
             _mark(f"{role}.prepare")
-            out = prepare(md, timeout)
+            out = outgoing(*args)
             _mark(f"{role}.prepared")
             return out
 
-        def traced_start(self: Any, request: Any) -> Any:
+        def traced_run(self: Any, request: Any) -> Any:
             _mark(f"{role}.generate")
-            started = start(self, request)
+            started = run(self, request)
             _mark(f"{role}.validated")
             return started
 
-        layer.AioServerInterceptor._wrap = traced_wrap
-        layer.AioServerInterceptor._admit = traced_admit
-        modules._decode = traced_decode
-        invoke.prepare = traced_prepare
-        model.ModelServicer._start = traced_start
+        # The builder imported `aio_behavior` by name: patch it where it is looked up too.
+        dispatch.aio_behavior = traced_behavior
+        importlib.import_module("lazygrpc.server.builder").aio_behavior = traced_behavior
+        lifecycle.MethodCalls.start = traced_start
+        modules.ModuleServicer._arguments = traced_arguments
+        client_call.outgoing_metadata = traced_outgoing
+        model.ModelServicer._run = traced_run
     sys.argv = [sys.argv[0], *argv]
     servers.main()
 

@@ -66,7 +66,6 @@ __all__ = [
     "StreamClosed",
     "ThreadPoolExecutor",
     "Unavailable",
-    "__version__",
     "aemit",
     "aio_client_interceptors",
     "broker_stats",

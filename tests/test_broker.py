@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import lazygrpc
 from lazygrpc import broker
-from lazygrpc.broker import DELTA, INTERMEDIATE, Broker, Item, Topic, make_item
+from lazygrpc.broker import DELTA, INTERMEDIATE, Broker, Item, Topic
+from lazygrpc.broker.topic import LOOP_OVERFILL
 from lazygrpc.core.context import CallScope, bind_call, unbind_call
 from lazygrpc.core.errors import ResourceExhausted, StreamClosed
 from lazygrpc.core.session import Session
@@ -27,11 +28,11 @@ WAKE_LIMIT = 0.100
 
 
 def delta(text: str, source: str = "m") -> Item:
-    return make_item(DELTA, source, text)
+    return Item.of(DELTA, source, text)
 
 
 def inter(value: Any, source: str = "m") -> Item:
-    return make_item(INTERMEDIATE, source, value)
+    return Item.of(INTERMEDIATE, source, value)
 
 
 def plain(item: Item) -> tuple[int, str, Any]:
@@ -80,12 +81,12 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 # -- items ----------------------------------------------------------------------------------
 
 
-def test_make_item_keeps_text_deltas_as_str_and_encodes_the_rest() -> None:
+def test_item_of_keeps_text_deltas_as_str_and_encodes_the_rest() -> None:
     assert delta("abc") == (DELTA, "m", "abc", 11)
     kind, _, payload, nbytes = inter("abc")
     assert kind == INTERMEDIATE and type(payload) is not str
     assert nbytes == payload.ByteSize() + 8
-    assert plain(make_item(DELTA, "m", {"a": [1, 2]})) == (DELTA, "m", {"a": [1, 2]})
+    assert plain(Item.of(DELTA, "m", {"a": [1, 2]})) == (DELTA, "m", {"a": [1, 2]})
 
 
 # -- bounds ---------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ async def test_sync_put_on_the_loop_thread_overfills_then_refuses() -> None:
     # Blocking the loop thread would stall the consumer of this very topic.
     b = Broker()
     topic = b.open(max_events=2)
-    for i in range(broker.LOOP_OVERFILL * 2):
+    for i in range(LOOP_OVERFILL * 2):
         topic.put(inter(i))
     with pytest.raises(ResourceExhausted, match="aemit"):
         topic.put(inter("one too many"))
@@ -191,8 +192,8 @@ async def test_coalescing_never_crosses_sources_kinds_or_non_text() -> None:
         inter("e", "x"),  # intermediate text: never merged
         inter("f", "x"),
         delta("g", "x"),
-        make_item(DELTA, "x", 7),  # non-text delta
-        make_item(DELTA, "x", 8),
+        Item.of(DELTA, "x", 7),  # non-text delta
+        Item.of(DELTA, "x", 8),
         delta("h", "x"),
         delta("i", "x"),
     ]
@@ -230,7 +231,7 @@ async def test_an_idle_topic_hands_each_delta_over_alone() -> None:
     topic = b.open()
     for t in ["a", "b", "c"]:
         getter = asyncio.create_task(topic.get())
-        await until(lambda: topic._consumer is not None)  # the consumer waits: idle
+        await until(lambda: topic.waiting)  # the consumer waits: idle
         await topic.aput(delta(t))
         assert plain(await getter) == (DELTA, "m", t)
     assert topic.coalesced == 0
@@ -241,7 +242,7 @@ _sources = st.sampled_from(["a", "b"])
 _items = st.one_of(
     st.builds(lambda t, s: delta(t, s), st.text(min_size=1, max_size=6), _sources),
     st.builds(lambda t, s: inter(t, s), st.text(min_size=1, max_size=6), _sources),
-    st.builds(lambda n, s: make_item(DELTA, s, n), st.integers(-5, 5), _sources),
+    st.builds(lambda n, s: Item.of(DELTA, s, n), st.integers(-5, 5), _sources),
 )
 
 
@@ -307,7 +308,7 @@ async def test_finish_wakes_a_waiting_consumer_from_another_thread() -> None:
     b = Broker()
     topic = b.open()
     getter = asyncio.create_task(topic.get())
-    await until(lambda: topic._consumer is not None)
+    await until(lambda: topic.waiting)
     await asyncio.to_thread(topic.finish)
     assert await asyncio.wait_for(getter, 5) is None
     b.close(topic)
@@ -363,7 +364,7 @@ async def test_after_cancel_puts_raise_and_get_ends() -> None:
     await topic.aput(inter(1))
     getter_topic = b.open()
     getter = asyncio.create_task(getter_topic.get())
-    await until(lambda: getter_topic._consumer is not None)
+    await until(lambda: getter_topic.waiting)
     b.close(getter_topic)
     assert await asyncio.wait_for(getter, 5) is None  # a waiting consumer is released
     b.close(topic)

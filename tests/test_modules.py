@@ -302,8 +302,8 @@ def test_load_target_from_file_and_package(tmp_path: Path) -> None:
     f.write_text("def hello(x):\n    return f'hello {x}'\n")
     name, fn = load_target(f"{f}:hello")
     assert name == "hello" and fn("you") == "hello you"
-    name, fn = load_target("lazygrpc.demo:ask")
+    name, fn = load_target("lazygrpc.demo.modules:ask")
     assert name == "ask"
-    for bad in ("nocolon", f"{tmp_path}/missing.py:x", "lazygrpc.demo:missing"):
+    for bad in ("nocolon", f"{tmp_path}/missing.py:x", "lazygrpc.demo.modules:missing"):
         with pytest.raises(ValueError, match="module spec"):
             load_target(bad)

@@ -187,9 +187,9 @@ def hop3_tokens(x: str) -> Iterator[str]:
 
 async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False) -> None:
     from lazygrpc import Server
-    from lazygrpc.backends.base import SamplingParams
     from lazygrpc.backends import make_backend
-from lazygrpc.server.model import ModelConfig
+    from lazygrpc.backends.base import SamplingParams
+    from lazygrpc.server.model import ModelConfig
 
     server = Server(name="bench")
     if model:

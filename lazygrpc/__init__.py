@@ -40,7 +40,7 @@ from lazygrpc.server.interceptors import (
     server_interceptors,
 )
 from lazygrpc.server.model import ModelConfig
-from lazygrpc.version import __version__
+from lazygrpc.version import __version__ as __version__
 
 __all__ = [
     "LLM",

@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 import lazygrpc
-from lazygrpc.client import channels
 from lazygrpc.backends import make_backend
+from lazygrpc.client import channels
 from lazygrpc.server.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]

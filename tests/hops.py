@@ -21,9 +21,9 @@ import grpc
 
 import lazygrpc
 from lazygrpc.core.context import current_call
+from lazygrpc.core.values import from_struct, from_value, to_value
 from lazygrpc.server.builder import SERVER_OPTIONS
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
-from lazygrpc.core.values import from_struct, from_value, to_value
 
 SERVER_KINDS = ["aio", "aio-threads", "sync"]
 

@@ -19,7 +19,7 @@ from lazygrpc.broker.topic import LOOP_OVERFILL
 from lazygrpc.core.context import CallScope, bind_call, unbind_call
 from lazygrpc.core.errors import ResourceExhausted, StreamClosed
 from lazygrpc.core.session import Session
-from lazygrpc.core.values import from_value
+from lazygrpc.core.values import from_value, to_value
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -87,6 +87,20 @@ def test_item_of_keeps_text_deltas_as_str_and_encodes_the_rest() -> None:
     assert kind == INTERMEDIATE and type(payload) is not str
     assert nbytes == payload.ByteSize() + 8
     assert plain(Item.of(DELTA, "m", {"a": [1, 2]})) == (DELTA, "m", {"a": [1, 2]})
+    with pytest.raises(TypeError):
+        Item.of(INTERMEDIATE, "m", object())
+
+
+def test_item_encoded_takes_a_value_as_it_is() -> None:
+    value = to_value({"a": 1})
+    assert Item.encoded(INTERMEDIATE, "relay", value) == (
+        INTERMEDIATE,
+        "relay",
+        value,
+        value.ByteSize() + 8,
+    )
+    # A relayed text delta stays a Value: it is not one that coalesces.
+    assert type(Item.encoded(DELTA, "relay", to_value("t")).payload) is not str
 
 
 # -- bounds ---------------------------------------------------------------------------------
@@ -304,6 +318,27 @@ async def test_finish_with_error_raises_after_the_queued_events() -> None:
     b.close(topic)
 
 
+async def test_the_first_finish_decides_the_outcome() -> None:
+    b = Broker()
+    topic = b.open()
+    assert not topic.finished
+    await topic.aput(inter(1))
+    boom = ValueError("boom")
+    topic.finish(boom)
+    topic.finish()  # the producer winding down after its error does not undo it
+    assert topic.finished
+    assert plain(await topic.get()) == (INTERMEDIATE, "m", 1)
+    with pytest.raises(ValueError, match="boom") as info:
+        await topic.get()
+    assert info.value is boom
+    clean = b.open()
+    clean.finish()
+    clean.finish(ValueError("late"))  # nor does a late error undo a clean end
+    assert await clean.get() is None
+    b.close(topic)
+    b.close(clean)
+
+
 async def test_finish_wakes_a_waiting_consumer_from_another_thread() -> None:
     b = Broker()
     topic = b.open()
@@ -311,6 +346,116 @@ async def test_finish_wakes_a_waiting_consumer_from_another_thread() -> None:
     await until(lambda: topic.waiting)
     await asyncio.to_thread(topic.finish)
     assert await asyncio.wait_for(getter, 5) is None
+    b.close(topic)
+
+
+# -- prime ----------------------------------------------------------------------------------
+
+
+async def test_prime_returns_the_first_item_when_nothing_is_queued_before_it() -> None:
+    b = Broker()
+    topic = b.open()
+
+    async def gen() -> Any:
+        yield "a"
+        yield "b"
+
+    agen = gen()
+    first = await topic.prime(agen, delta)
+    assert first is not None and plain(first) == (DELTA, "m", "a")
+    assert topic.queued() == (0, 0)  # handed over, not queued
+    assert b.stats().published_events == 1
+    assert [v async for v in agen] == ["b"]  # the rest is left to the producer
+    b.close(topic)
+
+
+async def test_prime_queues_the_first_item_behind_what_its_step_emitted() -> None:
+    b = Broker()
+    topic = b.open()
+
+    async def gen() -> Any:
+        await topic.aput(inter("tool"))
+        yield None  # `make` sends nothing for it
+        yield "a"
+
+    first = await topic.prime(gen(), lambda v: None if v is None else delta(v))
+    assert first is None
+    topic.finish()
+    assert [plain(i) for i in await drain(topic)] == [
+        (INTERMEDIATE, "m", "tool"),
+        (DELTA, "m", "a"),
+    ]
+    b.close(topic)
+
+
+async def test_prime_of_an_empty_generator_sends_nothing() -> None:
+    b = Broker()
+    topic = b.open()
+
+    async def gen() -> Any:
+        return
+        yield
+
+    assert await topic.prime(gen(), delta) is None
+    assert topic.queued() == (0, 0) and not topic.finished
+    b.close(topic)
+
+
+async def test_an_error_in_the_first_step_ends_the_topic_after_what_it_emitted() -> None:
+    b = Broker()
+    topic = b.open()
+    boom = ValueError("first step")
+
+    async def gen() -> Any:
+        await topic.aput(inter(1))
+        raise boom
+        yield
+
+    assert await topic.prime(gen(), delta) is None
+    assert topic.finished
+    assert plain(await topic.get()) == (INTERMEDIATE, "m", 1)
+    with pytest.raises(ValueError) as info:
+        await topic.get()
+    assert info.value is boom
+    b.close(topic)
+
+
+async def test_the_first_step_overfills_a_full_topic_instead_of_deadlocking() -> None:
+    # The consumer runs the first step itself: waiting for room would wait for itself.
+    b = Broker()
+    topic = b.open(max_events=2, coalesce_bytes=0)
+
+    async def gen() -> Any:
+        for i in range(3):
+            await topic.aput(inter(i))
+        yield "a"
+
+    assert await asyncio.wait_for(topic.prime(gen(), delta), 5) is None
+    assert topic.queued()[0] == 4
+    # Only the first step overfills: a producer afterwards waits for room as usual.
+    task = asyncio.create_task(topic.aput(inter("later")))
+    await until(lambda: topic.blocked == 1)
+    got = [plain(await topic.get())[2] for _ in range(5)]
+    assert got == [0, 1, 2, "a", "later"]
+    await asyncio.wait_for(task, 5)
+    b.close(topic)
+
+
+async def test_the_first_step_overfills_only_up_to_the_loop_cap() -> None:
+    b = Broker()
+    topic = b.open(max_events=2)
+    cap = LOOP_OVERFILL * 2
+
+    async def gen() -> Any:
+        for i in range(cap + 1):
+            await topic.aput(inter(i))
+        yield "never"
+
+    assert await topic.prime(gen(), delta) is None
+    assert topic.finished
+    assert [plain(await topic.get())[2] for _ in range(cap)] == list(range(cap))
+    with pytest.raises(ResourceExhausted, match="first item"):
+        await topic.get()
     b.close(topic)
 
 

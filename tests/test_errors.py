@@ -13,8 +13,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 import lazygrpc
-from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
 from lazygrpc.core.values import to_value
+from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
 from tests.hops import SERVER_KINDS, Mesh, aborting_bare_server
 
 

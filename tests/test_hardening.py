@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 import lazygrpc
-from lazygrpc.v1 import module_pb2, module_pb2_grpc
 from lazygrpc.core.values import to_value
+from lazygrpc.v1 import module_pb2, module_pb2_grpc
 from tests.hops import aborting_bare_server
 
 

@@ -55,8 +55,8 @@ def test_globals_reach_hop3_and_changes_come_back(mesh: Mesh, client: str) -> No
 def test_fresh_session_id_when_the_entry_sets_none(mesh: Mesh, servers: Any, client: str) -> None:
     # A raw grpcio call with no lazygrpc metadata: the entry server makes a fresh id,
     # and every hop below sees that same id.
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     target = mesh.entry.removeprefix("grpc://")
     with grpc.insecure_channel(target) as ch:
@@ -76,30 +76,45 @@ def test_non_ascii_globals_round_trip(mesh: Mesh) -> None:
 
 
 def test_concurrent_calls_with_one_session_id_do_not_share_globals(servers: Any) -> None:
+    n = 20
+    arrived: list[int] = []
     seen: list[tuple[int, Any]] = []
+    # The module runs on the servers' event loop (`servers` fixture), where every call
+    # sets its global, then waits until all n have: they provably overlap. Made here, the
+    # event binds to that loop when first awaited there.
+    all_set = asyncio.Event()
 
-    async def slow(i: int) -> Any:
+    async def overlapping(i: int) -> Any:
         lazygrpc.globals["mine"] = i
-        await asyncio.sleep(0.05)  # let the other calls of the same session overlap
+        arrived.append(i)
+        if len(arrived) == n:
+            all_set.set()
+        try:
+            await asyncio.wait_for(all_set.wait(), 10)
+        except TimeoutError:
+            raise AssertionError(
+                f"the calls did not overlap: {len(arrived)} of {n} set their global"
+            ) from None
         seen.append((i, lazygrpc.globals["mine"]))
         return lazygrpc.globals["mine"]
 
-    url = servers.modules({"slow": slow})
+    url = servers.modules({"overlapping": overlapping})
 
     async def go() -> list[Any]:
-        m = lazygrpc.connect(f"{url}/slow")
+        m = lazygrpc.connect(f"{url}/overlapping")
 
         async def one(i: int) -> Any:
             with lazygrpc.session("shared-id"):
                 return await m.acall(i)
 
         try:
-            return await asyncio.gather(*(one(i) for i in range(20)))
+            return await asyncio.gather(*(one(i) for i in range(n)))
         finally:
             await lazygrpc.client.channels.aclose_all()
 
-    assert asyncio.run(go()) == list(range(20))
-    assert all(i == v for i, v in seen)
+    assert asyncio.run(go()) == list(range(n))
+    assert sorted(arrived) == list(range(n))
+    assert sorted(seen) == [(i, i) for i in range(n)]
 
 
 def test_500_concurrent_sessions_through_three_hops_have_no_cross_talk(servers: Any) -> None:
@@ -243,8 +258,8 @@ def test_session_follows_into_thread_pool_and_tasks() -> None:
 def test_bad_metadata_gets_invalid_argument_and_the_server_goes_on(
     servers: Any, kind: str, header: str, value: str, named: str
 ) -> None:
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     mesh = Mesh(servers, kind)
     target = mesh.entry.removeprefix("grpc://")
@@ -261,8 +276,8 @@ def test_bad_metadata_gets_invalid_argument_and_the_server_goes_on(
 
 def _raw_call(mesh: Mesh, x: str, md: list[tuple[str, str]]) -> Any:
     """`run(x)` at the entry through a plain grpcio stub with exactly `md` as metadata."""
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     with grpc.insecure_channel(mesh.entry.removeprefix("grpc://")) as ch:
         stub = module_pb2_grpc.ModuleServiceStub(ch)
@@ -316,7 +331,7 @@ def test_the_incoming_trace_context_reaches_every_hop(mesh: Mesh) -> None:
     )
     with pytest.raises(grpc.RpcError) as info:
         _raw_call(mesh, "fail-traced", md[:1])
-    err = lazygrpc.chain.remote_error_from_rpc(info.value)
+    err = lazygrpc.remote_error_from_rpc(info.value)
     assert [f.trace_id for f in err.chain] == ["0af7651916cd43dd8448eb211c80319c"] * 3
 
     # An invalid traceparent is not passed on (W3C: start afresh), and the call still works.
@@ -329,13 +344,37 @@ def test_the_incoming_trace_context_reaches_every_hop(mesh: Mesh) -> None:
 def test_a_traceparent_sent_twice_starts_the_trace_afresh() -> None:
     """grpc itself keeps one of two `traceparent` headers; should both reach the server
     interceptor, they name no one trace, and W3C says to restart it."""
-    from lazygrpc.server_interceptors import ServerCore
+    from lazygrpc.server.call import incoming_scope
 
     md = [("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT), ("tracestate", "a=1")]
-    scope = ServerCore("s").begin("/lazygrpc.v1.ModuleService/Call", md, None)
+    scope = incoming_scope("s", "Call", md, None)
     assert (scope.trace_headers, scope.trace_id) == ((), "")
-    scope = ServerCore("s").begin("/lazygrpc.v1.ModuleService/Call", md[1:], None)
+    scope = incoming_scope("s", "Call", md[1:], None)
     assert scope.trace_headers == (("traceparent", TRACEPARENT), ("tracestate", "a=1"))
+    assert scope.trace_id == TRACEPARENT[3:35]
+
+
+@pytest.mark.parametrize(
+    ("md", "named"),
+    [
+        ([("lazy-session-id", "bad id")], "lazy-session-id:"),
+        ([("lazy-session-id", "a"), ("lazy-session-id", "b")], "lazy-session-id:"),
+        ([("baggage", "lazy.k=%7B")], "baggage:"),
+        ([("x-padding", "p" * 9000)], "x-padding:"),
+    ],
+)
+def test_incoming_scope_refuses_a_bad_header_naming_it(
+    md: list[tuple[str, str]], named: str
+) -> None:
+    from lazygrpc.server.call import incoming_scope
+
+    with pytest.raises(lazygrpc.InvalidArgument) as info:
+        incoming_scope("s", "Call", md, None)
+    assert str(info.value).startswith(named), str(info.value)
+    scope = incoming_scope("s", "Call", [("lazy-session-id", "good-1")], 5.0)
+    assert (scope.session.id, scope.service, scope.method) == ("good-1", "s", "Call")
+    remaining = scope.time_remaining()
+    assert remaining is not None and 0 < remaining <= 5.0
 
 
 def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:
@@ -376,9 +415,9 @@ def test_bare_grpcio_hop_forwards_session_and_baggage(servers: Any) -> None:
 @pytest.mark.parametrize("style", ["write", "async-generator"])
 def test_aio_streaming_handlers_of_both_styles_see_the_session(servers: Any, style: str) -> None:
     """The session is bound for every step of a hand-written aio stream (grpc #28728)."""
+    from lazygrpc.core.values import to_value
     from lazygrpc.server.modules import SERVICE_NAME
     from lazygrpc.v1 import module_pb2, module_pb2_grpc
-    from lazygrpc.core.values import to_value
 
     def event(i: int) -> Any:
         seen = f"{lazygrpc.session_id()}:{lazygrpc.globals.get('user')}"
@@ -454,8 +493,8 @@ async def _tasks() -> set[str]:
 def test_raw_stubs_through_the_client_interceptors(mesh: Mesh, client: str) -> None:
     """Users of plain stubs get sessions, globals back and deadlines from the interceptors
     (or, for asyncio, from a channel `intercept_aio_channel` wraps)."""
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import from_value, to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     target = mesh.entry.removeprefix("grpc://")
 
@@ -505,8 +544,8 @@ def test_an_intercepted_aio_channel_merges_globals_before_the_caller_resumes(
     """Every call kind through `intercept_aio_channel`: the trailer's globals are in the
     session when `await` returns or raises and when a response stream ends, and grpc's own
     call objects and errors come back (no RemoteError)."""
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     target = mesh.entry.removeprefix("grpc://")
 
@@ -551,8 +590,8 @@ def test_an_intercepted_aio_channel_in_a_handler_passes_the_deadline_and_the_can
     cancels. Client- and bidi-streaming stubs work through the channel too."""
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import from_value, to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     seen: dict[str, Any] = {}
     child_started = threading.Event()
@@ -613,19 +652,17 @@ def test_an_intercepted_aio_channel_is_a_whole_grpc_aio_channel(mesh: Mesh) -> N
     channel inside (state, state changes, readiness, close, `async with`)."""
     import inspect
 
-    from lazygrpc.client_interceptors import _AioChannel
-
-    abstract = {
-        name
-        for name, f in inspect.getmembers(grpc.aio.Channel)
-        if getattr(f, "__isabstractmethod__", False)
-    }
-    assert abstract and abstract <= set(vars(_AioChannel))
+    abstract = set(grpc.aio.Channel.__abstractmethods__)
+    assert abstract
     target = mesh.entry.removeprefix("grpc://")
 
     async def go() -> None:
         inner = grpc.aio.insecure_channel(target)
         channel = lazygrpc.intercept_aio_channel(inner)
+        missing = sorted(name for name in abstract if not callable(getattr(channel, name, None)))
+        assert not missing, missing
+        assert not inspect.isabstract(type(channel))
+        assert not getattr(type(channel), "__abstractmethods__", frozenset())
         assert channel.get_state() == inner.get_state() == grpc.ChannelConnectivity.IDLE
         assert channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.IDLE
         await asyncio.wait_for(channel.wait_for_state_change(grpc.ChannelConnectivity.IDLE), 5)
@@ -774,8 +811,8 @@ def test_an_ended_aio_calls_trailers_are_read_without_awaiting(mesh: Mesh) -> No
     ended (or is not grpc's own call object) says so with None."""
     from lazygrpc.client.seams import ended_trailers
     from lazygrpc.core.baggage import UPDATE_TRAILER
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     target = mesh.entry.removeprefix("grpc://")
     request = module_pb2.CallRequest(module="run", input=to_value("ended"))
@@ -798,8 +835,8 @@ def test_an_ended_aio_calls_trailers_are_read_without_awaiting(mesh: Mesh) -> No
 def test_refused_headers_come_with_status_details(servers: Any) -> None:
     from grpc_status import rpc_status
 
-    from lazygrpc.v1 import module_pb2, module_pb2_grpc
     from lazygrpc.core.values import to_value
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
     mesh = Mesh(servers, "aio")
     with grpc.insecure_channel(mesh.entry.removeprefix("grpc://")) as ch:
@@ -818,13 +855,10 @@ def test_refused_headers_come_with_status_details(servers: Any) -> None:
 
 def test_a_server_started_inside_a_session_block_gives_each_call_its_own_session() -> None:
     """A call's session comes from its own headers, even where the server's task inherited
-    a session bound around `start()`; a call that never touches its session makes none."""
-    made: list[bool] = []
+    a session bound around `start()`."""
 
     async def whose(x: str) -> str:
-        scope = current_call()
-        assert scope is not None
-        made.append(scope._session is not None)  # nothing asked for it yet
+        assert current_call() is not None
         return f"{lazygrpc.session_id()}:{lazygrpc.globals.get('user')}"
 
     async def untouched(x: str) -> str:
@@ -850,4 +884,71 @@ def test_a_server_started_inside_a_session_block_gives_each_call_its_own_session
             await lazygrpc.client.channels.aclose_all()
 
     asyncio.run(main())
-    assert made == [False, False]
+
+
+#: Flat globals as a peer may write them: lazygrpc itself would write `1.5` and `100.0`, so
+#: only a hop that forwards the header as it came sends these bytes on.
+AS_IT_CAME = "lazy.user=%22ann%22,lazy.price=1.50,lazy.n=1E2,lazy.tags=[%22a%22%2C1]"
+
+
+def test_a_hop_forwards_the_globals_it_never_reads_byte_for_byte(servers: Any) -> None:
+    """docs/sessions.md: a global nobody reads is forwarded byte for byte as it came; while
+    no global changes (reading a scalar changes none) that is the whole `baggage` header."""
+    from lazygrpc.core.values import to_value
+    from lazygrpc.server.modules import SERVICE_NAME
+    from lazygrpc.v1 import module_pb2, module_pb2_grpc
+
+    leaf_saw: dict[str, dict[str, Any]] = {}
+
+    class Leaf(module_pb2_grpc.ModuleServiceServicer):
+        async def Call(self, request: Any, context: Any) -> Any:
+            key = request.input.string_value
+            md = list(context.invocation_metadata())
+            leaf_saw[key] = {
+                "baggage": [v for k, v in md if k == "baggage"],
+                "sid": lazygrpc.session_id(),
+                "globals": dict(lazygrpc.globals),
+            }
+            return module_pb2.CallResponse(output=to_value("leaf"))
+
+    async def build_leaf() -> lazygrpc.Server:
+        s = lazygrpc.Server(name="leaf")
+        s.add_service(SERVICE_NAME, module_pb2_grpc.add_ModuleServiceServicer_to_server, Leaf())
+        await s.start()
+        return s
+
+    leaf_server = servers.lt.run(build_leaf())
+    servers.started.append(leaf_server)
+    leaf = lazygrpc.connect(f"grpc://127.0.0.1:{leaf_server.port}/leaf")
+
+    async def untouched(x: str) -> Any:
+        return await leaf.acall(x)
+
+    async def reads_a_scalar(x: str) -> Any:
+        assert lazygrpc.globals["user"] == "ann"
+        return await leaf.acall(x)
+
+    async def reads_a_list(x: str) -> Any:
+        assert lazygrpc.globals["tags"] == ["a", 1]  # handed out, not changed
+        return await leaf.acall(x)
+
+    middle = servers.modules(
+        {"untouched": untouched, "reads_a_scalar": reads_a_scalar, "reads_a_list": reads_a_list}
+    ).removeprefix("grpc://")
+    md = [("lazy-session-id", "as-it-came"), ("baggage", AS_IT_CAME)]
+    with grpc.insecure_channel(middle) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        for module in ("untouched", "reads_a_scalar", "reads_a_list"):
+            request = module_pb2.CallRequest(module=module, input=to_value(module))
+            assert stub.Call(request, metadata=md, timeout=10).output.string_value == "leaf"
+
+    expected = {"user": "ann", "price": 1.5, "n": 100.0, "tags": ["a", 1]}
+    for module in ("untouched", "reads_a_scalar", "reads_a_list"):
+        assert leaf_saw[module]["sid"] == "as-it-came"
+        assert leaf_saw[module]["globals"] == expected
+    assert leaf_saw["untouched"]["baggage"] == [AS_IT_CAME]
+    assert leaf_saw["reads_a_scalar"]["baggage"] == [AS_IT_CAME]
+    # The list was handed out, so it may be encoded afresh; the globals not read still go
+    # on as they came.
+    (forwarded,) = leaf_saw["reads_a_list"]["baggage"]
+    assert {"lazy.user=%22ann%22", "lazy.price=1.50", "lazy.n=1E2"} <= set(forwarded.split(","))

@@ -25,9 +25,10 @@ from conftest import Servers, start_cli
 import lazygrpc
 from lazygrpc import broker
 from lazygrpc.client import channels
-from lazygrpc.server import modules
-from lazygrpc.core.errors import RemoteError, StreamClosed
 from lazygrpc.client.channels import channel_options
+from lazygrpc.core.errors import RemoteError, StreamClosed
+from lazygrpc.core.values import from_value, to_value
+from lazygrpc.server import modules
 from lazygrpc.v1 import (
     broker_pb2,
     broker_pb2_grpc,
@@ -36,7 +37,6 @@ from lazygrpc.v1 import (
     module_pb2,
     module_pb2_grpc,
 )
-from lazygrpc.core.values import from_value, to_value
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import lazygrpc
 from lazygrpc import telemetry
 from lazygrpc.backends import make_backend
-from lazygrpc.server.model import ModelConfig
-from lazygrpc.server.builder import SERVER_OPTIONS
-from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
 from lazygrpc.core.values import from_value, to_value
+from lazygrpc.server.builder import SERVER_OPTIONS
+from lazygrpc.server.model import ModelConfig
+from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
 
 # Spans end inside the handler wrapper, before the status goes out, and SimpleSpanProcessor
 # exports on end: once a call has returned (or a stream is drained), its spans are here.

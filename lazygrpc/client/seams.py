@@ -81,16 +81,30 @@ def aio_metadata(items: tuple[tuple[str, str | bytes], ...]) -> Any:
 
 
 def ended_trailers(call: Any) -> Any:
-    """The trailing metadata of a grpc.aio call that has ended, without awaiting; None when
-    that is not known here (the public route: await `call.trailing_metadata()`).
+    """The trailing metadata of a grpc.aio call that has ended, without awaiting (so that a
+    done callback can merge them before the caller resumes); None when they are not there.
 
-    grpc.aio's `trailing_metadata()` is a coroutine that wraps the status the call already
-    holds in a new `Metadata`; reading the status directly saves both, and works inside a
-    done callback, where nothing can be awaited. A call that grpc's interceptor path wrapped
-    is unwrapped to the call inside.
+    The seam reads the status the call already holds; grpc.aio's `trailing_metadata()` is a
+    coroutine that wraps that status in a new `Metadata` (the public route: the coroutine is
+    run here, and an ended call's finishes without suspending). A call that grpc's
+    interceptor path wrapped is unwrapped to the call inside.
     """
-    if not _enabled:
-        return None
+    if _enabled:
+        trailing = _held_trailers(call)
+        if trailing is not None:
+            return trailing
+    try:
+        coro = call.trailing_metadata()
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    except Exception:
+        return None  # not a grpc.aio call, or its status could not be read
+    coro.close()  # it had to wait: the call has not ended
+    return None
+
+
+def _held_trailers(call: Any) -> Any:
     for _ in range(_MAX_WRAPPING):
         try:
             return call._cython_call._status.trailing_metadata()

@@ -114,16 +114,21 @@ class Session:
 
     def _read(self, key: str) -> Any:
         """The value of `key` (`_MISSING` if unset), decoded and marked handed out."""
-        g = self._globals().get(key)
-        if g is None:
-            return _MISSING
-        value = g.value
-        if type(value) is Undecoded:
+        table = self._globals()
+        while True:
+            g = table.get(key)
+            if g is None:
+                return _MISSING
+            value = g.value
+            if type(value) is not Undecoded:
+                break
             decoded, text = value.decode()  # checked on arrival: cannot fail here
             with self._lock:
-                if g.value is value:  # else another thread decoded or set it meanwhile
+                # Another thread may have decoded, set, merged or deleted it meanwhile.
+                if table.get(key) is g and g.value is value:
                     g.value, g.text = decoded, text
-                value = g.value
+                    value = decoded
+                    break
         if type(value) not in _IMMUTABLE:
             g.exposed = True  # the caller may change it in place from now on
             self._header = None
@@ -192,8 +197,9 @@ class Session:
                 self.set(key, value)
         table = self._globals()
         with self._lock:
-            for key, value in values.items() if entries is not None else ():
-                table[key] = _Global(value, None, entries.get(key), dirty=True)  # type: ignore[union-attr]
+            for key, value in values.items():
+                if entries is not None:  # else set() above did it
+                    table[key] = _Global(value, None, entries.get(key), dirty=True)
                 self._deleted.discard(key)
             for key in deleted:
                 table.pop(key, None)

@@ -30,13 +30,26 @@ Items = tuple[tuple[str, str | bytes], ...]
 
 
 class OutgoingCall:
-    """One outgoing call's lifecycle: its metadata and timeout, and the steps that end it."""
+    """One outgoing call's lifecycle: its metadata and timeout, and the steps that end it.
 
-    __slots__ = ("metadata", "scope", "session", "timeout")
+    `with out.running(call): ...` is the whole of it for a driver that waits for the call:
+    the block sets `out.trailing` once the call ended well; leaving the block, however it
+    is left, cancels the call if it is still going and finishes it, and an `RpcError` leaves
+    it as the error `error(rpc_error)` builds."""
 
-    def __init__(self, metadata: Any = None, timeout: float | None = None) -> None:
+    __slots__ = ("call", "error", "metadata", "scope", "session", "timeout", "trailing")
+
+    def __init__(
+        self,
+        metadata: Any = None,
+        timeout: float | None = None,
+        error: ErrorFactory | None = None,
+    ) -> None:
         """Start a call from the current context, with the caller's own `metadata` (kept,
         a session id or baggage of theirs included) and `timeout`. No I/O."""
+        self.error = error
+        self.call: Any = None
+        self.trailing: Any = None
         self.scope: CallScope | None = current_call()
         self.session: Session = context.current()
         self.metadata: Items = outgoing_metadata(metadata, self.session, self.scope)
@@ -50,6 +63,26 @@ class OutgoingCall:
         """Register `call` with the parent call; False (and `call` is cancelled) when the
         parent already ended."""
         return self.scope is None or self.scope.add_child(call)
+
+    def running(self, call: Any) -> OutgoingCall:
+        """`attach` `call`, for a `with` block that waits for it."""
+        self.call = call
+        self.attach(call)
+        return self
+
+    def __enter__(self) -> OutgoingCall:
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        trailing = self.trailing
+        try:
+            if isinstance(exc, grpc.RpcError):
+                trailing = exc.trailing_metadata()
+                if self.error is not None:
+                    raise self.error(exc) from exc
+        finally:
+            self.call.cancel()  # a no-op once the call ended
+            self.finish(self.call, trailing)
 
     def finish(self, call: Any, trailing: Any) -> None:
         """`call` ended: unregister it and merge its trailers (None: there are none)."""
@@ -146,37 +179,22 @@ def merge_trailers(s: Session, trailing: Any) -> None:
 
 def unary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
     """A sync unary call, cancellable by the parent call; `error` builds the raised error."""
-    out = OutgoingCall(None, timeout)
+    out = OutgoingCall(None, timeout, error)
     future = method.future(request, metadata=out.metadata, timeout=out.timeout)
-    out.attach(future)
-    trailing = None
-    try:
+    with out.running(future):
         response = future.result()
-        trailing = future.trailing_metadata()
-        return response
-    except grpc.RpcError as err:
-        trailing = err.trailing_metadata()
-        raise error(err) from err
-    finally:
-        future.cancel()  # a no-op once the call ended
-        out.finish(future, trailing)
+        out.trailing = future.trailing_metadata()
+    return response
 
 
 async def aunary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
     """The asyncio twin of `unary`; cancelling the awaiting task cancels the RPC."""
-    out = OutgoingCall(None, timeout)
+    out = OutgoingCall(None, timeout, error)
     call = method(request, metadata=seams.aio_metadata(out.metadata), timeout=out.timeout)
-    out.attach(call)
-    trailing = None
-    try:
+    with out.running(call):
         response = await call
-        trailing = await seams.trailers(call)
-        return response
-    except grpc.RpcError as err:
-        trailing = err.trailing_metadata()
-        raise error(err) from err
-    finally:
-        out.finish(call, trailing)
+        out.trailing = await seams.trailers(call)
+    return response
 
 
 def stream(
@@ -186,43 +204,27 @@ def stream(
 
     `text=True` yields the non-empty `text` of each message instead of the message.
     """
-    out = OutgoingCall(None, timeout)
+    out = OutgoingCall(None, timeout, error)
     call = method(request, metadata=out.metadata, timeout=out.timeout)
-    out.attach(call)
-    trailing = None
-    try:
-        for item in call:
-            if not text:
-                yield item
-            elif item.text:
-                yield item.text
-        trailing = call.trailing_metadata()
-    except grpc.RpcError as err:
-        trailing = err.trailing_metadata()
-        raise error(err) from err
-    finally:
-        call.cancel()  # a no-op once the stream ended
-        out.finish(call, trailing)
+    with out.running(call):
+        yield from (_texts(call) if text else call)
+        out.trailing = call.trailing_metadata()
+
+
+def _texts(chunks: Iterator[Any]) -> Iterator[str]:
+    return (chunk.text for chunk in chunks if chunk.text)
 
 
 async def astream(
     method: Any, request: Any, timeout: float | None, error: ErrorFactory, *, text: bool = False
 ) -> AsyncIterator[Any]:
     """The asyncio twin of `stream`."""
-    out = OutgoingCall(None, timeout)
+    out = OutgoingCall(None, timeout, error)
     call = method(request, metadata=seams.aio_metadata(out.metadata), timeout=out.timeout)
-    out.attach(call)
-    trailing = None
-    try:
+    with out.running(call):
         async for item in call:
             if not text:
                 yield item
             elif item.text:
                 yield item.text
-        trailing = await seams.trailers(call)
-    except grpc.RpcError as err:
-        trailing = err.trailing_metadata()
-        raise error(err) from err
-    finally:
-        call.cancel()
-        out.finish(call, trailing)
+        out.trailing = await seams.trailers(call)

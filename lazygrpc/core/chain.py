@@ -75,27 +75,13 @@ def make_frame(
     return frame
 
 
-def failure_chain(
-    exc: BaseException,
-    *,
-    service: str,
-    method: str,
-    session_id: str = "",
-    trace_id: str = "",
-    expose_traceback: bool = False,
-) -> chain_pb2.CallChain:
-    """The chain a hop sends for an exception escaping its handler: its own frame, then the
-    frames from below (a `RemoteError`'s, or a raw stub's failed call read as one)."""
+def failure_chain(exc: BaseException, **where: Any) -> chain_pb2.CallChain:
+    """The chain a hop sends for an exception escaping its handler: its own frame
+    (`make_frame(exc, **where)`), then the frames from below (a `RemoteError`'s, or a raw
+    stub's failed call read as one)."""
     if isinstance(exc, grpc.RpcError):
         exc = remote_error_from_rpc(exc)
-    frame = make_frame(
-        exc,
-        service=service,
-        method=method,
-        session_id=session_id,
-        trace_id=trace_id,
-        expose_traceback=expose_traceback,
-    )
+    frame = make_frame(exc, **where)
     if isinstance(exc, RemoteError):
         return extend_chain(frame, exc.chain, exc.elided_frames)
     return extend_chain(frame, [])

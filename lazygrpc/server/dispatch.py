@@ -38,7 +38,7 @@ class Hooks(Protocol):
         """The status to end a failed call with; None lets `exc` propagate."""
 
     def leave(self, state: Any) -> None:
-        """The behavior has ended (either way): runs before `error`'s status is sent."""
+        """The behavior has ended (either way): runs before an end status is sent."""
 
     def done(self, state: Any, context: Any) -> grpc.Status | None:
         """After a successful behavior: a status to end with instead (None: none)."""
@@ -63,121 +63,146 @@ def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) 
     return handler._replace(**changes)
 
 
-# -- grpc.aio ------------------------------------------------------------------------------
+class _Call:
+    """One call's run through `hooks`, as a context manager around the behavior: the steps
+    both drivers share. `_enter` gives the status that refuses the call (None: admitted);
+    `_exit` says whether to suppress the exception and what status to end with."""
+
+    __slots__ = ("context", "hooks", "state")
+
+    def __init__(self, hooks: Hooks, context: Any) -> None:
+        self.hooks = hooks
+        self.context = context
+        self.state: Any = None
+
+    def _enter(self, start: Callable[[Any], Any]) -> grpc.Status | None:
+        self.state = start(self.context)
+        return self.state if isinstance(self.state, grpc.Status) else None
+
+    def _exit(self, exc: BaseException | None) -> tuple[bool, grpc.Status | None]:
+        hooks, state = self.hooks, self.state
+        status = None
+        if exc is not None:
+            status = hooks.error(state, self.context, exc) if isinstance(exc, HANDLED) else None
+            if status is None:
+                hooks.leave(state)
+                return False, None  # `exc` propagates
+        hooks.leave(state)
+        return True, status if status is not None else hooks.done(state, self.context)
 
 
-async def _refuse(context: Any, status: grpc.Status) -> None:
+class _AioCall(_Call):
+    """`_Call` for grpc.aio: a refusal or an end status is `await context.abort(...)`."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        refused = self._enter(self.hooks.start)
+        if refused is not None:
+            await _abort(self.context, refused)
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        suppress, status = self._exit(exc)
+        if status is not None:
+            await _abort(self.context, status)
+        return suppress
+
+
+class _SyncCall(_Call):
+    """`_Call` for a sync `grpc.server`: the hooks start in the call's own context `ctx`."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, hooks: Hooks, context: Any, ctx: contextvars.Context) -> None:
+        super().__init__(hooks, context)
+        self.ctx = ctx
+
+    def __enter__(self) -> None:
+        refused = self._enter(lambda context: self.ctx.run(self.hooks.start, context))
+        if refused is not None:
+            self.context.abort_with_status(refused)  # raises
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        suppress, status = self._exit(exc)
+        if status is not None:
+            self.context.abort_with_status(status)  # raises
+        return suppress
+
+
+async def _abort(context: Any, status: grpc.Status) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-async def _end(hooks: Hooks, state: Any, context: Any, status: grpc.Status | None) -> None:
-    if status is None:
-        status = hooks.done(state, context)
-    if status is not None:
-        await _refuse(context, status)
+# -- grpc.aio ------------------------------------------------------------------------------
 
 
 def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
-    """`behavior` of any style, for a grpc.aio server, with `hooks` around every call."""
+    """`behavior` of any style, for a grpc.aio server, with `hooks` around every call.
+
+    A sync behavior runs in a thread in a copy of the call's context (made once the hooks
+    have bound the call: grpc #37881), as a coroutine or an async generator over it."""
     if inspect.isasyncgenfunction(behavior):
 
         async def agen(request: Any, context: Any) -> Any:
-            state = hooks.start(context)
-            if isinstance(state, grpc.Status):
-                await _refuse(context, state)
-                return
-            status = None
-            inner = behavior(request, context)
-            try:
-                async for item in inner:
-                    yield item
-            except HANDLED as exc:
-                if (status := hooks.error(state, context, exc)) is None:
-                    raise
-            finally:
-                hooks.leave(state)
-                await inner.aclose()  # closed with us, not whenever it is collected
-            await _end(hooks, state, context, status)
+            async with _AioCall(hooks, context):
+                inner = behavior(request, context)
+                try:
+                    async for item in inner:
+                        yield item
+                finally:
+                    await inner.aclose()  # closed with us, not whenever it is collected
 
         return agen
 
     if inspect.iscoroutinefunction(behavior):  # unary, or streaming by `context.write()`
 
         async def coroutine(request: Any, context: Any) -> Any:
-            state = hooks.start(context)
-            if isinstance(state, grpc.Status):
-                return await _refuse(context, state)
-            status = response = None
-            try:
-                response = await behavior(request, context)
-            except HANDLED as exc:
-                if (status := hooks.error(state, context, exc)) is None:
-                    raise
-            finally:
-                hooks.leave(state)
-            await _end(hooks, state, context, status)
-            return response
+            async with _AioCall(hooks, context):
+                return await behavior(request, context)
 
         return coroutine
 
     if inspect.isgeneratorfunction(behavior):
+        return aio_behavior(_stepped(behavior), hooks)
+    return aio_behavior(_in_thread(behavior), hooks)
 
-        async def sync_gen(request: Any, context: Any) -> Any:
-            state = hooks.start(context)
-            if isinstance(state, grpc.Status):
-                await _refuse(context, state)
-                return
-            # A sync behavior runs in a thread: carry the call's context there (grpc #37881).
-            ctx = contextvars.copy_context()
-            loop = asyncio.get_running_loop()
-            done = object()
-            iterator = ctx.run(behavior, request, context)
-            step: asyncio.Future[Any] | None = None
-            status = None
 
-            def close() -> None:
-                ctx.run(iterator.close)
+def _in_thread(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def in_thread(request: Any, context: Any) -> Any:
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, ctx.run, behavior, request, context)
 
-            try:
-                while True:
-                    step = loop.run_in_executor(None, ctx.run, next, iterator, done)  # type: ignore[arg-type]
-                    item = await step
-                    if item is done:
-                        break
-                    yield item
-            except HANDLED as exc:
-                if (status := hooks.error(state, context, exc)) is None:
-                    raise
-            finally:
-                hooks.leave(state)
-                if step is not None and not step.done():
-                    # The generator is still running in its thread: close it after that
-                    # step, never concurrently (one context cannot be entered twice).
-                    step.add_done_callback(lambda _: loop.run_in_executor(None, close))
-                else:
-                    await loop.run_in_executor(None, close)
-            await _end(hooks, state, context, status)
+    return in_thread
 
-        return sync_gen
 
-    async def function(request: Any, context: Any) -> Any:
-        state = hooks.start(context)
-        if isinstance(state, grpc.Status):
-            return await _refuse(context, state)
-        ctx = contextvars.copy_context()  # a thread again (grpc #37881)
-        status = response = None
+def _stepped(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def stepped(request: Any, context: Any) -> Any:
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        done = object()
+        iterator = ctx.run(behavior, request, context)
+        step: asyncio.Future[Any] | None = None
+
+        def close() -> None:
+            ctx.run(iterator.close)
+
         try:
-            loop = asyncio.get_running_loop()
-            response = await loop.run_in_executor(None, ctx.run, behavior, request, context)
-        except HANDLED as exc:
-            if (status := hooks.error(state, context, exc)) is None:
-                raise
+            while True:
+                step = loop.run_in_executor(None, ctx.run, next, iterator, done)  # type: ignore[arg-type]
+                item = await step
+                if item is done:
+                    break
+                yield item
         finally:
-            hooks.leave(state)
-        await _end(hooks, state, context, status)
-        return response
+            if step is not None and not step.done():
+                # The generator is still running in its thread: close it after that step,
+                # never concurrently (one context cannot be entered twice).
+                step.add_done_callback(lambda _: loop.run_in_executor(None, close))
+            else:
+                await loop.run_in_executor(None, close)
 
-    return function
+    return stepped
 
 
 # -- sync grpc.server ----------------------------------------------------------------------
@@ -187,53 +212,26 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
     """`behavior` (a function, or one returning a response iterator when `streaming`) for a
     sync `grpc.server`, with `hooks` around every call. Each call runs in a context of its
     own, so the hooks' bindings hold for its every step."""
-
-    def begin(context: Any) -> tuple[Any, contextvars.Context]:
-        ctx = contextvars.copy_context()
-        state = ctx.run(hooks.start, context)
-        if isinstance(state, grpc.Status):
-            context.abort_with_status(state)  # raises
-        return state, ctx
-
-    def end(state: Any, context: Any, status: grpc.Status | None) -> None:
-        if status is None:
-            status = hooks.done(state, context)
-        if status is not None:
-            context.abort_with_status(status)
-
     if not streaming:
 
         def unary(request: Any, context: Any) -> Any:
-            state, ctx = begin(context)
-            status = response = None
-            try:
-                response = ctx.run(behavior, request, context)
-            except Exception as exc:
-                if (status := hooks.error(state, context, exc)) is None:
-                    raise
-            finally:
-                hooks.leave(state)
-            end(state, context, status)
-            return response
+            ctx = contextvars.copy_context()
+            with _SyncCall(hooks, context, ctx):
+                return ctx.run(behavior, request, context)
 
         return unary
 
     def stream(request: Any, context: Any) -> Any:
-        state, ctx = begin(context)
-        status = iterator = None
+        ctx = contextvars.copy_context()
         done = object()
-        try:
+        with _SyncCall(hooks, context, ctx):
             iterator = ctx.run(behavior, request, context)
-            while (item := ctx.run(next, iterator, done)) is not done:
-                yield item
-        except Exception as exc:
-            if (status := hooks.error(state, context, exc)) is None:
-                raise
-        finally:
-            hooks.leave(state)
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                ctx.run(close)
-        end(state, context, status)
+            try:
+                while (item := ctx.run(next, iterator, done)) is not done:
+                    yield item
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    ctx.run(close)
 
     return stream

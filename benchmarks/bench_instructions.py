@@ -48,6 +48,7 @@ from benchmarks._common import PYTHON, ROOT, Row, log, print_rows
 
 SCEN_UNARY = "issue 3: instructions per unary call (callgrind)"
 SCEN_RELAY = "issue 5(c): instructions per one-token stream through the two-hop relay (callgrind)"
+SCEN_SEAMS = "grpc seams: client instructions per unary call, seams on vs their public fallbacks"
 SCEN_PATH = "issue 5(c): the first token's own path per process, cold caches (callgrind)"
 
 
@@ -58,11 +59,13 @@ def available() -> bool:
 class _Proc:
     """A process, maybe under callgrind; `listening on HOST:PORT` or `ready` lines drive it."""
 
-    def __init__(self, argv: list[str], out: Path | None) -> None:
+    def __init__(
+        self, argv: list[str], out: Path | None, env: dict[str, str] | None = None
+    ) -> None:
         pre = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] if out else []
         self.out = out
         # One hash seed in every process: the same dict layouts, so the same counts.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
         self.proc = subprocess.Popen(
             [*pre, *argv], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True,
@@ -98,10 +101,17 @@ class _Proc:
             self.proc.wait(30)
 
 
-def _measure(servers: list[list[str]], client: list[str], counted: int, calls: int) -> int:
+def _measure(
+    servers: list[list[str]],
+    client: list[str],
+    counted: int,
+    calls: int,
+    env: dict[str, str] | None = None,
+) -> int:
     """Instructions per call in process `counted` (an index of servers, or -1: the client).
 
-    Servers start in order; each gets the previous one's address as `{below}`."""
+    Servers start in order; each gets the previous one's address as `{below}`; `env` is
+    added to every process's environment."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         procs: list[_Proc] = []
@@ -110,11 +120,11 @@ def _measure(servers: list[list[str]], client: list[str], counted: int, calls: i
             for i, argv in enumerate(servers):
                 p = _Proc([PYTHON, "-m", "benchmarks._servers",
                            *(a.format(below=below) for a in argv)],
-                          out if i == counted else None)  # fmt: skip
+                          out if i == counted else None, env)  # fmt: skip
                 procs.append(p)
                 below = p.expect(r"listening on (\S+:\d+)").group(1)
             cli = _Proc([PYTHON, "-m", "benchmarks.bench_instructions", "--client", below,
-                         *client, str(calls)], out if counted == -1 else None)  # fmt: skip
+                         *client, str(calls)], out if counted == -1 else None, env)  # fmt: skip
             procs.append(cli)
             target = procs[counted]
             cli.expect("^warm")
@@ -419,6 +429,14 @@ def run(quick: bool = False) -> list[Row]:
         bare = counts["bare", 0] + counts["bare", -1]
         rows.append(Row(SCEN_UNARY, f"{what}: server + client", "instructions", [both], [bare],
                         "≤ 1.11× (0.90× QPS when CPU-bound)", "ratio<=1.11", base))  # fmt: skip
+    public = {"LAZYGRPC_GRPC_SEAMS": "0"}
+    for side, what in (("layer", "connect()'s asyncio driver"),
+                       ("raw", "intercept_aio_channel()")):  # fmt: skip
+        servers, client = unary[side]
+        off = _measure(servers, client, -1, calls, public)
+        log(f"instructions: unary {side} client, seams off, done")
+        rows.append(Row(SCEN_SEAMS, f"{what}: client", "instructions", [counts[side, -1]],
+                        [off], baseline="the same client with LAZYGRPC_GRPC_SEAMS=0"))  # fmt: skip
     relay = {
         "lazy": ([["lazy-model"], ["lazy-modules", "--model", "grpc://{below}"]], "relay-lazy"),
         "bare": ([["bare-model"], ["bare-modules", "--model", "{below}"]], "relay-bare"),

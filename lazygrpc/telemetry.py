@@ -153,10 +153,11 @@ def _context_details(context: Any) -> str:
 class HopSpan:
     """The SERVER span of one incoming call, current from `__init__` until the call ends."""
 
-    __slots__ = ("full_method", "scope", "span")
+    __slots__ = ("full_method", "scope", "span", "sync")
 
-    def __init__(self, tracer: trace.Tracer, full_method: str, context: Any) -> None:
+    def __init__(self, tracer: trace.Tracer, full_method: str, context: Any, sync: bool) -> None:
         self.full_method = full_method
+        self.sync = sync
         self.scope = current_call()
         parent = _PROPAGATOR.extract(trace_carrier(context.invocation_metadata()))
         self.span = tracer.start_span(
@@ -180,7 +181,7 @@ class HopSpan:
                 description = _context_details(context)
             elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 code, description = grpc.StatusCode.CANCELLED, "cancelled"
-            elif aborted_by_handler(exc, context):
+            elif aborted_by_handler(exc, context, sync=self.sync):
                 code = _context_code(context) or grpc.StatusCode.UNKNOWN
                 description = _context_details(context)
             else:
@@ -215,14 +216,15 @@ class HopSpan:
 class SpanHooks:
     """A SERVER span around each call of one method (`lazygrpc.server.dispatch.Hooks`)."""
 
-    __slots__ = ("full_method", "tracer")
+    __slots__ = ("full_method", "sync", "tracer")
 
-    def __init__(self, tracer: trace.Tracer, full_method: str) -> None:
+    def __init__(self, tracer: trace.Tracer, full_method: str, sync: bool) -> None:
         self.tracer = tracer
         self.full_method = full_method
+        self.sync = sync
 
     def start(self, context: Any) -> HopSpan:
-        return HopSpan(self.tracer, self.full_method, context)
+        return HopSpan(self.tracer, self.full_method, context, self.sync)
 
     def error(self, hop: HopSpan, context: Any, exc: BaseException) -> None:
         hop.end(context, exc)
@@ -237,16 +239,22 @@ class SpanHooks:
 
 
 class _TracingBase:
+    sync = False
+
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self.tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider)
 
     def hooks(self, method: str) -> SpanHooks | None:
         """The span hooks of one method (None: health and reflection go untraced)."""
-        return None if method.startswith(SKIP_PREFIXES) else SpanHooks(self.tracer, method)
+        if method.startswith(SKIP_PREFIXES):
+            return None
+        return SpanHooks(self.tracer, method, self.sync)
 
 
 class TracingServerInterceptor(_TracingBase, grpc.ServerInterceptor):  # type: ignore[misc]
     """A SERVER span per call on a sync `grpc.server`; goes right after lazygrpc's own."""
+
+    sync = True
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lazygrpc.core import baggage as metadata
 from lazygrpc.core.errors import InvalidArgument
-from lazygrpc.core.session import Session
+from lazygrpc.core.session import Arrival, Session
 from lazygrpc.server.call import incoming_scope
 
 json_values = st.recursive(
@@ -118,7 +118,7 @@ def _from_wire(header: str, server: bool = True) -> Session:
     if server:
         md = (("lazy-session-id", "s1"), ("baggage", header))
         return incoming_scope("ModuleService", "Call", md, None).session
-    return Session.arrived("s1", header)
+    return Session.arrived(Arrival.check("s1", header))
 
 
 #: Both routes a session takes off the wire: a server call's headers, or `Session.arrived`.

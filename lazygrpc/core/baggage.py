@@ -8,6 +8,7 @@ deleted key carries the property `deleted` and an empty value.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -106,11 +107,16 @@ _FLAT_HEADER = re.compile(f"{_FLAT_ENTRY.pattern}(?:,{_FLAT_ENTRY.pattern})*+")
 _FLAT_NAMES = re.compile(r"(?:^|,)lazy\.([^=]*)=")
 
 
+@functools.lru_cache(maxsize=256)  # at most 2 MiB of headers of 8 KiB
 def is_flat_header(header: str) -> bool:
     """Whether a `baggage` header is only `lazy.` globals written the way `encode_entry`
     writes them, each name once, within the W3C limits: then `split_flat_header` takes it
     apart without checking it again (every value `Undecoded`, decoded when first read), and
-    a hop forwards it as it is. One pattern match (`_FLAT_ENTRY`, flat values)."""
+    a hop forwards it as it is. One pattern match (`_FLAT_ENTRY`, flat values).
+
+    Cached: a session's header comes again on its next call, at every hop, and a hop that
+    has seen it knows the answer without the match (`benchmarks/RESULTS.md`, "header
+    check"); `is_flat_header.__wrapped__` is the same check uncached."""
     if len(header) > MAX_BAGGAGE_BYTES or _FLAT_HEADER.fullmatch(header) is None:
         return False
     if "," in header:
@@ -121,8 +127,8 @@ def is_flat_header(header: str) -> bool:
 
 
 def split_flat_header(header: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """(values, entries) of a header `is_flat_header` accepted: what `parse_baggage_fields`
-    gives for it, without checking it again (every value `Undecoded`)."""
+    """(values, entries) of a header `is_flat_header` accepted: what `parse_baggage` gives
+    for it, without checking it again (every value `Undecoded`)."""
     values: dict[str, Any] = {}
     entries: dict[str, str] = {}
     for entry in header.split(","):
@@ -173,8 +179,8 @@ def _quote_value(text: str) -> str:
     """`urllib.parse.quote(text, safe=_VALUE_SAFE)`, for a global's JSON text.
 
     Once the common characters are escaped, printable ASCII is all safe in a value (tests
-    check every character), so two str methods, one O(1) and one a single pass, replace a
-    character-class search that cost ~40 instructions per character.
+    check every character), so two str methods, one O(1) and one a single pass, replace
+    `quote`'s search through a character class, character by character.
     """
     out = _common_escaped(text)
     return out if out.isascii() and out.isprintable() else quote(text, safe=_VALUE_SAFE)

@@ -19,7 +19,7 @@ from concurrent import futures
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
-from lazygrpc.core.session import Session
+from lazygrpc.core.session import NO_HEADERS, Arrival, Session
 
 if TYPE_CHECKING:
     from lazygrpc.broker.topic import Topic
@@ -41,21 +41,30 @@ class CallScope:
     """State of one incoming RPC, shared by every thread and task working for it."""
 
     __slots__ = (
+        "_arrival",
         "_children",
+        "_session",
         "cancelled",
         "deadline",
         "method",
         "service",
-        "session",
         "topic",
         "trace_headers",
         "trace_id",
     )
 
     def __init__(
-        self, session: Session, service: str, method: str, time_remaining: float | None
+        self,
+        session: Session | None,
+        service: str,
+        method: str,
+        time_remaining: float | None,
+        arrival: Arrival = NO_HEADERS,
     ) -> None:
-        self.session = session
+        """A scope with `session`, or (None) with the session its checked headers make when
+        code first asks for it: a call whose code never touches its session makes none."""
+        self._session = session
+        self._arrival = arrival
         self.service = service
         self.method = method
         # grpcio reports "no deadline" as None (aio) or a huge number (sync).
@@ -72,6 +81,22 @@ class CallScope:
         self.trace_headers: tuple[tuple[str, str], ...] = ()
         self.cancelled = False
         self._children: set[Cancellable] | None = None  # made by the first child call
+
+    @property
+    def session(self) -> Session:
+        """The call's session (one per call, whichever thread asks first)."""
+        s = self._session
+        if s is None:
+            made = Session.arrived(self._arrival)
+            with _LOCK:
+                if self._session is None:
+                    self._session = made
+                s = self._session
+        return s
+
+    def update_trailer(self) -> str:
+        """The session's `lazy-globals-update` ("" when no session was made: none changed)."""
+        return "" if self._session is None else self._session.update_trailer()
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())

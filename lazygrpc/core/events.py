@@ -41,7 +41,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def async_stream(fn: F) -> F:
-    """Mark a function that returns an async iterator (without being an async generator
+    """Mark a function that returns an async generator (without being an async generator
     function itself) as a streaming module when served, as `async def ... yield` would be."""
     setattr(fn, _ASYNC_STREAM_ATTR, True)
     return fn

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from lazygrpc.core import baggage
 from lazygrpc.core.baggage import Undecoded
@@ -25,6 +25,29 @@ _MISSING = object()
 def new_session_id() -> str:
     """A fresh unique session id (128 random bits, hex)."""
     return os.urandom(16).hex()
+
+
+class Arrival(NamedTuple):
+    """An incoming call's `lazy-session-id` and `baggage` headers, checked: what
+    `Session.arrived` makes the call's session from, when code first asks for it."""
+
+    id: str | None
+    header: str | None
+    #: The header holds flat globals only (`baggage.is_flat_header`): kept as it came.
+    flat: bool
+
+    @classmethod
+    def check(cls, id: str | None, header: str | None) -> Arrival:
+        """Check both headers; `ValueError` names what is wrong."""
+        if id is not None:
+            baggage.check_session_id(id)
+        flat = not header or baggage.is_flat_header(header)
+        if not flat:
+            baggage.parse_baggage(header, defer=True)  # type: ignore[arg-type]  # raises
+        return cls(id, header, flat)
+
+
+NO_HEADERS = Arrival(None, None, True)
 
 
 class _Global:
@@ -80,16 +103,16 @@ class Session:
             g.exposed = type(value) not in _IMMUTABLE
 
     @classmethod
-    def arrived(cls, id: str | None, header: str | None) -> Session:
-        """The session of an incoming call from its `lazy-session-id` and `baggage` headers.
+    def arrived(cls, arrival: Arrival) -> Session:
+        """The session of an incoming call from its checked headers (`Arrival.check`).
 
-        Both are checked now (`ValueError` names what is wrong). A header of flat globals only
-        (the common case, one pattern match) is taken apart when code first touches a global,
-        and a hop that never does forwards it as it came."""
+        A header of flat globals only (the common case) is taken apart when code first
+        touches a global, and a hop that never does forwards it as it came."""
+        id, header, flat = arrival
         session = cls(id)
         if not header:
             return session
-        if baggage.is_flat_header(header):
+        if flat:
             session._header = session._unparsed = header
             return session
         parsed = baggage.parse_baggage(header, defer=True)
@@ -103,13 +126,12 @@ class Session:
         """The table of globals, the arrival header taken apart first if it was not yet."""
         if self._unparsed is not None:
             with self._lock:
-                header, self._unparsed = self._unparsed, None
+                header = self._unparsed
                 if header is not None:  # else another thread took it apart first
-                    for entry in header.split(","):
-                        key, _, wire = entry.partition("=")
-                        self._table[key[len(baggage.PREFIX) :]] = _Global(
-                            Undecoded(wire), None, entry
-                        )
+                    values, entries = baggage.split_flat_header(header)
+                    for key, value in values.items():
+                        self._table[key] = _Global(value, None, entries[key])
+                    self._unparsed = None  # only now: readers without the lock wait till here
         return self._table
 
     def _read(self, key: str) -> Any:
@@ -129,9 +151,10 @@ class Session:
                     g.value, g.text = decoded, text
                     value = decoded
                     break
-        if type(value) not in _IMMUTABLE:
-            g.exposed = True  # the caller may change it in place from now on
-            self._header = None
+        if type(value) not in _IMMUTABLE and not g.exposed:
+            with self._lock:  # not between `baggage()` building a header and keeping it
+                g.exposed = True  # the caller may change it in place from now on
+                self._header = None
         return value
 
     def get(self, key: str, default: Any = None) -> Any:

@@ -25,7 +25,7 @@ import grpc
 from lazygrpc.core import baggage, chain
 from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
-from lazygrpc.core.session import Session
+from lazygrpc.core.session import Arrival, Session
 from lazygrpc.server.dispatch import aborted_by_handler
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -114,10 +114,10 @@ def incoming_scope(
         else:
             tracestate = value if tracestate is None else f"{tracestate},{value}"
     try:
-        session = Session.arrived(sid, header)
+        arrival = Arrival.check(sid, header)
     except ValueError as exc:  # a bad baggage header or session id, named
         raise InvalidArgument(str(exc)) from None
-    scope = CallScope(session, service, method, time_remaining)
+    scope = CallScope(None, service, method, time_remaining, arrival)
     if traceparent is not None:
         scope.trace_headers = baggage.trace_headers(traceparent, tracestate)
         if scope.trace_headers:
@@ -172,8 +172,8 @@ def trailers(scope: CallScope, existing: Sequence[tuple[str, Any]] = ()) -> tupl
     """`existing` plus the globals update; on a failing call an oversize update is left out
     (the error matters more, and the caller keeps the globals it had)."""
     try:
-        update = scope.session.update_trailer()
-    except ResourceExhausted:
+        update = scope.update_trailer()
+    except (ResourceExhausted, TypeError, ValueError):
         update = ""
     extra = ((baggage.UPDATE_TRAILER, update),) if update else ()
     return (*tuple(existing or ()), *extra)
@@ -217,7 +217,7 @@ class MethodCalls:
 
     def error(self, scope: CallScope, context: Any, exc: BaseException) -> grpc.Status | None:
         """Re-raise what must propagate (None); answer anything else with its status."""
-        if aborted_by_handler(exc, context):
+        if aborted_by_handler(exc, context, sync=self.lifecycle.sync):
             return None
         if isinstance(exc, GeneratorExit | asyncio.CancelledError):
             task = asyncio.current_task() if not self.lifecycle.sync else None
@@ -236,8 +236,8 @@ class MethodCalls:
         """Add `lazy-globals-update` to the trailers when the call changed a global; the
         error to answer with instead when the update is too large to send."""
         try:
-            update = scope.session.update_trailer()
-        except ResourceExhausted as exc:
+            update = scope.update_trailer()
+        except (ResourceExhausted, TypeError) as exc:  # too large, or changed into non-JSON
             return self.lifecycle.failure(scope, exc)
         if update:
             getter = getattr(context, "trailing_metadata", None)

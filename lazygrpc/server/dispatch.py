@@ -2,9 +2,10 @@
 
 A grpc handler's behavior is an async generator, a coroutine (unary, or streaming through
 `await context.write()`), a sync generator or a sync function. `aio_behavior` and
-`sync_behavior` wrap any of them in a behavior of the same style that runs `Hooks` around
-it: lazygrpc's own lifecycle (`lazygrpc.server.call`) and the tracing one
-(`lazygrpc.telemetry`) are both `Hooks`, so the styles are written once, here.
+`sync_behavior` wrap any of them so that `Hooks` run around every call (on grpc.aio a sync
+style becomes its async twin over a worker thread): lazygrpc's own lifecycle
+(`lazygrpc.server.call`) and the tracing one (`lazygrpc.telemetry`) are both `Hooks`, so
+the styles are written once, here.
 
 Dispatching on the behavior itself rather than on `response_streaming` is what
 OpenTelemetry's aio interceptor gets wrong (opentelemetry-python-contrib #3066): a streaming
@@ -44,12 +45,12 @@ class Hooks(Protocol):
         """After a successful behavior: a status to end with instead (None: none)."""
 
 
-def aborted_by_handler(exc: BaseException, context: Any) -> bool:
-    """Whether `exc` is the handler's own `context.abort()`: aio raises `AbortError`; the sync
-    server raises a bare `Exception` after setting the code."""
+def aborted_by_handler(exc: BaseException, context: Any, *, sync: bool) -> bool:
+    """Whether `exc` is the handler's own `context.abort()`: aio raises `AbortError`; a sync
+    server (`sync=True`) raises a bare `Exception` after setting the code."""
     if isinstance(exc, grpc.aio.AbortError):
         return True
-    return type(exc) is Exception and context.code() is not None
+    return sync and type(exc) is Exception and context.code() is not None
 
 
 def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:
@@ -81,14 +82,15 @@ class _Call:
 
     def _exit(self, exc: BaseException | None) -> tuple[bool, grpc.Status | None]:
         hooks, state = self.hooks, self.state
-        status = None
-        if exc is not None:
-            status = hooks.error(state, self.context, exc) if isinstance(exc, HANDLED) else None
-            if status is None:
-                hooks.leave(state)
-                return False, None  # `exc` propagates
-        hooks.leave(state)
-        return True, status if status is not None else hooks.done(state, self.context)
+        try:
+            if exc is not None:
+                status = hooks.error(state, self.context, exc) if isinstance(exc, HANDLED) else None
+                if status is None:
+                    return False, None  # `exc` propagates
+                return True, status
+        finally:
+            hooks.leave(state)  # however the error hook ends
+        return True, hooks.done(state, self.context)
 
 
 class _AioCall(_Call):

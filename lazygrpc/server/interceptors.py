@@ -45,7 +45,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         expose_tracebacks: bool = False,
         gate: DrainGate | None = None,
     ) -> None:
-        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, gate=gate)
+        #: Counts the calls in flight; set `gate.draining` to refuse new ones (UNAVAILABLE).
+        self.gate = gate or DrainGate()
+        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, gate=self.gate)
         # grpc.aio asks the interceptor for every call: a method's wrapped handler is kept.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 

@@ -218,15 +218,21 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> Any:
         run, tokens = self._run(request)
         name = self.config.name
-        topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
-        scope = current_call()
-        if scope is not None:
-            scope.topic = topic
+
+        def open_topic() -> broker.Topic:
+            topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
+            scope = current_call()
+            if scope is not None:
+                scope.topic = topic
+            return topic
 
         def make(text: str) -> Item:
             return Item.of(DELTA, name, text)
 
-        stream = Stream(topic, lambda: pump(tokens, topic, make), gen=tokens, make=make)
+        async def rest(topic: broker.Topic) -> None:
+            await pump(tokens, topic, make)
+
+        stream = Stream.opened_late(open_topic, rest, gen=tokens, make=make)
         index = 0
         try:
             async for item in stream.items():

@@ -191,13 +191,13 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 raise
             _LIVE.enter()
 
-            async def rest() -> Any:
+            async def rest(topic: Topic) -> Any:
                 await pump(gen, topic, output.item)
                 return output.result()
 
             stream = Stream(topic, rest, gen=gen, make=output.item)
         else:
-            stream = Stream(topic, lambda: self._run(module, args, kwargs, topic))
+            stream = Stream(topic, lambda topic: self._run(module, args, kwargs, topic))
         seq = 0
         try:
             async for item in stream.items():
@@ -206,9 +206,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             result = await stream.result()
             yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
         finally:
-            await stream.close()
-            if module.is_asyncgen:
-                _LIVE.leave()
+            try:
+                await stream.close()
+            finally:
+                if module.is_asyncgen:
+                    _LIVE.leave()
 
     async def _run(
         self, module: Module, args: tuple[Any, ...], kwargs: dict[str, Any], topic: Topic | None

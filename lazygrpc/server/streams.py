@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from lazygrpc.broker.topic import Item, Topic
 from lazygrpc.core.errors import StreamClosed
+
+_log = logging.getLogger(__name__)
 
 #: Seconds a stream's producer gets to end by itself once its client is gone.
 CLOSE_GRACE = 0.1
@@ -25,45 +28,79 @@ Make = Callable[[Any], Item | None]
 class Stream:
     """One streaming call's topic and producer.
 
-    `rest()` makes the producer's coroutine; `gen` (with `make`, which turns its values into
-    items) is an async generator to prime on the handler's task before the producer starts.
-    The producer's outcome ends the topic (`Topic.finish`), after what it queued.
+    `rest(topic)` makes the producer's coroutine; `gen` (with `make`, which turns its values
+    into items) is an async generator to prime on the handler's task before the producer
+    starts. The producer's outcome ends the topic (`Topic.finish`), after what it queued.
+
+    `Stream.opened_late(open_topic, ...)` is for a stream that no intermediate event can
+    enter (a model's): nothing can be queued before its first item, so the topic is opened
+    only once that item is out, and the first token does not wait for it.
     """
 
-    __slots__ = ("_producer", "_rest", "gen", "make", "topic")
+    __slots__ = ("_open", "_producer", "_rest", "gen", "make", "topic")
 
     def __init__(
         self,
-        topic: Topic,
-        rest: Callable[[], Coroutine[Any, Any, Any]],
+        topic: Topic | None,
+        rest: Callable[[Topic], Coroutine[Any, Any, Any]],
         *,
         gen: Any = None,
         make: Make | None = None,
+        open_topic: Callable[[], Topic] | None = None,
     ) -> None:
         self.topic = topic
         self.gen = gen
         self.make = make
+        self._open = open_topic
         self._rest = rest
         self._producer: asyncio.Future[Any] | None = None
+
+    @classmethod
+    def opened_late(
+        cls,
+        open_topic: Callable[[], Topic],
+        rest: Callable[[Topic], Coroutine[Any, Any, Any]],
+        *,
+        gen: Any,
+        make: Make,
+    ) -> Stream:
+        return cls(None, rest, gen=gen, make=make, open_topic=open_topic)
 
     async def items(self) -> AsyncIterator[Item]:
         """The call's items in order; raises the producer's error after what it queued."""
         if self.gen is not None and self.make is not None:
-            first = await self.topic.prime(self.gen, self.make)
+            if self.topic is None:
+                first = await self._first()
+                assert self._open is not None
+                self.topic = self._open()
+            else:
+                first = await self.topic.prime(self.gen, self.make)
             if first is not None:
                 yield first
+        assert self.topic is not None
         if not self.topic.finished:  # else the first step failed: nothing more to make
             self._start()
         while (item := await self.topic.get()) is not None:
             yield item
+
+    async def _first(self) -> Item | None:
+        """The first item, with no topic yet (nothing can be queued before it)."""
+        assert self.make is not None
+        try:
+            while (item := self.make(await self.gen.__anext__())) is None:
+                pass
+        except StopAsyncIteration:
+            return None
+        return item
 
     def _start(self) -> None:
         if self._producer is None:
             self._producer = asyncio.ensure_future(self._run())
 
     async def _run(self) -> Any:
+        assert self.topic is not None
         try:
-            result = await self._rest()
+            result = await self._rest(self.topic)
         except StreamClosed:
             raise  # the topic is closed already
         except BaseException as exc:
@@ -80,11 +117,15 @@ class Stream:
 
     async def close(self) -> None:
         """Close the topic and wind the producer down (always; from a `finally`)."""
-        self.topic.cancel()
+        if self.topic is not None:
+            self.topic.cancel()
         task = self._producer
         if task is None:  # never started: its generator still has to be closed
             if self.gen is not None:
-                await self.gen.aclose()
+                try:
+                    await self.gen.aclose()
+                except Exception:  # the call is over: its producer's cleanup cannot fail it
+                    _log.warning("a stream's producer failed while closing", exc_info=True)
             return
         if not task.done():
             # Closing the topic woke a producer waiting on it with StreamClosed: let it end

@@ -26,7 +26,7 @@ from lazygrpc.core import baggage, chain
 from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
 from lazygrpc.core.session import Arrival, Session
-from lazygrpc.server.dispatch import aborted_by_handler
+from lazygrpc.server.dispatch import Refused, aborted_by_handler
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _OWN_HEADERS = frozenset(
@@ -46,7 +46,7 @@ class _Status(grpc.Status):  # type: ignore[misc]
         self.trailing_metadata = trailing_metadata
 
 
-_SHUTTING_DOWN = _Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down", ())
+_SHUTTING_DOWN = Refused(_Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down", ()))
 
 
 class DrainGate:
@@ -189,7 +189,7 @@ class MethodCalls:
         self.service = service.rsplit(".", 1)[-1]  # `ModuleService` until the server is named
         self.method = method
 
-    def start(self, context: Any) -> CallScope | grpc.Status:
+    def start(self, context: Any) -> CallScope | Refused:
         """Admit the call and bind its scope, or the status that refuses it."""
         life = self.lifecycle
         if life.gate is not None and not life.gate.enter():
@@ -204,7 +204,7 @@ class MethodCalls:
                 life.gate.leave()
             if not isinstance(exc, InvalidArgument):
                 exc = InvalidArgument(f"request metadata: {exc}")
-            return life.failure(CallScope(Session(), service, self.method, None), exc)
+            return Refused(life.failure(CallScope(Session(), service, self.method, None), exc))
         # In aio the wrapper and the handler share one task, so the binding holds for the
         # whole call, across every await and every yield; on a sync server this runs in the
         # call's own copied context.

@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 import grpc.aio
@@ -28,12 +28,18 @@ HANDLED = (Exception, asyncio.CancelledError, GeneratorExit)
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
+class Refused(NamedTuple):
+    """What `Hooks.start` returns to refuse a call: the status to answer with."""
+
+    status: grpc.Status
+
+
 class Hooks(Protocol):
     """What a lifecycle does around one call of one method."""
 
     def start(self, context: Any) -> Any:
-        """Per-call state, or a `grpc.Status` that refuses the call. Runs in the call's own
-        context (its task in aio, the copied context on a sync server)."""
+        """Per-call state, or `Refused(status)`. Runs in the call's own context (its task in
+        aio, the copied context on a sync server)."""
 
     def error(self, state: Any, context: Any, exc: BaseException) -> grpc.Status | None:
         """The status to end a failed call with; None lets `exc` propagate."""
@@ -65,70 +71,37 @@ def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) 
 
 
 class _Call:
-    """One call's run through `hooks`, as a context manager around the behavior: the steps
-    both drivers share. `_enter` gives the status that refuses the call (None: admitted);
-    `_exit` says whether to suppress the exception and what status to end with."""
+    """One call's run through `hooks`, as a (sync) context manager around the behavior, for
+    both drivers: `enter()` gives the status that refuses the call (None: admitted); leaving
+    the block runs `leave` and decides how the call ends: an exception propagates, or is
+    replaced by `status`, which the driver then sends (`context.abort`)."""
 
-    __slots__ = ("context", "hooks", "state")
+    __slots__ = ("context", "hooks", "state", "status")
 
     def __init__(self, hooks: Hooks, context: Any) -> None:
         self.hooks = hooks
         self.context = context
         self.state: Any = None
+        self.status: grpc.Status | None = None
 
-    def _enter(self, start: Callable[[Any], Any]) -> grpc.Status | None:
-        self.state = start(self.context)
-        return self.state if isinstance(self.state, grpc.Status) else None
+    def enter(self) -> grpc.Status | None:
+        state = self.state = self.hooks.start(self.context)
+        return state.status if type(state) is Refused else None
 
-    def _exit(self, exc: BaseException | None) -> tuple[bool, grpc.Status | None]:
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
         hooks, state = self.hooks, self.state
         try:
             if exc is not None:
-                status = hooks.error(state, self.context, exc) if isinstance(exc, HANDLED) else None
-                if status is None:
-                    return False, None  # `exc` propagates
-                return True, status
+                if isinstance(exc, HANDLED):
+                    self.status = hooks.error(state, self.context, exc)
+                return self.status is not None  # else `exc` propagates
         finally:
             hooks.leave(state)  # however the error hook ends
-        return True, hooks.done(state, self.context)
-
-
-class _AioCall(_Call):
-    """`_Call` for grpc.aio: a refusal or an end status is `await context.abort(...)`."""
-
-    __slots__ = ()
-
-    async def __aenter__(self) -> None:
-        refused = self._enter(self.hooks.start)
-        if refused is not None:
-            await _abort(self.context, refused)
-
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        suppress, status = self._exit(exc)
-        if status is not None:
-            await _abort(self.context, status)
-        return suppress
-
-
-class _SyncCall(_Call):
-    """`_Call` for a sync `grpc.server`: the hooks start in the call's own context `ctx`."""
-
-    __slots__ = ("ctx",)
-
-    def __init__(self, hooks: Hooks, context: Any, ctx: contextvars.Context) -> None:
-        super().__init__(hooks, context)
-        self.ctx = ctx
-
-    def __enter__(self) -> None:
-        refused = self._enter(lambda context: self.ctx.run(self.hooks.start, context))
-        if refused is not None:
-            self.context.abort_with_status(refused)  # raises
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        suppress, status = self._exit(exc)
-        if status is not None:
-            self.context.abort_with_status(status)  # raises
-        return suppress
+        self.status = hooks.done(state, self.context)
+        return False
 
 
 async def _abort(context: Any, status: grpc.Status) -> None:
@@ -146,21 +119,34 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
     if inspect.isasyncgenfunction(behavior):
 
         async def agen(request: Any, context: Any) -> Any:
-            async with _AioCall(hooks, context):
+            call = _Call(hooks, context)
+            if (refused := call.enter()) is not None:
+                await _abort(context, refused)  # raises
+                return
+            with call:
                 inner = behavior(request, context)
                 try:
                     async for item in inner:
                         yield item
                 finally:
                     await inner.aclose()  # closed with us, not whenever it is collected
+            if call.status is not None:
+                await _abort(context, call.status)
 
         return agen
 
     if inspect.iscoroutinefunction(behavior):  # unary, or streaming by `context.write()`
 
         async def coroutine(request: Any, context: Any) -> Any:
-            async with _AioCall(hooks, context):
-                return await behavior(request, context)
+            call = _Call(hooks, context)
+            if (refused := call.enter()) is not None:
+                return await _abort(context, refused)  # raises
+            response = None
+            with call:
+                response = await behavior(request, context)
+            if call.status is not None:
+                await _abort(context, call.status)
+            return response
 
         return coroutine
 
@@ -214,19 +200,35 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
     """`behavior` (a function, or one returning a response iterator when `streaming`) for a
     sync `grpc.server`, with `hooks` around every call. Each call runs in a context of its
     own, so the hooks' bindings hold for its every step."""
+
+    def started(context: Any, ctx: contextvars.Context) -> _Call:
+        call = _Call(hooks, context)
+        if (refused := ctx.run(call.enter)) is not None:
+            context.abort_with_status(refused)  # raises
+        return call
+
+    def end(call: _Call) -> None:
+        if call.status is not None:
+            call.context.abort_with_status(call.status)  # raises
+
     if not streaming:
 
         def unary(request: Any, context: Any) -> Any:
             ctx = contextvars.copy_context()
-            with _SyncCall(hooks, context, ctx):
-                return ctx.run(behavior, request, context)
+            call = started(context, ctx)
+            response = None
+            with call:
+                response = ctx.run(behavior, request, context)
+            end(call)
+            return response
 
         return unary
 
     def stream(request: Any, context: Any) -> Any:
         ctx = contextvars.copy_context()
+        call = started(context, ctx)
         done = object()
-        with _SyncCall(hooks, context, ctx):
+        with call:
             iterator = ctx.run(behavior, request, context)
             try:
                 while (item := ctx.run(next, iterator, done)) is not done:
@@ -235,5 +237,6 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     ctx.run(close)
+        end(call)
 
     return stream

@@ -68,30 +68,24 @@ class Stream:
 
     async def items(self) -> AsyncIterator[Item]:
         """The call's items in order; raises the producer's error after what it queued."""
-        if self.gen is not None and self.make is not None:
-            if self.topic is None:
-                first = await self._first()
-                assert self._open is not None
-                self.topic = self._open()
-            else:
-                first = await self.topic.prime(self.gen, self.make)
+        if self.topic is None:  # `opened_late`: the first item needs no topic, and waits for none
+            assert self._open is not None and self.make is not None
+            try:
+                while (first := self.make(await self.gen.__anext__())) is None:
+                    pass
+            except StopAsyncIteration:
+                first = None
             if first is not None:
                 yield first
-        assert self.topic is not None
+            self.topic = self._open()
+        elif self.gen is not None and self.make is not None:
+            first = await self.topic.prime(self.gen, self.make)
+            if first is not None:
+                yield first
         if not self.topic.finished:  # else the first step failed: nothing more to make
             self._start()
         while (item := await self.topic.get()) is not None:
             yield item
-
-    async def _first(self) -> Item | None:
-        """The first item, with no topic yet (nothing can be queued before it)."""
-        assert self.make is not None
-        try:
-            while (item := self.make(await self.gen.__anext__())) is None:
-                pass
-        except StopAsyncIteration:
-            return None
-        return item
 
     def _start(self) -> None:
         if self._producer is None:

@@ -623,3 +623,41 @@ def test_a_flat_header_splits_as_the_parser_reads_it(values: dict[str, Any]) -> 
     assert split_entries == parsed.entries
     assert all(isinstance(v, metadata.Undecoded) for v in split_values.values())
     assert {k: v.decode()[0] for k, v in split_values.items()} == json.loads(json.dumps(values))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "lazy.a=1",
+        "lazy.a=1,lazy.b=%22x%22",
+        "lazy.a=1,lazy.a=2",  # a name twice: not flat
+        "lazy.a={%22b%22:{%22c%22:1}}",  # nested: not flat
+        "other=1",
+        "lazy.a=%ZZ",
+    ],
+)
+def test_known_headers_change_no_answer_of_the_check(header: str) -> None:
+    """`is_flat_header` answers as its uncached check does, whether or not it knew the
+    header, and what it learns from checking is the same answer again."""
+    metadata.KNOWN_FLAT.clear()
+    expected = metadata.check_flat_header(header)
+    assert metadata.is_flat_header(header) is expected
+    assert metadata.is_flat_header(header) is expected  # now maybe known
+    assert (header in metadata.KNOWN_FLAT) is expected
+
+
+def test_an_entry_this_process_wrote_is_known_and_reads_back() -> None:
+    metadata.KNOWN_FLAT.clear()
+    entry = metadata.encode_entry("usage", metadata.encode_json("usage", {"calls": 1}))
+    assert entry in metadata.KNOWN_FLAT and metadata.is_flat_header(entry)
+    s = Session.arrived(Arrival.check("s1", entry))
+    assert s.get("usage") == {"calls": 1} and s.baggage() == entry
+
+
+def test_known_headers_stay_within_their_bound() -> None:
+    known = metadata.KnownHeaders(size=4, max_chars=10)
+    for i in range(10):
+        known.add(f"lazy.k{i}=1")
+    known.add("lazy.big=" + "1" * 10)  # too long to keep
+    assert [f"lazy.k{i}=1" in known for i in range(10)] == [False] * 6 + [True] * 4
+    assert "lazy.big=" + "1" * 10 not in known

@@ -60,9 +60,41 @@ def parse_url(url: str) -> tuple[str, str]:
 
 _lock = threading.Lock()
 _sync: dict[str, grpc.Channel] = {}
-_aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, grpc.aio.Channel]] = (
-    weakref.WeakKeyDictionary()
-)
+_stubs: dict[tuple[Any, str], Any] = {}
+
+
+class _LoopShare:
+    """The asyncio channels and stubs of one event loop."""
+
+    __slots__ = ("channels", "stubs")
+
+    def __init__(self) -> None:
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.stubs: dict[tuple[Any, str], Any] = {}
+
+
+#: Per event loop, by the loop's id, with a weak reference that tells a live loop from a
+#: gone one whose id was reused: a lookup is a dict access and a call, where a
+#: WeakKeyDictionary runs Python code and makes a reference on every call.
+_loops: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShare]] = {}
+
+
+def _share(loop: asyncio.AbstractEventLoop) -> _LoopShare:
+    entry = _loops.get(id(loop))
+    if entry is not None and entry[0]() is loop:
+        return entry[1]
+    key = id(loop)
+
+    def gone(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        # No lock: this runs in the garbage collector, maybe while this thread holds it.
+        # The loop's memory is not free yet, so no new loop can have its id.
+        if _loops.get(key, (None,))[0] is ref:
+            _loops.pop(key, None)
+
+    with _lock:
+        share = _LoopShare()
+        _loops[key] = (weakref.ref(loop, gone), share)
+        return share
 
 
 def sync_channel(target: str) -> grpc.Channel:
@@ -76,12 +108,13 @@ def sync_channel(target: str) -> grpc.Channel:
 
 def aio_channel(target: str) -> grpc.aio.Channel:
     """The shared asyncio channel for `target` on the running event loop."""
-    loop = asyncio.get_running_loop()
+    share = _share(asyncio.get_running_loop())
     with _lock:
-        per_loop = _aio.setdefault(loop, {})
-        ch = per_loop.get(target)
+        ch = share.channels.get(target)
         if ch is None:
-            ch = per_loop[target] = grpc.aio.insecure_channel(target, options=channel_options())
+            ch = share.channels[target] = grpc.aio.insecure_channel(
+                target, options=channel_options()
+            )
         return ch
 
 
@@ -97,18 +130,13 @@ def close_all() -> None:
 
 async def aclose_all() -> None:
     """Close the shared asyncio channels of the running loop."""
-    loop = asyncio.get_running_loop()
+    share = _share(asyncio.get_running_loop())
     with _lock:
-        channels = list(_aio.pop(loop, {}).values())
-        _astubs.pop(loop, None)
+        channels = list(share.channels.values())
+        share.channels.clear()
+        share.stubs.clear()
     for ch in channels:
         await ch.close()
-
-
-_stubs: dict[tuple[Any, str], Any] = {}
-_astubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, str], Any]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def stub(cls: Any, target: str) -> Any:
@@ -122,9 +150,9 @@ def stub(cls: Any, target: str) -> Any:
 
 def astub(cls: Any, target: str) -> Any:
     """A cached stub of `cls` on the running loop's shared channel for `target`."""
-    per_loop = _astubs.setdefault(asyncio.get_running_loop(), {})
+    stubs = _share(asyncio.get_running_loop()).stubs
     key = (cls, target)
-    s = per_loop.get(key)
+    s = stubs.get(key)
     if s is None:
-        s = per_loop[key] = cls(aio_channel(target))
+        s = stubs[key] = cls(aio_channel(target))
     return s

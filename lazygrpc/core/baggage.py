@@ -8,10 +8,10 @@ deleted key carries the property `deleted` and an empty value.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
+import threading
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
@@ -107,16 +107,24 @@ _FLAT_HEADER = re.compile(f"{_FLAT_ENTRY.pattern}(?:,{_FLAT_ENTRY.pattern})*+")
 _FLAT_NAMES = re.compile(r"(?:^|,)lazy\.([^=]*)=")
 
 
-@functools.lru_cache(maxsize=256)  # at most 2 MiB of headers of 8 KiB
 def is_flat_header(header: str) -> bool:
     """Whether a `baggage` header is only `lazy.` globals written the way `encode_entry`
     writes them, each name once, within the W3C limits: then `split_flat_header` takes it
     apart without checking it again (every value `Undecoded`, decoded when first read), and
-    a hop forwards it as it is. One pattern match (`_FLAT_ENTRY`, flat values).
+    a hop forwards it as it is.
 
-    Cached: a session's header comes again on its next call, at every hop, and a hop that
-    has seen it knows the answer without the match (`benchmarks/RESULTS.md`, "header
-    check"); `is_flat_header.__wrapped__` is the same check uncached."""
+    A header in `KNOWN_FLAT` is known without the check; else `check_flat_header` (one
+    pattern match) decides, and a header that passes is known from then on."""
+    if header in KNOWN_FLAT:
+        return True
+    if check_flat_header(header):
+        KNOWN_FLAT.add(header)
+        return True
+    return False
+
+
+def check_flat_header(header: str) -> bool:
+    """`is_flat_header` without what is known: the pattern match itself (`_FLAT_HEADER`)."""
     if len(header) > MAX_BAGGAGE_BYTES or _FLAT_HEADER.fullmatch(header) is None:
         return False
     if "," in header:
@@ -124,6 +132,41 @@ def is_flat_header(header: str) -> bool:
         if len(names) > MAX_BAGGAGE_ENTRIES or len(set(names)) != len(names):
             return False
     return True
+
+
+class KnownHeaders:
+    """Headers and entries known to pass `check_flat_header`: seen to pass it, or written by
+    `encode_entry` (valid JSON, percent-encoded, a plain name). A session's header changes
+    with its globals, but what comes down a chain is mostly what a hop wrote: the model's
+    `usage` entry goes up in a trailer and comes down again in the next call's header, at
+    every hop. So each hop checks it once, not on every call's way to its first token
+    (`benchmarks/RESULTS.md`, "known headers"). Bounded in count and length; the oldest
+    go first."""
+
+    def __init__(self, size: int = 512, max_chars: int = 1024) -> None:
+        self.size = size
+        self.max_chars = max_chars
+        self._known: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._known
+
+    def add(self, text: str) -> None:
+        if len(text) > self.max_chars or text in self._known:
+            return
+        with self._lock:
+            self._known[text] = None
+            while len(self._known) > self.size:
+                del self._known[next(iter(self._known))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
+#: This process's known flat headers.
+KNOWN_FLAT = KnownHeaders()
 
 
 def split_flat_header(header: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -243,7 +286,11 @@ def encode_entry(key: str, value_json: str, *props: str) -> str:
     """One baggage entry `lazy.<key>=<json>` with both parts percent-encoded."""
     name = _quote(key, _KEY_LEFTOVER, "")
     entry = f"{PREFIX}{name}={_quote_value(value_json)}"
-    return ";".join((entry, *props)) if props else entry
+    if props:
+        return ";".join((entry, *props))
+    if name == key:  # a plain name: what `check_flat_header` accepts
+        KNOWN_FLAT.add(entry)
+    return entry
 
 
 def join_baggage(entries: Iterable[str]) -> str:
@@ -299,6 +346,7 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
             key, wire = flat.groups()  # the common case, in one match
             values[key] = Undecoded(wire)
             entries[key] = entry
+            KNOWN_FLAT.add(entry)
             texts.pop(key, None)  # a repeated name: the last entry wins, whole
             continue
         entry = entry.strip()

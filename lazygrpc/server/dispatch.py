@@ -72,21 +72,22 @@ def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) 
 
 class _Call:
     """One call's run through `hooks`, as a (sync) context manager around the behavior, for
-    both drivers: `enter()` gives the status that refuses the call (None: admitted); leaving
+    both drivers: making it starts the call (`refused`: the status that refuses it); leaving
     the block runs `leave` and decides how the call ends: an exception propagates, or is
     replaced by `status`, which the driver then sends (`context.abort`)."""
 
-    __slots__ = ("context", "hooks", "state", "status")
+    __slots__ = ("context", "hooks", "refused", "state", "status")
 
-    def __init__(self, hooks: Hooks, context: Any) -> None:
+    def __init__(
+        self, hooks: Hooks, context: Any, start: Callable[[Any], Any] | None = None
+    ) -> None:
+        """Start the call (`hooks.start`, or `start(context)` when given): `refused` is the
+        status that refuses it, or None."""
         self.hooks = hooks
         self.context = context
-        self.state: Any = None
         self.status: grpc.Status | None = None
-
-    def enter(self) -> grpc.Status | None:
-        state = self.state = self.hooks.start(self.context)
-        return state.status if type(state) is Refused else None
+        state = self.state = (start or hooks.start)(context)
+        self.refused = state.status if type(state) is Refused else None
 
     def __enter__(self) -> None:
         pass
@@ -120,8 +121,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
 
         async def agen(request: Any, context: Any) -> Any:
             call = _Call(hooks, context)
-            if (refused := call.enter()) is not None:
-                await _abort(context, refused)  # raises
+            if call.refused is not None:
+                await _abort(context, call.refused)  # raises
                 return
             with call:
                 inner = behavior(request, context)
@@ -139,8 +140,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
 
         async def coroutine(request: Any, context: Any) -> Any:
             call = _Call(hooks, context)
-            if (refused := call.enter()) is not None:
-                return await _abort(context, refused)  # raises
+            if call.refused is not None:
+                return await _abort(context, call.refused)  # raises
             response = None
             with call:
                 response = await behavior(request, context)
@@ -202,9 +203,9 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
     own, so the hooks' bindings hold for its every step."""
 
     def started(context: Any, ctx: contextvars.Context) -> _Call:
-        call = _Call(hooks, context)
-        if (refused := ctx.run(call.enter)) is not None:
-            context.abort_with_status(refused)  # raises
+        call = _Call(hooks, context, lambda context: ctx.run(hooks.start, context))
+        if call.refused is not None:
+            context.abort_with_status(call.refused)  # raises
         return call
 
     def end(call: _Call) -> None:

@@ -232,14 +232,16 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         async def rest(topic: broker.Topic) -> None:
             await pump(tokens, topic, make)
 
-        stream = Stream.opened_late(open_topic, rest, gen=tokens, make=make)
+        stream = Stream(None, rest, gen=tokens, make=make, open_topic=open_topic)
         index = 0
         try:
-            async for item in stream.items():
+            item = await stream.first()
+            while item is not None:
                 text = item.payload
                 assert isinstance(text, str)  # this topic only ever holds text deltas
                 yield model_pb2.GenerateChunk(text=text, index=index, source=name)
                 index += 1
+                item = await stream.next()
             await stream.result()
             _account(run, self.config.backend)
             yield model_pb2.GenerateChunk(

@@ -88,17 +88,13 @@ class _Output:
                 self._relayed = value.value
                 return None
             value = value.value
-        self._keep(value)
+        if self._items is not None:  # kept for the result, within its bound
+            self._size += len(value) if type(value) is str else 16 + len(str(value))
+            if self._size > AGGREGATE_LIMIT:
+                self._items = None
+            else:
+                self._items.append(value)
         return Item.of(DELTA, self.source, value)
-
-    def _keep(self, delta: Any) -> None:
-        if self._items is None:
-            return
-        self._size += len(delta) if type(delta) is str else 16 + len(str(delta))
-        if self._size > AGGREGATE_LIMIT:
-            self._items = None
-        else:
-            self._items.append(delta)
 
     def result(self, returned: Any = None) -> Any:
         if returned is not None:
@@ -200,9 +196,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             stream = Stream(topic, lambda topic: self._run(module, args, kwargs, topic))
         seq = 0
         try:
-            async for item in stream.items():
+            item = await stream.first()
+            while item is not None:
                 yield _event(seq, item)
                 seq += 1
+                item = await stream.next()
             result = await stream.result()
             yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
         finally:

@@ -2,7 +2,7 @@
 
 Both stream servicers (`ModuleService.Stream`, `ModelService.Generate`) run their calls
 through `Stream`: it takes an async generator's first item on the handler's own task
-(`Topic.prime`), starts the producer that makes the rest (in one place, `_start`), yields
+(`Topic.prime`), starts the producer that makes the rest (in one place, `next`), hands out
 the topic's items in order, and winds the producer down when the call ends, however it ends.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from lazygrpc.broker.topic import Item, Topic
@@ -26,18 +26,19 @@ Make = Callable[[Any], Item | None]
 
 
 class Stream:
-    """One streaming call's topic and producer.
+    """One streaming call's topic and producer: `first()`, then `next()` until None.
 
     `rest(topic)` makes the producer's coroutine; `gen` (with `make`, which turns its values
-    into items) is an async generator to prime on the handler's task before the producer
-    starts. The producer's outcome ends the topic (`Topic.finish`), after what it queued.
+    into items) is an async generator whose first item is taken on the handler's own task
+    (`Topic.prime`) before the producer starts. The producer's outcome ends the topic
+    (`Topic.finish`), after what it queued.
 
-    `Stream.opened_late(open_topic, ...)` is for a stream that no intermediate event can
-    enter (a model's): nothing can be queued before its first item, so the topic is opened
-    only once that item is out, and the first token does not wait for it.
+    With `open_topic` instead of a topic (a model's stream, which no intermediate event can
+    enter), nothing can be queued before the first item: the topic opens once that item is
+    out, and the first token does not wait for it.
     """
 
-    __slots__ = ("_open", "_producer", "_rest", "gen", "make", "topic")
+    __slots__ = ("_open", "_producer", "_rest", "_started", "gen", "make", "topic")
 
     def __init__(
         self,
@@ -53,43 +54,36 @@ class Stream:
         self.make = make
         self._open = open_topic
         self._rest = rest
+        self._started = False
         self._producer: asyncio.Future[Any] | None = None
 
-    @classmethod
-    def opened_late(
-        cls,
-        open_topic: Callable[[], Topic],
-        rest: Callable[[Topic], Coroutine[Any, Any, Any]],
-        *,
-        gen: Any,
-        make: Make,
-    ) -> Stream:
-        return cls(None, rest, gen=gen, make=make, open_topic=open_topic)
-
-    async def items(self) -> AsyncIterator[Item]:
-        """The call's items in order; raises the producer's error after what it queued."""
-        if self.topic is None:  # `opened_late`: the first item needs no topic, and waits for none
-            assert self._open is not None and self.make is not None
-            try:
-                while (first := self.make(await self.gen.__anext__())) is None:
+    async def first(self) -> Item | None:
+        """The call's first item (None: the stream is empty), from the handler's task when
+        the generator can make it at once."""
+        if self.gen is not None and self.make is not None:
+            if self.topic is None:  # nothing can be queued before it
+                try:
+                    while (item := self.make(await self.gen.__anext__())) is None:
+                        pass
+                    return item
+                except StopAsyncIteration:
                     pass
-            except StopAsyncIteration:
-                first = None
-            if first is not None:
-                yield first
-            self.topic = self._open()
-        elif self.gen is not None and self.make is not None:
-            first = await self.topic.prime(self.gen, self.make)
-            if first is not None:
-                yield first
-        if not self.topic.finished:  # else the first step failed: nothing more to make
-            self._start()
-        while (item := await self.topic.get()) is not None:
-            yield item
+            elif (item := await self.topic.prime(self.gen, self.make)) is not None:
+                return item
+        return await self.next()
 
-    def _start(self) -> None:
-        if self._producer is None:
-            self._producer = asyncio.ensure_future(self._run())
+    async def next(self) -> Item | None:
+        """The next item in order (None at the end); raises the producer's error after what
+        it queued. The first call starts the producer: the one place it starts."""
+        if not self._started:
+            self._started = True
+            if self.topic is None:
+                assert self._open is not None
+                self.topic = self._open()
+            if not self.topic.finished:  # else the first step failed: nothing more to make
+                self._producer = asyncio.ensure_future(self._run())
+        assert self.topic is not None
+        return await self.topic.get()
 
     async def _run(self) -> Any:
         assert self.topic is not None
@@ -104,8 +98,7 @@ class Stream:
         return result
 
     async def result(self) -> Any:
-        """The producer's result, once `items()` is exhausted."""
-        self._start()
+        """The producer's result, once `next()` said the stream ended."""
         assert self._producer is not None
         return await self._producer
 

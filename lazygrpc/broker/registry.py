@@ -36,8 +36,7 @@ class Broker:
     def open(self, **options: Any) -> Topic:
         """A new topic drained on the running event loop (options: `Topic`'s)."""
         topic = Topic(asyncio.get_running_loop(), on_close=self._release, **options)
-        with self._lock:
-            self._topics.add(topic)
+        self._topics.add(topic)  # one set operation, atomic: `_release` takes the lock
         return topic
 
     def open_named(self, name: str, **options: Any) -> Topic:

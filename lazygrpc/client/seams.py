@@ -1,7 +1,7 @@
 """Named seams onto grpc.aio internals (grpcio 1.85), each with a public fallback.
 
 Each one saves work on every call a lazygrpc client makes; the benchmark rows that show it
-are in benchmarks/RESULTS.md ("grpc seams"). With `LAZYGRPC_GRPC_SEAMS=0` in the
+are in docs/performance.md ("grpc seams"). With `LAZYGRPC_GRPC_SEAMS=0` in the
 environment, or after `set_enabled(False)`, every call takes the public route instead, and
 the test suite runs the client lifecycle both ways. These are the only places in lazygrpc
 that touch grpc's private attributes.

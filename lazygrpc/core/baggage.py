@@ -134,35 +134,28 @@ def check_flat_header(header: str) -> bool:
     return True
 
 
-class KnownHeaders:
+class KnownHeaders(dict[str, None]):
     """Headers and entries known to pass `check_flat_header`: seen to pass it, or written by
     `encode_entry` (valid JSON, percent-encoded, a plain name). A session's header changes
     with its globals, but what comes down a chain is mostly what a hop wrote: the model's
     `usage` entry goes up in a trailer and comes down again in the next call's header, at
     every hop. So each hop checks it once, not on every call's way to its first token
-    (`benchmarks/RESULTS.md`, "known headers"). Bounded in count and length; the oldest
-    go first."""
+    (docs/performance.md, "Known headers"). `header in known` is a plain dict lookup.
+    Bounded in count and length; the oldest go first."""
 
     def __init__(self, size: int = 512, max_chars: int = 1024) -> None:
+        super().__init__()
         self.size = size
         self.max_chars = max_chars
-        self._known: dict[str, None] = {}
         self._lock = threading.Lock()
 
-    def __contains__(self, text: str) -> bool:
-        return text in self._known
-
     def add(self, text: str) -> None:
-        if len(text) > self.max_chars or text in self._known:
+        if len(text) > self.max_chars or text in self:
             return
         with self._lock:
-            self._known[text] = None
-            while len(self._known) > self.size:
-                del self._known[next(iter(self._known))]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._known.clear()
+            self[text] = None
+            while len(self) > self.size:
+                del self[next(iter(self))]
 
 
 #: This process's known flat headers.

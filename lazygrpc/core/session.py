@@ -89,9 +89,16 @@ class Session:
         id: str | None = None,
         values: dict[str, Any] | None = None,
         foreign_baggage: list[str] | None = None,
+        *,
+        checked: bool = False,
     ) -> None:
-        """A session with `values` as its starting globals (not counted as changed)."""
-        self.id: str = new_session_id() if id is None else baggage.check_session_id(id)
+        """A session with `values` as its starting globals (not counted as changed);
+        `checked=True`: `id` was checked already (`Arrival.check`)."""
+        if id is None:
+            id = new_session_id()
+        elif not checked:
+            baggage.check_session_id(id)
+        self.id: str = id
         self.foreign_baggage: list[str] = foreign_baggage or []
         self._lock = threading.Lock()
         self._table: dict[str, _Global] = {}
@@ -109,7 +116,7 @@ class Session:
         A header of flat globals only (the common case) is taken apart when code first
         touches a global, and a hop that never does forwards it as it came."""
         id, header, flat = arrival
-        session = cls(id)
+        session = cls(id, checked=True)
         if not header:
             return session
         if flat:

@@ -236,7 +236,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
     twice: as a generic handler and by `add_registered_method_handlers`. Handlers reach grpc
     only as this one generic handler: on grpc.aio (1.85) each method registered with grpc
     itself costs every call the server takes some instructions, whichever service it is for
-    (benchmarks/RESULTS.md, "registered methods"); a generic lookup is one dict access.
+    (docs/performance.md, "One generic handler"); a generic lookup is one dict access.
     """
 
     def __init__(self, wrap: Any) -> None:

@@ -13,7 +13,7 @@ import grpc
 
 from lazygrpc import broker
 from lazygrpc.broker.topic import DELTA, INTERMEDIATE, Item, Topic
-from lazygrpc.core.context import current_call
+from lazygrpc.core.context import CallScope, current_call
 from lazygrpc.core.errors import Internal, NotFound
 from lazygrpc.core.events import Event
 from lazygrpc.core.values import from_struct, from_value, to_value
@@ -112,18 +112,6 @@ class _Output:
 _NONE = object()
 
 
-def _event(seq: int, item: Item) -> module_pb2.Event:
-    event = module_pb2.Event(seq=seq, source=item.source)
-    payload = item.payload
-    if isinstance(payload, str):
-        event.delta.string_value = payload  # text is only ever a delta
-    elif item.kind == DELTA:
-        event.delta.CopyFrom(payload)
-    else:
-        event.intermediate.CopyFrom(payload)
-    return event
-
-
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     """Implementation of `lazygrpc.v1.ModuleService` over a set of callables."""
 
@@ -141,9 +129,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
     def _arguments(
         self, request: module_pb2.CallRequest
-    ) -> tuple[Module, tuple[Any, ...], dict[str, Any]]:
-        """The module a request names and its checked arguments (`InvalidArgument`,
-        `NotFound` otherwise); the call's scope learns the module's name."""
+    ) -> tuple[Module, tuple[Any, ...], dict[str, Any], CallScope | None]:
+        """The module a request names, its checked arguments (`InvalidArgument`, `NotFound`
+        otherwise) and the call's scope, which learns the module's name."""
         module = self.modules.get(request.module)
         if module is None:
             known = ", ".join(sorted(self.modules))
@@ -155,12 +143,12 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         kwargs = from_struct(request.kwargs, where="kwargs") if request.HasField("kwargs") else {}
         if module.arg_types:
             module.check_types(args, kwargs)
-        return module, args, kwargs
+        return module, args, kwargs, scope
 
     async def Call(
         self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
     ) -> module_pb2.CallResponse:
-        module, args, kwargs = self._arguments(request)
+        module, args, kwargs, _ = self._arguments(request)
         if module.streaming:
             result = await self._run(module, args, kwargs, None)
         elif module.is_async:
@@ -172,9 +160,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     async def Stream(
         self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        module, args, kwargs = self._arguments(request)
+        module, args, kwargs, scope = self._arguments(request)
         topic = broker.BROKER.open(**self.topic_options)
-        scope = current_call()
         if scope is not None:
             scope.topic = topic
         if module.is_asyncgen:
@@ -198,7 +185,15 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         try:
             item = await stream.first()
             while item is not None:
-                yield _event(seq, item)
+                event = module_pb2.Event(seq=seq, source=item.source)
+                payload = item.payload
+                if isinstance(payload, str):
+                    event.delta.string_value = payload  # text is only ever a delta
+                elif item.kind == DELTA:
+                    event.delta.CopyFrom(payload)
+                else:
+                    event.intermediate.CopyFrom(payload)
+                yield event
                 seq += 1
                 item = await stream.next()
             result = await stream.result()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import lazygrpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +46,21 @@ def test_buf_lint_passes() -> None:
 
 def test_all_is_sorted_and_complete() -> None:
     assert lazygrpc.__all__ == sorted(lazygrpc.__all__, key=lambda n: (not n.isupper(), n))
-    public = {n for n in vars(lazygrpc) if not n.startswith("_")}
-    modules = {n for n in public if type(getattr(lazygrpc, n)).__name__ == "module"}
-    assert set(lazygrpc.__all__) == public - modules - {"annotations"}
     for name in lazygrpc.__all__:
         assert getattr(lazygrpc, name) is not None
+        assert name in dir(lazygrpc)
+    public = {n for n in vars(lazygrpc) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(lazygrpc, n)).__name__ == "module"}
+    helpers = {"annotations", "importlib", "sys", "Any", "TYPE_CHECKING"}
+    assert public - modules - helpers == set(lazygrpc.__all__)  # every one loaded once
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = lazygrpc.nothing  # type: ignore[attr-defined]
+
+
+def test_importing_the_client_side_loads_no_server() -> None:
+    code = (
+        "import sys, lazygrpc, lazygrpc.client.remote, lazygrpc.client.llm;"
+        "print(sorted(m for m in sys.modules if m.startswith('lazygrpc.server')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

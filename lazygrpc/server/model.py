@@ -229,10 +229,15 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         def make(text: str) -> Item:
             return Item.of(DELTA, name, text)
 
-        async def rest(topic: broker.Topic) -> None:
-            await pump(tokens, topic, make)
-
-        stream = Stream(None, rest, gen=tokens, make=make, open_topic=open_topic)
+        # The producer is `pump` itself, not a coroutine around it: one frame less to resume
+        # at every token that waits for the backend.
+        stream = Stream(
+            None,
+            lambda topic: pump(tokens, topic, make),
+            gen=tokens,
+            make=make,
+            open_topic=open_topic,
+        )
         index = 0
         try:
             item = await stream.first()

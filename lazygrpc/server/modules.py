@@ -174,11 +174,11 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 raise
             _LIVE.enter()
 
-            async def rest(topic: Topic) -> Any:
-                await pump(gen, topic, output.item)
-                return output.result()
-
-            stream = Stream(topic, rest, gen=gen, make=output.item)
+            # The producer is `pump` itself (one frame less to resume at every token that
+            # waits); the result is the output's, once the stream ended.
+            stream = Stream(
+                topic, lambda topic: pump(gen, topic, output.item), gen=gen, make=output.item
+            )
         else:
             stream = Stream(topic, lambda topic: self._run(module, args, kwargs, topic))
         seq = 0
@@ -197,6 +197,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 seq += 1
                 item = await stream.next()
             result = await stream.result()
+            if module.is_asyncgen:
+                result = output.result()
             yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
         finally:
             try:

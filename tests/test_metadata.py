@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lazygrpc.core import baggage as metadata
 from lazygrpc.core.errors import InvalidArgument
-from lazygrpc.core.session import Arrival, Session
+from lazygrpc.core.session import Session
 from lazygrpc.server.call import incoming_scope
 
 json_values = st.recursive(
@@ -118,7 +118,7 @@ def _from_wire(header: str, server: bool = True) -> Session:
     if server:
         md = (("lazy-session-id", "s1"), ("baggage", header))
         return incoming_scope("ModuleService", "Call", md, None).session
-    return Session.arrived(Arrival.check("s1", header))
+    return Session.arrived("s1", header, metadata.is_flat_header(header))
 
 
 #: Both routes a session takes off the wire: a server call's headers, or `Session.arrived`.
@@ -650,7 +650,7 @@ def test_an_entry_this_process_wrote_is_known_and_reads_back() -> None:
     metadata.KNOWN_FLAT.clear()
     entry = metadata.encode_entry("usage", metadata.encode_json("usage", {"calls": 1}))
     assert entry in metadata.KNOWN_FLAT and metadata.is_flat_header(entry)
-    s = Session.arrived(Arrival.check("s1", entry))
+    s = Session.arrived("s1", entry, metadata.is_flat_header(entry))
     assert s.get("usage") == {"calls": 1} and s.baggage() == entry
 
 

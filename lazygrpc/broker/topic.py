@@ -48,13 +48,18 @@ class Item(NamedTuple):
     def of(cls, kind: int, source: str, value: Any) -> Item:
         """The item for a Python value (`TypeError` names what is not JSON-like)."""
         if type(value) is str and kind == DELTA:
-            return cls(kind, source, value, len(value) + ITEM_OVERHEAD)
+            return _new(cls, (kind, source, value, len(value) + ITEM_OVERHEAD))
         return cls.encoded(kind, source, to_value(value, where="emitted value"))
 
     @classmethod
     def encoded(cls, kind: int, source: str, value: struct_pb2.Value) -> Item:
         """The item for a value already in protobuf form (relayed from another stream)."""
-        return cls(kind, source, value, value.ByteSize() + ITEM_OVERHEAD)
+        return _new(cls, (kind, source, value, value.ByteSize() + ITEM_OVERHEAD))
+
+
+#: Makes an `Item` from its fields in order, as `Item(...)` does without the Python-level
+#: `__new__` that NamedTuple generates: every token of every stream is one.
+_new = tuple.__new__
 
 
 class Topic:

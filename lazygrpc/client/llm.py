@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from functools import partial
 from typing import Any
-
-import grpc
 
 from lazygrpc.client import call, channels
 from lazygrpc.core import chain
@@ -50,6 +49,11 @@ class LLM:
         self.timeout = timeout
         _params_message(params)  # validate names and types now
         self.params: dict[str, Any] = dict(params)
+        #: What a failed call raises, per method: the error with this model in its chain.
+        self._errors = {
+            method: partial(chain.remote_error_from_rpc, service=self.target, method=method)
+            for method in ("Complete", "Generate", "GetModelInfo")
+        }
 
     def __repr__(self) -> str:
         return f"LLM({self.url!r}, prompt={self.prompt!r}, params={self.params!r})"
@@ -76,22 +80,15 @@ class LLM:
             request.messages.add(role="user", content=text)
         return request
 
-    def _error(self, method: str) -> Callable[[grpc.RpcError], Exception]:
-        def build(err: grpc.RpcError) -> Exception:
-            return chain.remote_error_from_rpc(err, service=self.target, method=method)
-
-        return build
-
     def _stub(self) -> Any:
         return channels.stub(model_pb2_grpc.ModelServiceStub, self.target)
-
-    def _astub(self) -> Any:
-        return channels.astub(model_pb2_grpc.ModelServiceStub, self.target)
 
     def __call__(self, text: str, **params: Any) -> str:
         """The whole answer (`Complete`)."""
         request = self._request(text, params)
-        response = call.unary(self._stub().Complete, request, self.timeout, self._error("Complete"))
+        response = call.unary(
+            self._stub().Complete, request, self.timeout, self._errors["Complete"]
+        )
         return str(response.text)
 
     def stream(self, text: str, **params: Any) -> Iterator[str]:
@@ -102,18 +99,18 @@ class LLM:
         """
         request = self._request(text, params)
         method = self._stub().Generate
-        yield from call.stream(method, request, self.timeout, self._error("Generate"), text=True)
+        yield from call.stream(method, request, self.timeout, self._errors["Generate"], text=True)
 
     def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
         """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
         request = self._request(text, params)
-        return call.stream(self._stub().Generate, request, self.timeout, self._error("Generate"))
+        return call.stream(self._stub().Generate, request, self.timeout, self._errors["Generate"])
 
     async def acall(self, text: str, **params: Any) -> str:
         """`await llm.acall(x)`: the asyncio twin of `llm(x)`."""
         request = self._request(text, params)
-        method = self._astub().Complete
-        response = await call.aunary(method, request, self.timeout, self._error("Complete"))
+        method = channels.astub(model_pb2_grpc.ModelServiceStub, self.target).Complete
+        response = await call.aunary(method, request, self.timeout, self._errors["Complete"])
         return str(response.text)
 
     @async_stream  # served as a streaming module, like an async generator function
@@ -127,20 +124,22 @@ class LLM:
         """
         request = self._request(text, params)
         return call.astream(
-            self._agenerate, request, self.timeout, self._error("Generate"), text=True
+            self._agenerate, request, self.timeout, self._errors["Generate"], text=True
         )
 
     def _agenerate(
         self, request: model_pb2.GenerateRequest, metadata: Any = None, timeout: Any = None
     ) -> Any:
         # The stub belongs to the loop that iterates, which need not run yet at astream().
-        return self._astub().Generate(request, metadata=metadata, timeout=timeout)
+        return channels.astub(model_pb2_grpc.ModelServiceStub, self.target).Generate(
+            request, metadata=metadata, timeout=timeout
+        )
 
     def info(self) -> dict[str, Any]:
         """Name, backend and the params a caller may set, with their ranges."""
         request = model_pb2.GetModelInfoRequest()
         method = self._stub().GetModelInfo
-        info = call.unary(method, request, self.timeout, self._error("GetModelInfo"))
+        info = call.unary(method, request, self.timeout, self._errors["GetModelInfo"])
         return {
             "name": info.name,
             "backend": info.backend,

@@ -19,7 +19,7 @@ from concurrent import futures
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
-from lazygrpc.core.session import NO_HEADERS, Arrival, Session
+from lazygrpc.core.session import Session
 
 if TYPE_CHECKING:
     from lazygrpc.broker.topic import Topic
@@ -41,9 +41,11 @@ class CallScope:
     """State of one incoming RPC, shared by every thread and task working for it."""
 
     __slots__ = (
-        "_arrival",
         "_children",
+        "_flat",
+        "_header",
         "_session",
+        "_sid",
         "cancelled",
         "deadline",
         "method",
@@ -59,12 +61,17 @@ class CallScope:
         service: str,
         method: str,
         time_remaining: float | None,
-        arrival: Arrival = NO_HEADERS,
+        sid: str | None = None,
+        header: str | None = None,
+        flat: bool = True,
     ) -> None:
-        """A scope with `session`, or (None) with the session its checked headers make when
-        code first asks for it: a call whose code never touches its session makes none."""
+        """A scope with `session`, or (None) with the session that its session id and
+        `baggage` header, as the server lifecycle checked them, make when code first asks for it:
+        a call whose code never touches its session makes none."""
         self._session = session
-        self._arrival = arrival
+        self._sid = sid
+        self._header = header
+        self._flat = flat
         self.service = service
         self.method = method
         # grpcio reports "no deadline" as None (aio) or a huge number (sync).
@@ -87,7 +94,7 @@ class CallScope:
         """The call's session (one per call, whichever thread asks first)."""
         s = self._session
         if s is None:
-            made = Session.arrived(self._arrival)
+            made = Session.arrived(self._sid, self._header, self._flat)
             with _LOCK:
                 if self._session is None:
                     self._session = made
@@ -137,9 +144,9 @@ _session: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
 _thread_default = threading.local()
 
 
-def current_call() -> CallScope | None:
-    """The incoming call the running code works for, if any."""
-    return _call.get()
+#: `current_call()`: the incoming call the running code works for, if any. It is the context
+#: variable's own `get`, asked on every call a handler makes and every stream it opens.
+current_call: Callable[[], CallScope | None] = _call.get
 
 
 def bind_call(scope: CallScope) -> contextvars.Token[CallScope | None]:

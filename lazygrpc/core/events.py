@@ -13,7 +13,7 @@ from lazygrpc.v1 import module_pb2
 EventKind = Literal["delta", "intermediate", "result"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event of a module stream: a `delta`, an `intermediate` from below, or the `result`."""
 

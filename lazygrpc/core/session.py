@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from lazygrpc.core import baggage
 from lazygrpc.core.baggage import Undecoded
@@ -25,29 +25,6 @@ _MISSING = object()
 def new_session_id() -> str:
     """A fresh unique session id (128 random bits, hex)."""
     return os.urandom(16).hex()
-
-
-class Arrival(NamedTuple):
-    """An incoming call's `lazy-session-id` and `baggage` headers, checked: what
-    `Session.arrived` makes the call's session from, when code first asks for it."""
-
-    id: str | None
-    header: str | None
-    #: The header holds flat globals only (`baggage.is_flat_header`): kept as it came.
-    flat: bool
-
-    @classmethod
-    def check(cls, id: str | None, header: str | None) -> Arrival:
-        """Check both headers; `ValueError` names what is wrong."""
-        if id is not None:
-            baggage.check_session_id(id)
-        flat = not header or baggage.is_flat_header(header)
-        if not flat:
-            baggage.parse_baggage(header, defer=True)  # type: ignore[arg-type]  # raises
-        return cls(id, header, flat)
-
-
-NO_HEADERS = Arrival(None, None, True)
 
 
 class _Global:
@@ -93,7 +70,7 @@ class Session:
         checked: bool = False,
     ) -> None:
         """A session with `values` as its starting globals (not counted as changed);
-        `checked=True`: `id` was checked already (`Arrival.check`)."""
+        `checked=True`: `id` was checked already (the server lifecycle's arrival check)."""
         if id is None:
             id = new_session_id()
         elif not checked:
@@ -110,12 +87,12 @@ class Session:
             g.exposed = type(value) not in _IMMUTABLE
 
     @classmethod
-    def arrived(cls, arrival: Arrival) -> Session:
-        """The session of an incoming call from its checked headers (`Arrival.check`).
+    def arrived(cls, id: str | None, header: str | None, flat: bool) -> Session:
+        """The session of an incoming call from its headers, as the server lifecycle checked
+        them: `flat` says the header holds flat globals only (`baggage.is_flat_header`).
 
         A header of flat globals only (the common case) is taken apart when code first
         touches a global, and a hop that never does forwards it as it came."""
-        id, header, flat = arrival
         session = cls(id, checked=True)
         if not header:
             return session

@@ -25,7 +25,7 @@ import grpc
 from lazygrpc.core import baggage, chain
 from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
-from lazygrpc.core.session import Arrival, Session
+from lazygrpc.core.session import Session
 from lazygrpc.server.dispatch import Refused, aborted_by_handler
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -61,12 +61,6 @@ class DrainGate:
         self.draining = False
         self.active = 0
         self._idle: asyncio.Event | None = None  # made only while a drain waits
-
-    def enter(self) -> bool:
-        if self.draining:
-            return False
-        self.active += 1
-        return True
 
     def leave(self) -> None:
         self.active -= 1
@@ -114,10 +108,16 @@ def incoming_scope(
         else:
             tracestate = value if tracestate is None else f"{tracestate},{value}"
     try:
-        arrival = Arrival.check(sid, header)
+        if sid is not None:
+            baggage.check_session_id(sid)
+        # A header of flat globals only is kept as it came (`Session.arrived`); any other
+        # is parsed now, so that a bad one refuses the call.
+        flat = not header or baggage.is_flat_header(header)
+        if not flat:
+            baggage.parse_baggage(header, defer=True)  # type: ignore[arg-type]
     except ValueError as exc:  # a bad baggage header or session id, named
         raise InvalidArgument(str(exc)) from None
-    scope = CallScope(None, service, method, time_remaining, arrival)
+    scope = CallScope(None, service, method, time_remaining, sid, header, flat)
     if traceparent is not None:
         scope.trace_headers = baggage.trace_headers(traceparent, tracestate)
         if scope.trace_headers:
@@ -192,8 +192,10 @@ class MethodCalls:
     def start(self, context: Any) -> CallScope | Refused:
         """Admit the call and bind its scope, or the status that refuses it."""
         life = self.lifecycle
-        if life.gate is not None and not life.gate.enter():
-            return _SHUTTING_DOWN
+        if life.gate is not None:  # the gate counts the call in
+            if life.gate.draining:
+                return _SHUTTING_DOWN
+            life.gate.active += 1
         service = life.service or self.service
         try:
             scope = incoming_scope(

@@ -70,39 +70,19 @@ def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) 
     return handler._replace(**changes)
 
 
-class _Call:
-    """One call's run through `hooks`, as a (sync) context manager around the behavior, for
-    both drivers: making it starts the call (`refused`: the status that refuses it); leaving
-    the block runs `leave` and decides how the call ends: an exception propagates, or is
-    replaced by `status`, which the driver then sends (`context.abort`)."""
+def _failed(hooks: Hooks, state: Any, context: Any, exc: BaseException) -> grpc.Status | None:
+    """A call's behavior raised `exc`: the status to end the call with instead (None: `exc`
+    propagates). Every driver ends a failed call here, and an ended one in `_ended`."""
+    try:
+        return hooks.error(state, context, exc) if isinstance(exc, HANDLED) else None
+    finally:
+        hooks.leave(state)  # however the error hook ends
 
-    __slots__ = ("context", "hooks", "refused", "state", "status")
 
-    def __init__(
-        self, hooks: Hooks, context: Any, start: Callable[[Any], Any] | None = None
-    ) -> None:
-        """Start the call (`hooks.start`, or `start(context)` when given): `refused` is the
-        status that refuses it, or None."""
-        self.hooks = hooks
-        self.context = context
-        self.status: grpc.Status | None = None
-        state = self.state = (start or hooks.start)(context)
-        self.refused = state.status if type(state) is Refused else None
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        hooks, state = self.hooks, self.state
-        try:
-            if exc is not None:
-                if isinstance(exc, HANDLED):
-                    self.status = hooks.error(state, self.context, exc)
-                return self.status is not None  # else `exc` propagates
-        finally:
-            hooks.leave(state)  # however the error hook ends
-        self.status = hooks.done(state, self.context)
-        return False
+def _ended(hooks: Hooks, state: Any, context: Any) -> grpc.Status | None:
+    """A call's behavior ended well: the status to end the call with instead, if any."""
+    hooks.leave(state)
+    return hooks.done(state, context)
 
 
 async def _abort(context: Any, status: grpc.Status) -> None:
@@ -120,33 +100,45 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
     if inspect.isasyncgenfunction(behavior):
 
         async def agen(request: Any, context: Any) -> Any:
-            call = _Call(hooks, context)
-            if call.refused is not None:
-                await _abort(context, call.refused)  # raises
+            state = hooks.start(context)
+            if type(state) is Refused:
+                await _abort(context, state.status)  # raises
                 return
-            with call:
+            try:
                 inner = behavior(request, context)
                 try:
                     async for item in inner:
                         yield item
                 finally:
                     await inner.aclose()  # closed with us, not whenever it is collected
-            if call.status is not None:
-                await _abort(context, call.status)
+            except BaseException as exc:
+                status = _failed(hooks, state, context, exc)
+                if status is None:
+                    raise
+            else:
+                status = _ended(hooks, state, context)
+            if status is not None:
+                await _abort(context, status)
 
         return agen
 
     if inspect.iscoroutinefunction(behavior):  # unary, or streaming by `context.write()`
 
         async def coroutine(request: Any, context: Any) -> Any:
-            call = _Call(hooks, context)
-            if call.refused is not None:
-                return await _abort(context, call.refused)  # raises
+            state = hooks.start(context)
+            if type(state) is Refused:
+                return await _abort(context, state.status)  # raises
             response = None
-            with call:
+            try:
                 response = await behavior(request, context)
-            if call.status is not None:
-                await _abort(context, call.status)
+            except BaseException as exc:
+                status = _failed(hooks, state, context, exc)
+                if status is None:
+                    raise
+            else:
+                status = _ended(hooks, state, context)
+            if status is not None:
+                await _abort(context, status)
             return response
 
         return coroutine
@@ -202,34 +194,40 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
     sync `grpc.server`, with `hooks` around every call. Each call runs in a context of its
     own, so the hooks' bindings hold for its every step."""
 
-    def started(context: Any, ctx: contextvars.Context) -> _Call:
-        call = _Call(hooks, context, lambda context: ctx.run(hooks.start, context))
-        if call.refused is not None:
-            context.abort_with_status(call.refused)  # raises
-        return call
+    def started(context: Any, ctx: contextvars.Context) -> Any:
+        state = ctx.run(hooks.start, context)
+        if type(state) is Refused:
+            context.abort_with_status(state.status)  # raises
+        return state
 
-    def end(call: _Call) -> None:
-        if call.status is not None:
-            call.context.abort_with_status(call.status)  # raises
+    def end(status: grpc.Status | None, context: Any) -> None:
+        if status is not None:
+            context.abort_with_status(status)  # raises
 
     if not streaming:
 
         def unary(request: Any, context: Any) -> Any:
             ctx = contextvars.copy_context()
-            call = started(context, ctx)
+            state = started(context, ctx)
             response = None
-            with call:
+            try:
                 response = ctx.run(behavior, request, context)
-            end(call)
+            except BaseException as exc:
+                status = _failed(hooks, state, context, exc)
+                if status is None:
+                    raise
+            else:
+                status = _ended(hooks, state, context)
+            end(status, context)
             return response
 
         return unary
 
     def stream(request: Any, context: Any) -> Any:
         ctx = contextvars.copy_context()
-        call = started(context, ctx)
+        state = started(context, ctx)
         done = object()
-        with call:
+        try:
             iterator = ctx.run(behavior, request, context)
             try:
                 while (item := ctx.run(next, iterator, done)) is not done:
@@ -238,6 +236,12 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     ctx.run(close)
-        end(call)
+        except BaseException as exc:
+            status = _failed(hooks, state, context, exc)
+            if status is None:
+                raise
+        else:
+            status = _ended(hooks, state, context)
+        end(status, context)
 
     return stream

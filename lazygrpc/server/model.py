@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import grpc
@@ -124,7 +125,7 @@ def prompt_of(request: model_pb2.GenerateRequest) -> str:
     return prompt
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
     """Bookkeeping of one generation: text so far, finish reason, usage.
 
@@ -206,6 +207,14 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self.config = config
         self.topic_options = dict(topic_options or {})
 
+    def _topic(self) -> broker.Topic:
+        """The topic of a `Generate` call, once its first token is out (`Stream`)."""
+        topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
+        scope = current_call()
+        if scope is not None:
+            scope.topic = topic
+        return topic
+
     def _run(self, request: model_pb2.GenerateRequest) -> tuple[_Run, Any]:
         """The run of one request (its checked prompt and params) and its token stream."""
         prompt = prompt_of(request)
@@ -218,25 +227,11 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> Any:
         run, tokens = self._run(request)
         name = self.config.name
-
-        def open_topic() -> broker.Topic:
-            topic = broker.BROKER.open(accepts_intermediate=False, **self.topic_options)
-            scope = current_call()
-            if scope is not None:
-                scope.topic = topic
-            return topic
-
-        def make(text: str) -> Item:
-            return Item.of(DELTA, name, text)
-
+        make = partial(Item.of, DELTA, name)
         # The producer is `pump` itself, not a coroutine around it: one frame less to resume
         # at every token that waits for the backend.
         stream = Stream(
-            None,
-            lambda topic: pump(tokens, topic, make),
-            gen=tokens,
-            make=make,
-            open_topic=open_topic,
+            None, partial(pump, tokens, make=make), gen=tokens, make=make, open_topic=self._topic
         )
         index = 0
         try:

@@ -7,6 +7,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
+from functools import partial
 from typing import Any
 
 import grpc
@@ -176,11 +177,9 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
             # The producer is `pump` itself (one frame less to resume at every token that
             # waits); the result is the output's, once the stream ended.
-            stream = Stream(
-                topic, lambda topic: pump(gen, topic, output.item), gen=gen, make=output.item
-            )
+            stream = Stream(topic, partial(pump, gen, make=output.item), gen=gen, make=output.item)
         else:
-            stream = Stream(topic, lambda topic: self._run(module, args, kwargs, topic))
+            stream = Stream(topic, partial(self._run, module, args, kwargs))
         seq = 0
         try:
             item = await stream.first()

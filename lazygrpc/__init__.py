@@ -25,6 +25,7 @@ _EXPORTS = {
     "DeadlineExceeded": "lazygrpc.core.errors",
     "Event": "lazygrpc.core.events",
     "FailedPrecondition": "lazygrpc.core.errors",
+    "GlobalsPolicy": "lazygrpc.core.trust",
     "Internal": "lazygrpc.core.errors",
     "InvalidArgument": "lazygrpc.core.errors",
     "LLM": "lazygrpc.client.llm",
@@ -67,6 +68,7 @@ __all__ = [
     "DeadlineExceeded",
     "Event",
     "FailedPrecondition",
+    "GlobalsPolicy",
     "Internal",
     "InvalidArgument",
     "LazyGrpcError",
@@ -153,6 +155,7 @@ if TYPE_CHECKING:
     )
     from lazygrpc.core.events import Event
     from lazygrpc.core.session import Session
+    from lazygrpc.core.trust import GlobalsPolicy
     from lazygrpc.server.builder import Server
     from lazygrpc.server.interceptors import (
         AioServerInterceptor,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazygrpc.core import baggage as metadata
-from lazygrpc.core.errors import InvalidArgument
+from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
 from lazygrpc.core.session import Session
 from lazygrpc.server.call import incoming_scope
 
@@ -414,7 +414,7 @@ def test_a_trailer_entry_that_is_not_forwardable_is_merged_and_encoded_afresh() 
 def test_a_merged_update_is_decoded_only_when_read_and_forwarded_as_it_came(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A hop that only passes `usage` on never decodes it: the trailer's entry goes up and
+    """A hop that only passes a global on never decodes it: the trailer's entry goes up and
     down as it came; reading the global gives the value, and changing it is sent."""
     from lazygrpc.client.call import merge_trailers
 
@@ -426,15 +426,84 @@ def test_a_merged_update_is_decoded_only_when_read_and_forwarded_as_it_came(
         return decode(self)
 
     monkeypatch.setattr(metadata.Undecoded, "decode", counted)
-    entry = "lazy.usage={%22calls%22:1%2C%22total_tokens%22:16}"
+    entry = "lazy.docs={%22calls%22:1%2C%22total_tokens%22:16}"
     s = Session("s1")
     merge_trailers(s, [(metadata.UPDATE_TRAILER, entry)])
     assert s.baggage() == entry and s.update_trailer() == entry
     assert decoded == []  # not decoded yet
-    assert s.get("usage") == {"calls": 1, "total_tokens": 16}
+    assert s.get("docs") == {"calls": 1, "total_tokens": 16}
     assert decoded == [entry.partition("=")[2]]
-    s.get("usage")["calls"] = 2
-    assert s.update_trailer() == "lazy.usage={%22calls%22:2%2C%22total_tokens%22:16}"
+    s.get("docs")["calls"] = 2
+    assert s.update_trailer() == "lazy.docs={%22calls%22:2%2C%22total_tokens%22:16}"
+
+
+def test_usage_from_a_callee_adds_to_the_callers_and_only_what_was_added_goes_up() -> None:
+    """`usage` in an update is what the call below added: the caller adds it to its own, and
+    its own update carries what its callees added, never the total it started with."""
+    from lazygrpc.client.call import merge_trailers
+
+    s = Session.arrived("s1", "lazy.usage={%22calls%22:1000000000001}", True)  # a forged base
+    for _ in range(2):
+        merge_trailers(s, [(metadata.UPDATE_TRAILER, "lazy.usage={%22calls%22:1}")])
+    assert s.get("usage") == {"calls": 1000000000003}  # what its sender reads back
+    assert s.update_trailer() == "lazy.usage={%22calls%22:2}"  # what goes up: what was added
+
+
+@pytest.mark.parametrize(
+    "forged", ["{%22calls%22:-5}", "{%22calls%22:true}", "%22lots%22", "{%22calls%22:1.5}"]
+)
+def test_an_update_with_no_usage_counts_is_not_merged(forged: str) -> None:
+    from lazygrpc.client.call import merge_trailers
+
+    s = Session("s1", {"usage": {"calls": 1}})
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, f"lazy.usage={forged}")])
+    assert s.get("usage") == {"calls": 1} and s.update_trailer() == ""
+
+
+def test_an_update_that_would_not_fit_is_not_merged_and_the_caller_keeps_its_globals() -> None:
+    """A callee's update that would push the caller past the baggage limits is dropped whole:
+    the caller's session stays usable (its next call's header still fits)."""
+    from lazygrpc.client.call import merge_trailers
+
+    s = Session("s1", {"big": "x" * 5000, "user": "ada"})
+    update = ",".join(
+        [metadata.encode_entry("other", metadata.encode_json("other", "y" * 4000)),
+         metadata.encode_entry("user", metadata.encode_json("user", "eve"))]
+    )  # fmt: skip
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, update)])
+    assert s.values() == {"big": "x" * 5000, "user": "ada"}
+    assert len(s.baggage()) < metadata.MAX_BAGGAGE_BYTES
+    many = ",".join(f"lazy.k{i}=1" for i in range(179))
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, many)])
+    assert set(s.values()) == {"big", "user"}
+
+
+def test_a_change_that_would_not_fit_the_callers_session_fails_at_the_callee() -> None:
+    """The callee sees the caller's globals in its header: an update that would not fit
+    with them is refused there (RESOURCE_EXHAUSTED naming the keys), not sent up."""
+    header = metadata.encode_entry("big", metadata.encode_json("big", "x" * 5000))
+    s = Session.arrived("s1", header, True)
+    s.set("answer", "y" * 4000)
+    with pytest.raises(ResourceExhausted, match="answer"):
+        s.update_trailer()
+
+
+@both_ways
+def test_a_lone_surrogate_in_an_incoming_global_is_refused_on_arrival(server: bool) -> None:
+    with pytest.raises((ValueError, InvalidArgument), match="surrogate"):
+        _from_wire("lazy.usage=%7B%22%5Cud800%22:1%7D", server)
+    assert _from_wire("lazy.k=%22%5Cud83d%5Cude00%22", server).get("k") == "😀"  # a pair is fine
+
+
+def test_a_lone_surrogate_is_refused_when_set_and_in_an_update() -> None:
+    from lazygrpc.client.call import merge_trailers
+
+    with pytest.raises(TypeError, match="surrogate"):
+        Session().set("k", "\ud800")
+    s = Session("s1", {"k": 1})
+    merge_trailers(s, [(metadata.UPDATE_TRAILER, "lazy.k=%22%5Cudfff%22")])
+    assert s.values() == {"k": 1}
+    s.baggage()  # still encodes
 
 
 def test_a_merge_is_never_lost_to_a_header_built_at_the_same_time() -> None:
@@ -572,11 +641,11 @@ def test_a_global_merged_again_while_its_first_read_decodes_reads_as_the_newer_v
     and what goes on is the merged entry as it came."""
     from lazygrpc.client.call import merge_trailers
 
-    newer = "lazy.usage={%22calls%22:2}"
+    newer = "lazy.docs={%22calls%22:2}"
     decode = metadata.Undecoded.decode
     for read in ("get", "item", "values"):
         s = Session("s1")
-        merge_trailers(s, [(metadata.UPDATE_TRAILER, "lazy.usage={%22calls%22:1}")])
+        merge_trailers(s, [(metadata.UPDATE_TRAILER, "lazy.docs={%22calls%22:1}")])
         merged: list[bool] = []
 
         def decode_then_merge(
@@ -589,11 +658,11 @@ def test_a_global_merged_again_while_its_first_read_decodes_reads_as_the_newer_v
 
         monkeypatch.setattr(metadata.Undecoded, "decode", decode_then_merge)
         if read == "get":
-            value = s.get("usage")
+            value = s.get("docs")
         elif read == "item":
-            value = s.item("usage")
+            value = s.item("docs")
         else:
-            value = s.values()["usage"]
+            value = s.values()["docs"]
         monkeypatch.setattr(metadata.Undecoded, "decode", decode)
         assert value == {"calls": 2} and type(value) is dict
         assert s.baggage() == newer and s.update_trailer() == newer

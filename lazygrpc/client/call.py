@@ -14,6 +14,7 @@ server-streaming) straight on plain stubs; the interceptors for raw stubs and ch
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -24,6 +25,9 @@ from lazygrpc.client import seams
 from lazygrpc.core import baggage, context
 from lazygrpc.core.context import CallScope, current_call
 from lazygrpc.core.session import Session
+from lazygrpc.core.trust import GlobalsPolicy
+
+_log = logging.getLogger(__name__)
 
 ErrorFactory = Callable[[grpc.RpcError], Exception]
 Items = tuple[tuple[str, str | bytes], ...]
@@ -89,7 +93,7 @@ class OutgoingCall:
         if self.scope is not None:
             self.scope.discard_child(call)
         if trailing:
-            merge_trailers(self.session, trailing)
+            merge_trailers(self.session, trailing, self.scope.policy if self.scope else None)
 
     def finish_ended(self, call: Any) -> None:
         """`finish` for a grpc.aio call that has ended, from its done callback: grpc.aio runs
@@ -157,8 +161,9 @@ def _inject_trace_context(out: list[tuple[str, str | bytes]]) -> None:
     out.extend(carrier.items())
 
 
-def merge_trailers(s: Session, trailing: Any) -> None:
-    """Merge a callee's `lazy-globals-update` into the caller's session."""
+def merge_trailers(s: Session, trailing: Any, policy: GlobalsPolicy | None = None) -> None:
+    """Merge a callee's `lazy-globals-update` into the caller's session (with `policy`,
+    only the changes it lets callees make)."""
     value = baggage.get_header(trailing, baggage.UPDATE_TRAILER)
     if not value:
         return
@@ -166,12 +171,17 @@ def merge_trailers(s: Session, trailing: Any) -> None:
         # Flat values stay undecoded until code reads them: a hop that only passes `usage`
         # on never decodes it (checked here all the same).
         update = baggage.parse_baggage(value, defer=True)
-    except (ValueError, RecursionError):
-        return  # a peer's broken trailer must not fail a call that succeeded
+    except (ValueError, RecursionError) as exc:
+        # A peer's broken trailer must not fail a call that succeeded.
+        _log.warning("a callee's %s was not merged: %s", baggage.UPDATE_TRAILER, exc)
+        return
+    if policy is not None:
+        policy.from_callee(update.values, update.deleted)
     try:
         s.merge_update(update.values, update.deleted, update.entries)
-    except (TypeError, ValueError):
-        return  # e.g. a global over the size limit: keep what the caller had
+    except (TypeError, ValueError, RecursionError) as exc:
+        # e.g. the session would pass the baggage limits: the caller keeps what it had
+        _log.warning("a callee's %s was not merged: %s", baggage.UPDATE_TRAILER, exc)
 
 
 # -- the drivers lazygrpc's own clients use ------------------------------------------------

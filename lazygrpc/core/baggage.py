@@ -202,7 +202,27 @@ def decode_json(text: str) -> Any:
         end = len(text)
     if end != len(text) and text[end:].strip(" \t\n\r"):
         raise ValueError(f"extra data after the JSON value at {end}")
+    if "\\u" in text:  # only an escape can make a lone surrogate, which is not text
+        _check_text(value)
     return value
+
+
+def _check_text(value: Any) -> None:
+    """`ValueError` when a string in `value` (a key too) is not valid Unicode text: a lone
+    UTF-16 surrogate, which JSON's `\\ud800` escapes can make and UTF-8 cannot carry."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is list or type(v) is dict:
+            stack.extend(v)
+            stack.extend(v.values() if type(v) is dict else ())
+        elif type(v) is str and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"the JSON holds a lone UTF-16 surrogate ({v[:40]!r}): not valid Unicode text"
+                ) from None
 
 
 def _quote(text: str, leftover: re.Pattern[str], safe: str) -> str:
@@ -270,7 +290,10 @@ def trace_headers(traceparent: str | None, tracestate: str | None) -> tuple[tupl
 def encode_json(key: str, value: Any) -> str:
     """JSON-encode a global's value; `TypeError` names the key when it is not JSON."""
     try:
-        return _ENCODER.encode(value)
+        text = _ENCODER.encode(value)
+        if not text.isascii():
+            _check_text(text)
+        return text
     except (TypeError, ValueError) as exc:
         raise TypeError(f"session global {key!r}: value is not JSON-serialisable ({exc})") from None
 
@@ -368,10 +391,9 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
         try:
             text = _unquote(raw_value)
             values[key] = decode_json(text)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ValueError(
-                f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r} does not hold percent-encoded JSON"
-            ) from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            why = str(exc) if "surrogate" in str(exc) else "does not hold percent-encoded JSON"
+            raise ValueError(f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r}: {why}") from None
         texts[key] = text
         if _WIRE_VALUE.fullmatch(raw_value):
             entries[key] = f"{raw_key}={raw_value}"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from lazygrpc.core.session import Session
+from lazygrpc.core.trust import GlobalsPolicy
 
 if TYPE_CHECKING:
     from lazygrpc.broker.topic import Topic
@@ -49,6 +50,7 @@ class CallScope:
         "cancelled",
         "deadline",
         "method",
+        "policy",
         "service",
         "topic",
         "trace_headers",
@@ -64,6 +66,7 @@ class CallScope:
         sid: str | None = None,
         header: str | None = None,
         flat: bool = True,
+        policy: GlobalsPolicy | None = None,
     ) -> None:
         """A scope with `session`, or (None) with the session that its session id and
         `baggage` header, as the server lifecycle checked them, make when code first asks for it:
@@ -72,6 +75,8 @@ class CallScope:
         self._sid = sid
         self._header = header
         self._flat = flat
+        #: Which globals the calls made under this one may change (None: all).
+        self.policy = policy
         self.service = service
         self.method = method
         # grpcio reports "no deadline" as None (aio) or a huge number (sync).

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from lazygrpc.core import baggage
+from lazygrpc.core import baggage, usage
 from lazygrpc.core.baggage import Undecoded
 from lazygrpc.core.errors import ResourceExhausted
 
@@ -59,7 +59,16 @@ class Session:
     first touches a global, and forwards it as it came while no global changed.
     """
 
-    __slots__ = ("_deleted", "_header", "_lock", "_table", "_unparsed", "foreign_baggage", "id")
+    __slots__ = (
+        "_added",
+        "_deleted",
+        "_header",
+        "_lock",
+        "_table",
+        "_unparsed",
+        "foreign_baggage",
+        "id",
+    )
 
     def __init__(
         self,
@@ -82,6 +91,7 @@ class Session:
         self._deleted: set[str] = set()
         self._header: str | None = None  # the `baggage` header while it is current
         self._unparsed: str | None = None  # a checked flat header not taken apart yet
+        self._added: dict[str, int] | None = None  # the usage this call added (`add_usage`)
         for key, value in (values or {}).items():
             g = self._table[key] = _Global(value, baggage.encode_json(key, value))
             g.exposed = type(value) not in _IMMUTABLE
@@ -198,21 +208,53 @@ class Session:
         """Apply a callee's `lazy-globals-update`; the keys count as changed here too.
 
         `entries` are the update's own encoded entries (`baggage.parse_baggage`): the values
-        are then fresh objects or `Undecoded`, forwarded as they came."""
-        if entries is None:
-            for key, value in values.items():
-                self.set(key, value)
+        are then fresh objects or `Undecoded`, forwarded as they came. `usage` adds to this
+        session's (`add_usage`). All or nothing: `ValueError` (and the globals are as they
+        were) when the session would no longer fit the baggage limits."""
+        values = dict(values)
+        added = values.pop(usage.USAGE, None)
+        deleted = [key for key in deleted if key != usage.USAGE]
+        fresh = {
+            key: _Global(value, None, (entries or {}).get(key), dirty=True)
+            for key, value in values.items()
+        }
         table = self._globals()
         with self._lock:
-            for key, value in values.items():
-                if entries is not None:  # else set() above did it
-                    table[key] = _Global(value, None, entries.get(key), dirty=True)
+            merged = {**table, **fresh}
+            for key in deleted:
+                merged.pop(key, None)
+            self._check_fits(merged, "merging a callee's update", [*fresh, *deleted])
+            table.update(fresh)
+            for key in fresh:
                 self._deleted.discard(key)
             for key in deleted:
                 table.pop(key, None)
                 self._deleted.add(key)
             # The next call's header is joined now, under the lock, not on its way out.
             self._header = self._joined()
+        if added is not None:
+            counts = usage.counts_of(added.decode()[0] if type(added) is Undecoded else added)
+            if counts is None:
+                raise ValueError(f"{usage.USAGE}: a callee's update holds no usage counts")
+            self.add_usage(counts)
+
+    def add_usage(self, counts: dict[str, int]) -> None:
+        """Add `counts` (checked: `usage.counts_of`) to the `usage` global; what goes back to
+        this call's caller is what was added, which it adds to its own (`lazygrpc.core.usage`)."""
+        self._added = usage.added(self._added, counts)
+        self.set(usage.USAGE, usage.added(self.get(usage.USAGE), counts), owned=True)
+
+    def _check_fits(self, table: dict[str, _Global], doing: str, keys: Iterable[str]) -> None:
+        """`ValueError` naming `keys` when `table`'s globals would not fit one header (under
+        the lock)."""
+        parts = [*self.foreign_baggage, *(self._entry(k, g) for k, g in table.items())]
+        size = len(",".join(parts))
+        if size > baggage.MAX_BAGGAGE_BYTES or len(parts) > baggage.MAX_BAGGAGE_ENTRIES:
+            raise ValueError(
+                f"session globals: {doing} would make {len(parts)} entries of {size} bytes, "
+                f"over the limits of {baggage.MAX_BAGGAGE_ENTRIES} entries and "
+                f"{baggage.MAX_BAGGAGE_BYTES} bytes (keys: {', '.join(sorted(keys))})"
+            )
 
     def _joined(self) -> str | None:
         """The `baggage` header from the entries as they are, when every global has a current
@@ -260,7 +302,11 @@ class Session:
         names: list[str] = []
         with self._lock:
             for key, g in self._table.items():
-                if g.dirty:
+                if key == usage.USAGE and self._added is not None:
+                    changed.append(  # what this call added, not the total (`add_usage`)
+                        baggage.encode_entry(key, baggage.encode_json(key, self._added))
+                    )
+                elif g.dirty:
                     changed.append(self._entry(key, g))
                 elif g.exposed:
                     encoded = baggage.encode_json(key, g.value)
@@ -272,6 +318,11 @@ class Session:
                     continue  # never handed out, never set: as it came
                 names.append(key)
             deleted = sorted(self._deleted)
+            if changed or deleted:
+                try:  # the caller's session, with this update merged, must still fit
+                    self._check_fits(self._table, "this call's changes", names)
+                except ValueError as exc:
+                    raise ResourceExhausted(f"{baggage.UPDATE_TRAILER}: {exc}") from None
         if not changed and not deleted:
             return ""
         update = baggage.join_update(changed, deleted)

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
+from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server import broker_service, model, modules
 from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
@@ -57,6 +58,7 @@ class Server:
         topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
         telemetry: bool = False,
+        globals_policy: GlobalsPolicy | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -75,7 +77,9 @@ class Server:
             "coalesce_bytes": coalesce_bytes,
         }
         self._gate = DrainGate()
-        self._lifecycle = Lifecycle(name, expose_tracebacks=self.expose_tracebacks, gate=self._gate)
+        self._lifecycle = Lifecycle(
+            name, expose_tracebacks=self.expose_tracebacks, gate=self._gate, policy=globals_policy
+        )
         self._tracing: Any = None
         if telemetry:
             from lazygrpc.telemetry import server_interceptor

@@ -26,6 +26,7 @@ from lazygrpc.core import baggage, chain
 from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
 from lazygrpc.core.session import Session
+from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server.dispatch import Refused, aborted_by_handler
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -80,9 +81,14 @@ class DrainGate:
 
 
 def incoming_scope(
-    service: str, method: str, invocation_metadata: Any, time_remaining: float | None
+    service: str,
+    method: str,
+    invocation_metadata: Any,
+    time_remaining: float | None,
+    policy: GlobalsPolicy | None = None,
 ) -> CallScope:
-    """The scope of a new call from its headers; `InvalidArgument` names a bad one."""
+    """The scope of a new call from its headers; `InvalidArgument` names a bad one. With a
+    `policy`, only the globals it accepts arrive."""
     sid = header = traceparent = tracestate = None
     for key, value in invocation_metadata or ():
         if type(value) is str and len(value) > baggage.MAX_HEADER_BYTES:  # -bin are bytes
@@ -107,6 +113,8 @@ def incoming_scope(
             traceparent = value if traceparent is None else ""
         else:
             tracestate = value if tracestate is None else f"{tracestate},{value}"
+    if policy is not None:
+        header = policy.incoming(header)
     try:
         if sid is not None:
             baggage.check_session_id(sid)
@@ -117,7 +125,7 @@ def incoming_scope(
             baggage.parse_baggage(header, defer=True)  # type: ignore[arg-type]
     except ValueError as exc:  # a bad baggage header or session id, named
         raise InvalidArgument(str(exc)) from None
-    scope = CallScope(None, service, method, time_remaining, sid, header, flat)
+    scope = CallScope(None, service, method, time_remaining, sid, header, flat, policy)
     if traceparent is not None:
         scope.trace_headers = baggage.trace_headers(traceparent, tracestate)
         if scope.trace_headers:
@@ -140,8 +148,10 @@ class Lifecycle:
         expose_tracebacks: bool = False,
         gate: DrainGate | None = None,
         sync: bool = False,
+        policy: GlobalsPolicy | None = None,
     ) -> None:
         self.service = service
+        self.policy = policy
         self.expose_tracebacks = expose_tracebacks
         self.gate = gate
         self.sync = sync
@@ -199,7 +209,11 @@ class MethodCalls:
         service = life.service or self.service
         try:
             scope = incoming_scope(
-                service, self.method, context.invocation_metadata(), context.time_remaining()
+                service,
+                self.method,
+                context.invocation_metadata(),
+                context.time_remaining(),
+                life.policy,
             )
         except Exception as exc:
             if life.gate is not None:

@@ -177,25 +177,17 @@ async def _tokens(
 
 
 def _account(run: _Run, backend: Backend) -> None:
-    """Count the prompt, and add this call's token counts to the session's `usage` global
-    (it flows back upstream)."""
+    """Count the prompt, and add this call's token counts to the session's `usage` global;
+    what this call added flows back upstream (`lazygrpc.core.usage`)."""
     run.prompt_tokens = backend.count_tokens(run.prompt)
-    session = current()
-    previous = session.get("usage")
-    # The global arrives from callers: anything but a dict of counts starts afresh.
-    usage = {
-        k: v
-        for k, v in (previous.items() if isinstance(previous, dict) else ())
-        if isinstance(v, int) and not isinstance(v, bool)
-    }
-    for key, n in (
-        ("prompt_tokens", run.prompt_tokens),
-        ("completion_tokens", run.completion_tokens),
-        ("total_tokens", run.prompt_tokens + run.completion_tokens),
-        ("calls", 1),
-    ):
-        usage[key] = usage.get(key, 0) + n
-    session.set("usage", usage, owned=True)  # a fresh dict: encoded once
+    current().add_usage(
+        {
+            "prompt_tokens": run.prompt_tokens,
+            "completion_tokens": run.completion_tokens,
+            "total_tokens": run.prompt_tokens + run.completion_tokens,
+            "calls": 1,
+        }
+    )
 
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):

@@ -79,17 +79,16 @@ async def _serve(server: Any) -> int:
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`make_backend` options from serve-model's flags; the API key only from the environment."""
+    """`make_backend` options from serve-model's flags (`ValueError`: a missing one); the API
+    key only from the environment, never argv."""
     if args.backend in ("markov", "echo"):
         return {"token_delay": args.token_delay}
     if not args.model:
-        raise SystemExit(f"lazygrpc: --backend {args.backend} needs --model")
+        raise ValueError(f"--backend {args.backend} needs --model")
     if args.backend == "transformers":
         return {"model": args.model}
     if not args.upstream:
-        raise SystemExit(
-            "lazygrpc: --backend openai needs --upstream URL (e.g. http://127.0.0.1:8000/v1)"
-        )
+        raise ValueError("--backend openai needs --upstream URL (e.g. http://127.0.0.1:8000/v1)")
     key = os.environ.get(args.api_key_env or "OPENAI_API_KEY")
     if args.api_key_env and not key:
         raise SystemExit(

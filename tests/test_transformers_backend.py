@@ -190,6 +190,18 @@ async def test_asyncio_client_streams_and_completes(
     assert "".join(deltas) == await llm.acall("baggage", max_tokens=6, temperature=0)
 
 
+def test_a_prompt_over_the_context_is_invalid_argument_naming_the_model(
+    backend: TransformersBackend, serve: Callable[..., str]
+) -> None:
+    url = serve(backend)
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        lazygrpc.LLM(url)("lazygrpc streams tokens over grpc " * 1200, max_tokens=2)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the model's context of 4200" in info.value.message
+    assert info.value.chain[-1].service == "tiny"
+    assert lazygrpc.LLM(url)("short", max_tokens=2, temperature=0)  # still serving
+
+
 def test_model_path_must_be_a_local_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is not a local directory"):
         make_backend("transformers", model="gpt2")  # a hub name: never fetched

@@ -61,8 +61,9 @@ class Finish:
 
 
 class UpstreamError(Exception):
-    """A backend's upstream service failed: the call ends with `code`, and its chain gets one
-    frame for the upstream (`upstream`, `method`, `error_type`, this message)."""
+    """What a backend's upstream (an HTTP service, a local model) refused or failed at: the
+    call ends with `code`, and its chain gets one frame for the upstream (`upstream`,
+    `method`, `error_type`, this message) below the model service's own."""
 
     def __init__(
         self,

@@ -71,9 +71,18 @@ def _base_url(upstream: str) -> str:
     return base if parts.path.strip("/") else base + "/v1"
 
 
-def _error_message(response: httpx.Response) -> tuple[str, str]:
+#: Bytes of an upstream's error body read for its message; the rest is not read.
+MAX_ERROR_BODY = 64 * 1024
+
+
+async def _error_message(response: httpx.Response) -> tuple[str, str]:
     """(error type, message) from an OpenAI-style error body, or the body's start."""
-    text = response.text
+    data = b""
+    async for part in response.aiter_bytes():
+        data += part
+        if len(data) >= MAX_ERROR_BODY:
+            break
+    text = data[:MAX_ERROR_BODY].decode(errors="replace")
     try:
         error = json.loads(text).get("error")
     except (ValueError, AttributeError):
@@ -156,8 +165,7 @@ class OpenAIBackend:
             async with aconnect_sse(self._http(), "POST", self.url, json=body) as source:
                 response = source.response
                 if response.status_code >= 400:
-                    await response.aread()
-                    kind, message = _error_message(response)
+                    kind, message = await _error_message(response)
                     raise self._fail(
                         code_for_http_status(response.status_code),
                         f"HTTP {response.status_code}: {message}",

@@ -8,10 +8,13 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lazygrpc.backends.base import Finish, Prompt, SamplingParams
+import grpc
+
+from lazygrpc.backends.base import Finish, Prompt, SamplingParams, UpstreamError
 
 __all__ = ["TransformersBackend"]
 
@@ -54,6 +57,12 @@ class TransformersBackend:
         """Generations running on the worker thread now (0 or 1)."""
         return self._running
 
+    @property
+    def context_tokens(self) -> int | None:
+        """Most tokens the model attends to (prompt and answer), when its config says."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
+
     def encode(self, prompt: str) -> list[int]:
         """The token ids the model sees: a `Prompt`'s chat through the chat template (when the
         tokenizer has one, with the assistant's turn opened), else the text itself."""
@@ -86,6 +95,18 @@ class TransformersBackend:
                 stop.set()
 
         ids = await asyncio.to_thread(self.encode, prompt)
+        context = self.context_tokens
+        if context is not None and len(ids) >= context:
+            raise UpstreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input: {len(ids)} prompt tokens, over the model's context of {context}",
+                upstream=self.name,
+                method="generate",
+                error_type="PromptTooLong",
+            )
+        # The answer ends at the context's end ("length") rather than fail there.
+        if context is not None:
+            params = replace(params, max_tokens=min(params.max_tokens, context - len(ids)))
         work = loop.run_in_executor(self._pool, self._work, ids, params, post, stop)
         made: list[int] = []
         text = ""

@@ -38,19 +38,10 @@ def backend(model_dir: Path) -> Iterator[TransformersBackend]:
 @pytest.fixture
 def serve(servers: Any) -> Callable[..., str]:
     def start(backend: TransformersBackend, presets: SamplingParams | None = None) -> str:
-        config = ModelConfig(
-            backend, presets=presets or SamplingParams(max_tokens=16), settable=KNOWN_PARAMS
+        presets = presets or SamplingParams(max_tokens=16)
+        return str(
+            servers.model_config(ModelConfig(backend, presets=presets, settable=KNOWN_PARAMS))
         )
-
-        async def build() -> lazygrpc.Server:
-            server = lazygrpc.Server()
-            server.add_model(config)
-            await server.start()
-            return server
-
-        server = servers.call(build)
-        servers.started.append(server)
-        return f"grpc://127.0.0.1:{server.port}"
 
     return start
 

@@ -115,8 +115,6 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"lazygrpc: --backend {args.backend} needs pip install 'lazygrpc[{args.backend}]' ({exc})"
         ) from None
-    except OSError as exc:  # a directory that holds no model, a file it cannot read
-        raise SystemExit(f"lazygrpc: cannot load --model {args.model}: {exc}") from None
     presets = presets_from(_key_values(args.preset, "--preset"))
     kwargs: dict[str, Any] = {"presets": presets}
     if args.settable is not None:

@@ -198,6 +198,12 @@ def test_model_path_must_be_a_local_directory(tmp_path: Path) -> None:
         make_backend("transformers", model="gpt2")  # a hub name: never fetched
     with pytest.raises(ValueError, match="needs a local model directory"):
         make_backend("transformers")
+    with pytest.raises(ValueError, match=r"holds no config\.json"):
+        make_backend("transformers", model=str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="cannot load a model from") as info:
+        make_backend("transformers", model=str(tmp_path))
+    assert "\n" not in str(info.value)
 
 
 def test_cli_serves_a_local_model_directory(model_dir: Path) -> None:

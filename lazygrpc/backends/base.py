@@ -39,12 +39,18 @@ class Prompt(str):
     ('user: hi', 'hi')
     """
 
-    messages: tuple[Message, ...]
+    chat: tuple[Message, ...]  # as given: empty for a plain input
 
     def __new__(cls, text: str, messages: tuple[Message, ...] = ()) -> Prompt:
         self = super().__new__(cls, text)
-        self.messages = messages or (Message("user", text),)
+        self.chat = messages
         return self
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The conversation; a plain input is one user message (built when asked for: the
+        first token's path makes no message objects for text backends)."""
+        return self.chat or (Message("user", str(self)),)
 
 
 @dataclass(frozen=True)

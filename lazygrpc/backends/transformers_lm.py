@@ -45,8 +45,14 @@ class TransformersBackend:
         hf_logging.disable_progress_bar()  # a server logs; it draws no bars on stderr
         self.name = name or directory.name
         self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        if not (directory / "config.json").is_file():
+            raise ValueError(f"model path {str(path)!r} holds no config.json (save_pretrained's)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:  # transformers' messages span lines
+            first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            raise ValueError(f"cannot load a model from {str(path)!r}: {first}") from exc
         self.model.eval()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lazygrpc-{self.name}")
         self._running = 0

@@ -15,8 +15,10 @@ $(PYTHON):
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# torch first, pinned: the CPU wheel on disk (an unpinned torch pulls GBs of CUDA build).
 $(STAMP): $(PYTHON) pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,otel]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers]'
 	touch $@
 
 venv install: $(STAMP)

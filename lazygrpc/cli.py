@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from lazygrpc.backends import KINDS
 from lazygrpc.client import channels
 from lazygrpc.core.errors import RemoteError
 
@@ -77,11 +78,43 @@ async def _serve(server: Any) -> int:
     return 0
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`make_backend` options from serve-model's flags (`ValueError`: a missing one); the API
+    key only from the environment, never argv."""
+    if args.backend in ("markov", "echo"):
+        return {"token_delay": args.token_delay}
+    if not args.model:
+        raise ValueError(f"--backend {args.backend} needs --model")
+    if args.backend == "transformers":
+        return {"model": args.model}
+    if not args.upstream:
+        raise ValueError("--backend openai needs --upstream URL (e.g. http://127.0.0.1:8000/v1)")
+    key = os.environ.get(args.api_key_env or "OPENAI_API_KEY")
+    if args.api_key_env and not key:
+        raise SystemExit(
+            f"lazygrpc: set the environment variable {args.api_key_env} (--api-key-env)"
+        )
+    return {
+        "upstream": args.upstream,
+        "model": args.model,
+        "api_key": key,
+        "api": args.upstream_api,
+        "connect_timeout": args.connect_timeout,
+        "read_timeout": args.read_timeout,
+    }
+
+
 def cmd_serve_model(args: argparse.Namespace) -> int:
     from lazygrpc.backends import make_backend
     from lazygrpc.server.model import KNOWN_PARAMS, ModelConfig, presets_from
 
-    backend = make_backend(args.backend, token_delay=args.token_delay, name=args.model_name)
+    options = _backend_options(args)
+    try:
+        backend = make_backend(args.backend, name=args.model_name, **options)
+    except ImportError as exc:
+        raise SystemExit(
+            f"lazygrpc: --backend {args.backend} needs pip install 'lazygrpc[{args.backend}]' ({exc})"
+        ) from None
     presets = presets_from(_key_values(args.preset, "--preset"))
     kwargs: dict[str, Any] = {"presets": presets}
     if args.settable is not None:
@@ -207,8 +240,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve-model", help="serve a model backend through ModelService")
     _server_args(p)
-    p.add_argument("--backend", default="markov", choices=["markov", "echo"])
+    p.add_argument("--backend", default="markov", choices=KINDS)
     p.add_argument("--model-name", help="model name (default: the backend's)")
+    p.add_argument("--model", help="openai: the upstream's model name; transformers: a local dir")
+    p.add_argument("--upstream", help="openai: base URL of an OpenAI-compatible server")
+    p.add_argument("--upstream-api", default="chat", choices=["chat", "completions"])
+    p.add_argument("--api-key-env", help="openai: env var holding the key (OPENAI_API_KEY)")
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="openai: seconds")
+    p.add_argument("--read-timeout", type=float, default=60.0, help="openai: seconds between data")
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     p.add_argument("--preset", action="append", default=[], help="server preset KEY=VALUE")
     p.add_argument("--settable", help="comma-separated params callers may set")

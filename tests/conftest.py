@@ -75,9 +75,16 @@ class Servers:
         return f"grpc://127.0.0.1:{s.port}"
 
     def model(self, backend: str = "echo", *, token_delay: float = 0.0, **config: Any) -> str:
+        server_name = config.pop("server_name", None)
+        backend_ = make_backend(backend, token_delay=token_delay)
+        return self.model_config(ModelConfig(backend_, **config), server_name=server_name)
+
+    def model_config(self, config: ModelConfig, *, server_name: str | None = None) -> str:
+        """Serve `config` (any backend); returns the `grpc://127.0.0.1:PORT` URL."""
+
         async def build() -> lazygrpc.Server:
-            s = lazygrpc.Server(name=config.pop("server_name", None))
-            s.add_model(ModelConfig(make_backend(backend, token_delay=token_delay), **config))
+            s = lazygrpc.Server(name=server_name)
+            s.add_model(config)
             await s.start()
             return s
 

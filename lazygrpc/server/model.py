@@ -11,12 +11,12 @@ from typing import Any
 import grpc
 
 from lazygrpc import broker
-from lazygrpc.backends.base import Backend, SamplingParams
+from lazygrpc.backends.base import Backend, Finish, Message, Prompt, SamplingParams, UpstreamError
 from lazygrpc.broker.topic import DELTA, Item
 from lazygrpc.core.context import current, current_call
-from lazygrpc.core.errors import InvalidArgument
+from lazygrpc.core.errors import InvalidArgument, RemoteError
 from lazygrpc.server.streams import Stream, pump
-from lazygrpc.v1 import model_pb2, model_pb2_grpc
+from lazygrpc.v1 import chain_pb2, model_pb2, model_pb2_grpc
 
 SERVICE_NAME = "lazygrpc.v1.ModelService"
 add_to_server = model_pb2_grpc.add_ModelServiceServicer_to_server
@@ -106,12 +106,13 @@ def _check(config: ModelConfig, name: str, value: float) -> None:
         )
 
 
-def prompt_of(request: model_pb2.GenerateRequest) -> str:
-    """The prompt: chat messages as `role: content` lines, then `input`."""
+def prompt_of(request: model_pb2.GenerateRequest) -> Prompt:
+    """The prompt: chat messages as `role: content` lines, then `input` (the chat itself,
+    `input` as a last user message, in `Prompt.messages`)."""
     if not request.messages:
         prompt = request.input
         if prompt and len(prompt) <= MAX_PROMPT_CHARS and not prompt.isspace():
-            return prompt
+            return Prompt(prompt)
     parts = [f"{m.role}: {m.content}" if m.role else m.content for m in request.messages]
     if request.input:
         parts.append(request.input)
@@ -122,7 +123,10 @@ def prompt_of(request: model_pb2.GenerateRequest) -> str:
         raise InvalidArgument(
             f"input: {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}"
         )
-    return prompt
+    messages = [Message(m.role or "user", m.content) for m in request.messages]
+    if request.input:
+        messages.append(Message("user", request.input))
+    return Prompt(prompt, tuple(messages))
 
 
 @dataclass(slots=True)
@@ -132,10 +136,11 @@ class _Run:
     The prompt's tokens are counted at the end (`_account`), off the first token's path.
     """
 
-    prompt: str
+    prompt: Prompt
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: model_pb2.FinishReason.ValueType = model_pb2.FINISH_REASON_LENGTH
+    reported: Finish | None = None  # the backend's own account, when it gave one
 
     def usage(self) -> model_pb2.Usage:
         return model_pb2.Usage(
@@ -146,13 +151,16 @@ class _Run:
 
 
 async def _tokens(
-    config: ModelConfig, prompt: str, params: SamplingParams, run: _Run
+    config: ModelConfig, prompt: Prompt, params: SamplingParams, run: _Run
 ) -> AsyncGenerator[str, None]:
     """The backend's deltas with `max_tokens` and `stop` enforced by the server."""
     text = ""
     gen = config.backend.generate(prompt, params)
     try:
         async for delta in gen:
+            if isinstance(delta, Finish):  # the backend's last word
+                run.reported = delta
+                continue
             if params.stop:
                 candidate = text + delta
                 start = max(0, len(text) - MAX_STOP_CHARS)
@@ -170,16 +178,45 @@ async def _tokens(
             yield delta
             if run.completion_tokens >= params.max_tokens:
                 run.finish_reason = model_pb2.FINISH_REASON_LENGTH
+                # A backend that honours max_tokens ends here, perhaps with its Finish
+                # (an upstream's usage arrives after the last token): take that, cut the rest.
+                async for extra in gen:
+                    if isinstance(extra, Finish):
+                        run.reported = extra
+                    break
                 return
         run.finish_reason = model_pb2.FINISH_REASON_STOP
+    except UpstreamError as exc:
+        raise upstream_failure(exc) from exc
     finally:
         await gen.aclose()  # type: ignore[attr-defined]
+
+
+def upstream_failure(exc: UpstreamError) -> RemoteError:
+    """The `RemoteError` a backend's failed upstream becomes: its code, and a chain whose one
+    frame is the upstream, so the caller's chain reads `ModelService.Generate → upstream`."""
+    frame = chain_pb2.CallFrame(
+        service=exc.upstream, method=exc.method, error_type=exc.error_type, message=exc.message
+    )
+    return RemoteError(exc.code, exc.message, remote_type="UpstreamError", chain=[frame])
+
+
+_FINISH = {"stop": model_pb2.FINISH_REASON_STOP, "length": model_pb2.FINISH_REASON_LENGTH}
 
 
 def _account(run: _Run, backend: Backend) -> None:
     """Count the prompt, and add this call's token counts to the session's `usage` global;
     what this call added flows back upstream (`lazygrpc.core.usage`)."""
-    run.prompt_tokens = backend.count_tokens(run.prompt)
+    reported = run.reported or Finish()
+    if reported.reason is not None:
+        run.finish_reason = _FINISH[reported.reason]
+    if reported.completion_tokens is not None:
+        run.completion_tokens = reported.completion_tokens
+    run.prompt_tokens = (
+        backend.count_tokens(run.prompt)
+        if reported.prompt_tokens is None
+        else reported.prompt_tokens
+    )
     current().add_usage(
         {
             "prompt_tokens": run.prompt_tokens,

@@ -46,7 +46,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="send tracebacks in error chains (default: only when bound to loopback)",
     )
-    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (extra `otel`)")
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="export OpenTelemetry spans (extra `otel`): OTLP/gRPC to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, or as OTEL_TRACES_EXPORTER says (otlp, console, none); "
+        "a set OTEL_TRACES_EXPORTER turns it on too",
+    )
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
 
@@ -65,9 +71,14 @@ def _build_server(args: argparse.Namespace) -> Any:
         port=args.port,
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
-        telemetry=args.otel,
+        telemetry=args.otel or _traces_asked_by_env(),
         **topic,
     )
+
+
+def _traces_asked_by_env() -> bool:
+    """`OTEL_TRACES_EXPORTER` set to an exporter turns tracing on without `--otel`."""
+    return os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() not in ("", "none")
 
 
 async def _serve(server: Any) -> int:
@@ -243,7 +254,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", metavar="QUESTION", help="ask one question, print the answer, stop")
     p.add_argument("--token-delay", type=float, default=0.02, help="model's seconds per token")
     p.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
-    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans to stderr")
+    p.add_argument(
+        "--otel", action="store_true", help="every service exports spans (see `serve --help`)"
+    )
     p.set_defaults(fn=cmd_up)
     return top
 

@@ -1,4 +1,4 @@
-"""The `lazygrpc` command: serve-model, serve, call, health, stats, up."""
+"""The `lazygrpc` command: serve-model, serve, call, list, health, stats, up."""
 
 from __future__ import annotations
 
@@ -169,6 +169,27 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from lazygrpc.client.listing import as_json, list_modules, signature
+
+    try:
+        infos = list_modules(args.url, timeout=args.timeout)
+    except grpc.RpcError as err:
+        print(f"lazygrpc: {args.url}: {err.code().name} {err.details()}", file=sys.stderr)
+        return 1
+    except LookupError as exc:
+        print(f"lazygrpc: {exc}", file=sys.stderr)
+        return 1
+    for info in infos:
+        if args.json:
+            print(json.dumps(as_json(info), ensure_ascii=False))
+            continue
+        print(signature(info))
+        if info.doc:
+            print(f"    {info.doc.splitlines()[0]}")
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -238,6 +259,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--global", dest="set_global", action="append", default=[], help="KEY=VALUE")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.set_defaults(fn=cmd_call)
+
+    p = sub.add_parser("list", help="a server's modules with their signatures (ListModules)")
+    p.add_argument("url", help="grpc://HOST:PORT, or grpc://HOST:PORT/MODULE for one")
+    p.add_argument("--json", action="store_true", help="one JSON object per module, schemas too")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(fn=cmd_list)
 
     p = sub.add_parser("health", help="check a server's health (exit 0 when SERVING)")
     p.add_argument("url")

@@ -1,7 +1,7 @@
 """`lazygrpc list`: a server's modules and their signatures, read from `ListModules`.
 
-The signature is rendered from the JSON Schemas the server sends (docs/modules.md,
-"Signatures"), so it reads the same for a server written in any language:
+The signature is rendered from the JSON Schemas the server sends (docs/signatures.md), so
+it reads the same for a server written in any language:
 
     add(a: integer, b: integer = 2) -> integer
     words(text: string) -> stream of string

@@ -2,7 +2,7 @@
 
 Both come from pydantic's `TypeAdapter` of each parameter's annotation (`list[int]`,
 `dict[str, float]`, `Optional`, `Literal`, dataclasses, TypedDict, pydantic models, ...):
-`ListModules` sends the schemas (docs/modules.md, "Signatures"), and a call whose argument
+`ListModules` sends the schemas (docs/signatures.md), and a call whose argument
 does not fit gets `INVALID_ARGUMENT` naming the path of the bad field before the module runs.
 
 Values arrive as JSON, so they are checked with JSON's rules (pydantic's strict JSON mode):

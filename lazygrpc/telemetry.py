@@ -337,15 +337,15 @@ def install_provider(name: str, environ: Mapping[str, str] = os.environ) -> Any:
     """Set up the process's tracer provider from `OTEL_*` unless the application has one.
 
     Returns the provider lazygrpc created (its owner shuts it down: `shutdown_provider`),
-    or None when an SDK provider was already set. `OTEL_RESOURCE_ATTRIBUTES` adds to the
+    or None when the application had set a provider. `OTEL_RESOURCE_ATTRIBUTES` adds to the
     resource; `service.name` is `name`.
     """
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        return None
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None  # the application chose one (an SDK one, or deliberately none)
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     for exporter in exporter_names(environ):
         if exporter == "otlp":

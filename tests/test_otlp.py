@@ -7,9 +7,11 @@ plain grpc server; the services are real `lazygrpc` processes.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -20,6 +22,7 @@ from conftest import ROOT, start_cli
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 import lazygrpc
+from lazygrpc import telemetry
 
 FIXTURE = "tests/fixtures/cli_modules.py"
 
@@ -125,3 +128,20 @@ def test_an_unknown_exporter_is_one_line_naming_it() -> None:
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "OTEL_TRACES_EXPORTER='zipkin': unknown exporter 'zipkin'" in done.stderr
+
+
+def test_a_collector_that_is_down_does_not_hold_the_stop() -> None:
+    """The last spans are flushed at stop, within a bound: a missing collector costs at most
+    telemetry.FLUSH_TIMEOUT, and the server still exits 0."""
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    proc, address = start_cli("serve", f"{FIXTURE}:whoami", "--otel", env=otel_env(endpoint))
+    try:
+        lazygrpc.connect(f"grpc://{address}/whoami", timeout=10)()
+    finally:
+        started = time.monotonic()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < telemetry.FLUSH_TIMEOUT + 5

@@ -358,11 +358,28 @@ def install_provider(name: str, environ: Mapping[str, str] = os.environ) -> Any:
                     "OTLP export needs opentelemetry-exporter-otlp-proto-grpc: "
                     "pip install 'lazygrpc[otel]'"
                 ) from exc
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            insecure = True if _plain_loopback(environ) else None  # None: as the SDK reads it
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(insecure=insecure)))
         else:  # console: stderr, as stdout carries the server's `listening on` line
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def _plain_loopback(environ: Mapping[str, str]) -> bool:
+    """An endpoint with no scheme on a loopback host (`127.0.0.1:4317`), no `*_INSECURE` set:
+    plaintext, where the SDK would try TLS on a local collector (an `http://` endpoint is
+    plaintext and an `https://` one TLS in the SDK already)."""
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+    if "://" in endpoint or any(
+        key in environ
+        for key in ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
+    ):
+        return False
+    host = endpoint.rpartition(":")[0].strip("[]") if ":" in endpoint else endpoint
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 def shutdown_provider(provider: Any, timeout: float = FLUSH_TIMEOUT) -> None:

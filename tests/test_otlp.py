@@ -96,6 +96,8 @@ def test_service_name_from_env_and_the_console_exporter(receiver: tuple[Receiver
     """OTEL_SERVICE_NAME names a server without --name; `console` writes spans to stderr;
     a set OTEL_TRACES_EXPORTER turns tracing on without --otel."""
     collected, endpoint = receiver
+    # No scheme on a loopback endpoint: plaintext, as a local collector is.
+    endpoint = endpoint.removeprefix("http://")
     for exporter, flags in (("otlp", ["--otel"]), ("console", [])):
         env = otel_env(endpoint, OTEL_SERVICE_NAME="named-by-env", OTEL_TRACES_EXPORTER=exporter)
         proc, address = start_cli("serve", f"{FIXTURE}:whoami", *flags, env=env)

@@ -19,7 +19,7 @@ from lazygrpc.client.listing import type_text
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 FIXTURE = "tests/fixtures/typed_modules.py"
-NAMES = ("add", "total", "move", "words", "anything")
+NAMES = ("add", "total", "move", "words", "squares", "anything")
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -63,6 +63,8 @@ def test_a_raw_grpc_client_reads_each_modules_json_schema(url: str) -> None:
     assert infos["words"].streaming
     assert json.loads(infos["words"].delta_schema) == {"$schema": DIALECT, "type": "string"}
     assert json.loads(infos["words"].result_schema) == {"$schema": DIALECT, "type": "string"}
+    assert json.loads(infos["squares"].delta_schema)["type"] == "integer"
+    assert json.loads(infos["squares"].result_schema)["items"] == {"type": "integer"}
     anything = json.loads(infos["anything"].params_schema)
     assert anything["properties"] == {"value": {}}
     assert anything["additionalProperties"] == {"type": "integer"}
@@ -108,6 +110,17 @@ def test_a_bad_field_is_invalid_argument_naming_its_path_before_the_module_runs(
     assert lazygrpc.connect(f"{url}/add", timeout=10)(1) == 3  # still serving
 
 
+def test_a_stream_is_checked_before_its_generator_starts(url: str) -> None:
+    runs = typed_modules.RUNS["total"]
+    squares = lazygrpc.connect(f"{url}/squares", timeout=10)
+    with pytest.raises(lazygrpc.RemoteError) as caught:
+        list(squares.stream([2, 2.5]))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "argument 'xs'[1]: expected a valid integer, got 2.5" in str(caught.value)
+    assert typed_modules.RUNS["total"] == runs
+    assert list(squares.stream([2, 3]))[-1].value == [4, 9]
+
+
 def test_good_arguments_arrive_as_their_annotations_say(url: str) -> None:
     assert lazygrpc.connect(f"{url}/total", timeout=10)([1, 2], weights={"1": 0.5}) == 2
     assert lazygrpc.connect(f"{url}/total", timeout=10)([1, 2], weights=None) == 3
@@ -150,6 +163,8 @@ def test_list_prints_each_module_with_its_signature(served: str) -> None:
         "    Move a point one step right (two when fast).",
         "words(text: string, n: integer = 3) -> stream of string",
         "    The first n words of text.",
+        "squares(xs: array[integer]) -> stream of integer",
+        "    Each square, as it is computed.",
         "anything(value: any, **kwargs: integer) -> any",
     ]
 

@@ -103,7 +103,7 @@ def schemas(fn: Callable[..., Any], streaming: bool) -> tuple[str, str, str]:
     try:
         sig = inspect.signature(fn, eval_str=True)
     except Exception:  # no signature, or annotations that do not evaluate
-        return _text({"type": "object"}), "{}", "{}" if streaming else ""
+        return _text({"$schema": DIALECT, "type": "object"}), "{}", "{}" if streaming else ""
     params = [
         p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]

@@ -149,8 +149,8 @@ class ModuleInfo(_message.Message):
     doc: _builtins.str
     params_schema: _builtins.str
     """JSON Schema (draft 2020-12) of the module's parameters, as JSON text: an object whose
-    properties are the parameters by name, as `CallRequest.kwargs` carries them (the
-    `input` value binds to the first positional one). Empty: the server does not say.
+    properties are the parameters by name in the signature's order, as `CallRequest.kwargs`
+    carries them (`input` binds to the first positional one). Empty: the server does not say.
     """
     result_schema: _builtins.str
     """JSON Schema of the module's return value (a stream's final `result`), as JSON text;

@@ -1,4 +1,4 @@
-"""The `lazygrpc` command: serve-model, serve, call, health, stats, up."""
+"""The `lazygrpc` command: serve-model, serve, call, list, health, stats, up."""
 
 from __future__ import annotations
 
@@ -47,7 +47,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="send tracebacks in error chains (default: only when bound to loopback)",
     )
-    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (extra `otel`)")
+    p.add_argument(
+        "--otel",
+        action="store_true",
+        help="export OpenTelemetry spans (extra `otel`): OTLP/gRPC to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, or as OTEL_TRACES_EXPORTER says (otlp, console, none); "
+        "a set OTEL_TRACES_EXPORTER turns it on too",
+    )
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
 
@@ -66,9 +72,14 @@ def _build_server(args: argparse.Namespace) -> Any:
         port=args.port,
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
-        telemetry=args.otel,
+        telemetry=args.otel or _traces_asked_by_env(),
         **topic,
     )
+
+
+def _traces_asked_by_env() -> bool:
+    """`OTEL_TRACES_EXPORTER` set to an exporter turns tracing on without `--otel`."""
+    return os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() not in ("", "none")
 
 
 async def _serve(server: Any) -> int:
@@ -191,6 +202,27 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from lazygrpc.client.listing import as_json, list_modules, signature
+
+    try:
+        infos = list_modules(args.url, timeout=args.timeout)
+    except grpc.RpcError as err:
+        print(f"lazygrpc: {args.url}: {err.code().name} {err.details()}", file=sys.stderr)
+        return 1
+    except LookupError as exc:
+        print(f"lazygrpc: {exc}", file=sys.stderr)
+        return 1
+    for info in infos:
+        if args.json:
+            print(json.dumps(as_json(info), ensure_ascii=False))
+            continue
+        print(signature(info))
+        if info.doc:
+            print(f"    {info.doc.splitlines()[0]}")
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -267,6 +299,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.set_defaults(fn=cmd_call)
 
+    p = sub.add_parser("list", help="a server's modules with their signatures (ListModules)")
+    p.add_argument("url", help="grpc://HOST:PORT, or grpc://HOST:PORT/MODULE for one")
+    p.add_argument("--json", action="store_true", help="one JSON object per module, schemas too")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(fn=cmd_list)
+
     p = sub.add_parser("health", help="check a server's health (exit 0 when SERVING)")
     p.add_argument("url")
     p.add_argument("--service", default="", help="service name (default: the whole server)")
@@ -282,7 +320,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", metavar="QUESTION", help="ask one question, print the answer, stop")
     p.add_argument("--token-delay", type=float, default=0.02, help="model's seconds per token")
     p.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
-    p.add_argument("--otel", action="store_true", help="OpenTelemetry spans to stderr")
+    p.add_argument(
+        "--otel", action="store_true", help="every service exports spans (see `serve --help`)"
+    )
     p.set_defaults(fn=cmd_up)
     return top
 

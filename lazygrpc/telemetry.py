@@ -16,11 +16,20 @@ async generator, sync ones stay sync.
 Install it right after lazygrpc's own server interceptor (`Server(telemetry=True)` and
 `server_interceptors(telemetry=True)` do): it then runs inside the call scope, so the
 session and the module name are known, and inside a context that ends with the call.
+
+Where spans go (`install_provider`): to the application's tracer provider when it set one;
+else lazygrpc sets one up from the standard `OTEL_*` variables (`OTEL_TRACES_EXPORTER`:
+`otlp`, the default, over gRPC to `OTEL_EXPORTER_OTLP_ENDPOINT`; `console`; `none`), with
+batching, and `shutdown_provider` flushes it when the server stops (docs/telemetry.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -61,6 +70,11 @@ SERVER_ERROR_CODES = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+
+#: What `OTEL_TRACES_EXPORTER` may name (comma-separated, as the OpenTelemetry SDK reads it).
+EXPORTERS = ("otlp", "console", "none")
+#: Seconds a stopping server waits for its last spans to be exported.
+FLUSH_TIMEOUT = 5.0
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
@@ -290,3 +304,90 @@ def server_interceptor(
     """
     cls = AioTracingServerInterceptor if aio else TracingServerInterceptor
     return cls(tracer_provider)
+
+
+# -- where spans go ------------------------------------------------------------------------
+
+
+def exporter_names(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The exporters `OTEL_TRACES_EXPORTER` names (default `otlp`; `none`: no exporter).
+
+    `ValueError` names an exporter lazygrpc does not know.
+    """
+    raw = environ.get("OTEL_TRACES_EXPORTER", "otlp")
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()] or ["otlp"]
+    unknown = [n for n in names if n not in EXPORTERS]
+    if unknown:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER={raw!r}: unknown exporter {unknown[0]!r} "
+            f"(use {', '.join(EXPORTERS)})"
+        )
+    return [] if "none" in names else names
+
+
+def service_name(
+    explicit: str | None, default: str | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """`service.name`: the server's `--name`, else `OTEL_SERVICE_NAME`, else the server's
+    default name (its first module or model), else `lazygrpc`."""
+    return explicit or environ.get("OTEL_SERVICE_NAME") or default or TRACER_NAME
+
+
+def install_provider(name: str, environ: Mapping[str, str] = os.environ) -> Any:
+    """Set up the process's tracer provider from `OTEL_*` unless the application has one.
+
+    Returns the provider lazygrpc created (its owner shuts it down: `shutdown_provider`),
+    or None when the application had set a provider. `OTEL_RESOURCE_ATTRIBUTES` adds to the
+    resource; `service.name` is `name`.
+    """
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None  # the application chose one (an SDK one, or deliberately none)
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    for exporter in exporter_names(environ):
+        if exporter == "otlp":
+            try:
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+            except ImportError as exc:  # pragma: no cover - the `otel` extra installs it
+                raise ImportError(
+                    "OTLP export needs opentelemetry-exporter-otlp-proto-grpc: "
+                    "pip install 'lazygrpc[otel]'"
+                ) from exc
+            insecure = True if _plain_loopback(environ) else None  # None: as the SDK reads it
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(insecure=insecure)))
+        else:  # console: stderr, as stdout carries the server's `listening on` line
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _plain_loopback(environ: Mapping[str, str]) -> bool:
+    """An endpoint with no scheme on a loopback host (`127.0.0.1:4317`), no `*_INSECURE` set:
+    plaintext, where the SDK would try TLS on a local collector (an `http://` endpoint is
+    plaintext and an `https://` one TLS in the SDK already)."""
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+    )
+    if "://" in endpoint or any(
+        key in environ
+        for key in ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
+    ):
+        return False
+    host = endpoint.rpartition(":")[0].strip("[]") if ":" in endpoint else endpoint
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def shutdown_provider(provider: Any, timeout: float = FLUSH_TIMEOUT) -> None:
+    """Export what is left and shut `provider` down, waiting at most `timeout` seconds.
+
+    The SDK's own shutdown waits up to 30 s for an exporter that cannot reach its endpoint;
+    it runs on a daemon thread here so a stopping server never hangs on a missing collector.
+    """
+    done = threading.Thread(target=provider.shutdown, name="lazygrpc-otel-flush", daemon=True)
+    done.start()
+    done.join(timeout)

@@ -108,6 +108,24 @@ def servers(server_loop: LoopThread) -> Iterator[Servers]:
     sv.stop_all()
 
 
+@pytest.fixture(scope="session")
+def exporter() -> Any:
+    """An in-memory span exporter on the process's SDK tracer provider (set up here first,
+    so a `Server(telemetry=True)` in this process uses it rather than exporting by OTLP)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory
+
+
 @pytest.fixture(autouse=True)
 def _fresh_channels() -> Iterator[None]:
     yield

@@ -13,8 +13,7 @@ import grpc
 import grpc.aio
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import lazygrpc
@@ -27,17 +26,6 @@ from lazygrpc.v1 import chain_pb2, module_pb2, module_pb2_grpc
 
 # Spans end inside the handler wrapper, before the status goes out, and SimpleSpanProcessor
 # exports on end: once a call has returned (or a stream is drained), its spans are here.
-
-
-@pytest.fixture(scope="session")
-def exporter() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    memory = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    return memory
 
 
 @pytest.fixture

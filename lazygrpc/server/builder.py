@@ -81,9 +81,14 @@ class Server:
             name, expose_tracebacks=self.expose_tracebacks, gate=self._gate, policy=globals_policy
         )
         self._tracing: Any = None
+        self._explicit_name = name
+        self._provider: Any = None  # the tracer provider this server set up, if it did
         if telemetry:
-            from lazygrpc.telemetry import server_interceptor
+            from lazygrpc.telemetry import exporter_names, server_interceptor
 
+            exporter_names()  # a bad OTEL_TRACES_EXPORTER fails here, before anything binds
+            # Spans go to the global provider, set up at `start` when the application has
+            # none (its name is known only once the services are added).
             self._tracing = server_interceptor()
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
@@ -148,6 +153,10 @@ class Server:
         self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
         if not self.port:
             raise OSError(f"could not bind {self.host}:{self.requested_port}")
+        if self._tracing is not None:
+            from lazygrpc.telemetry import install_provider, service_name
+
+            self._provider = install_provider(service_name(self._explicit_name, self.name))
         await self._server.start()
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -183,6 +192,10 @@ class Server:
         if self._started and not self._gate.active:
             left = min(left, _HEALTH_GRACE)
         await self._server.stop(max(0.0, left))
+        if self._provider is not None:  # the last spans out before the process ends
+            from lazygrpc.telemetry import shutdown_provider
+
+            shutdown_provider(self._provider)
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""

@@ -10,6 +10,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,29 @@ class Module:
     arg_types: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
     #: The parameter the one positional input binds to.
     first: str | None = None
+    #: Parameters whose annotation the check above does not cover (`list[int]`, a
+    #: dataclass, ...): name -> a validator built once (`lazygrpc.server.signatures`).
+    deep: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+    @cached_property
+    def schemas(self) -> tuple[str, str, str]:
+        """(params, result, delta) JSON Schemas as JSON text, built at the first ask."""
+        from lazygrpc.server import signatures
+
+        return signatures.schemas(self.fn, self.streaming)
+
+    def check_deep(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments validated against their annotations, field by field
+        (`InvalidArgument` naming the path of the first bad one)."""
+        deep = self.deep
+        if args and (check := deep.get(self.first)) is not None:  # type: ignore[arg-type]
+            args = (check(args[0]),)
+        for key, value in kwargs.items():
+            if (check := deep.get(key)) is not None:
+                kwargs[key] = check(value)
+        return args, kwargs
 
     def check_types(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """`InvalidArgument` naming the parameter when a value is not of its annotated type."""
@@ -82,7 +106,7 @@ class Module:
             raise TypeError(f"module {name!r}: {fn!r} is not callable")
         agen = inspect.isasyncgenfunction(fn) or is_async_stream(fn)
         gen = inspect.isgeneratorfunction(fn)
-        first, arg_types = _type_checks(fn)
+        first, arg_types, deep = _type_checks(name, fn)
         return cls(
             name=name,
             fn=fn,
@@ -96,6 +120,7 @@ class Module:
             and not hasattr(fn, "__signature__"),
             arg_types=arg_types,
             first=first,
+            deep=deep,
         )
 
 
@@ -128,25 +153,52 @@ def _accepted(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
-def _type_checks(fn: Callable[..., Any]) -> tuple[str | None, dict[str, tuple[type, ...]]]:
-    """(the parameter a positional input binds to, name -> accepted types) of `fn`."""
+def _covered(annotation: Any) -> bool:
+    """Whether the shallow check (`_accepted`) is all there is to check of `annotation`."""
+    if annotation in _JSON_TYPES or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict):
+        return all(arg is Any for arg in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return all(m is type(None) or _covered(m) for m in typing.get_args(annotation))
+    return False
+
+
+def _type_checks(
+    module: str, fn: Callable[..., Any]
+) -> tuple[str | None, dict[str, tuple[type, ...]], dict[str, Callable[[Any], Any]]]:
+    """(the parameter a positional input binds to, name -> accepted types, name -> deep
+    validator) of `fn`. The shallow check, a tuple scan, is all `int`, `str`, `list`, ...
+    need; an annotation it does not cover (`list[int]`, a dataclass) gets the deep one too,
+    after it (so a value of the wrong JSON type reads the same either way)."""
     try:
         params = list(inspect.signature(fn, eval_str=True).parameters.values())
     except Exception:  # no signature, or annotations that do not evaluate: nothing checked
-        return None, {}
+        return None, {}, {}
     first = next(
         (p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None
     )
     checks: dict[str, tuple[type, ...]] = {}
+    deep: dict[str, Callable[[Any], Any]] = {}
     for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.annotation is p.empty:
             continue
+        if not _covered(p.annotation):
+            from lazygrpc.server.signatures import deep_check
+
+            annotation = p.annotation
+            if p.default is None:  # `xs: list[int] = None`: None is its default anyway
+                annotation = typing.Optional[annotation]  # noqa: UP045 (any annotation)
+            check = deep_check(module, p.name, annotation)
+            if check is not None:
+                deep[p.name] = check
         accepted = _accepted(p.annotation)
         if accepted is not None:
             if p.default is None and type(None) not in accepted:
                 accepted += (type(None),)  # `n: int = None`: None is its default anyway
             checks[p.name] = accepted
-    return first, checks
+    return first, checks, deep
 
 
 def _check_type(module: str, name: str, value: Any, accepted: tuple[type, ...]) -> None:

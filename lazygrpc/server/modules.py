@@ -144,6 +144,8 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         kwargs = from_struct(request.kwargs, where="kwargs") if request.HasField("kwargs") else {}
         if module.arg_types:
             module.check_types(args, kwargs)
+        if module.deep:
+            args, kwargs = module.check_deep(args, kwargs)
         return module, args, kwargs, scope
 
     async def Call(
@@ -228,12 +230,19 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     async def ListModules(
         self, request: module_pb2.ListModulesRequest, context: grpc.aio.ServicerContext
     ) -> module_pb2.ListModulesResponse:
-        return module_pb2.ListModulesResponse(
-            modules=[
-                module_pb2.ModuleInfo(name=m.name, streaming=m.streaming, doc=m.doc)
-                for m in self.modules.values()
-            ]
-        )
+        return module_pb2.ListModulesResponse(modules=[_info(m) for m in self.modules.values()])
+
+
+def _info(module: Module) -> module_pb2.ModuleInfo:
+    params, result, delta = module.schemas
+    return module_pb2.ModuleInfo(
+        name=module.name,
+        streaming=module.streaming,
+        doc=module.doc,
+        params_schema=params,
+        result_schema=result,
+        delta_schema=delta,
+    )
 
 
 def _drain_module(
@@ -250,7 +259,15 @@ def _drain_module(
 
 
 def _encode(module: Module, value: Any) -> Any:
+    where = f"output of module {module.name!r}"
     try:
-        return to_value(value, where=f"output of module {module.name!r}")
+        return to_value(value, where=where)
     except TypeError as exc:
+        if module.deep:  # a module that takes dataclasses or models may return them too
+            from pydantic_core import to_jsonable_python
+
+            try:
+                return to_value(to_jsonable_python(value), where=where)
+            except (TypeError, ValueError):
+                pass
         raise Internal(str(exc)) from None

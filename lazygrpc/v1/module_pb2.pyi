@@ -141,19 +141,36 @@ class ModuleInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STREAMING_FIELD_NUMBER: _builtins.int
     DOC_FIELD_NUMBER: _builtins.int
+    PARAMS_SCHEMA_FIELD_NUMBER: _builtins.int
+    RESULT_SCHEMA_FIELD_NUMBER: _builtins.int
+    DELTA_SCHEMA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     streaming: _builtins.bool
     doc: _builtins.str
+    params_schema: _builtins.str
+    """JSON Schema (draft 2020-12) of the module's parameters, as JSON text: an object whose
+    properties are the parameters by name in the signature's order, as `CallRequest.kwargs`
+    carries them (`input` binds to the first positional one). Empty: the server does not say.
+    """
+    result_schema: _builtins.str
+    """JSON Schema of the module's return value (a stream's final `result`), as JSON text;
+    "{}" when it is not annotated. Empty: the server does not say.
+    """
+    delta_schema: _builtins.str
+    """For a streaming module, JSON Schema of each `delta`, as JSON text; else empty."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         streaming: _builtins.bool = ...,
         doc: _builtins.str = ...,
+        params_schema: _builtins.str = ...,
+        result_schema: _builtins.str = ...,
+        delta_schema: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "name", b"name", "streaming", b"streaming"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_schema", b"delta_schema", "doc", b"doc", "name", b"name", "params_schema", b"params_schema", "result_schema", b"result_schema", "streaming", b"streaming"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -48,6 +48,7 @@ class CallScope:
         "deadline",
         "method",
         "service",
+        "started",
         "topic",
         "trace_headers",
         "trace_id",
@@ -67,11 +68,11 @@ class CallScope:
         self._arrival = arrival
         self.service = service
         self.method = method
+        #: When the call arrived (`time.monotonic()`): the server logs its duration.
+        self.started = now = time.monotonic()
         # grpcio reports "no deadline" as None (aio) or a huge number (sync).
         self.deadline = (
-            time.monotonic() + time_remaining
-            if time_remaining is not None and time_remaining < 1e8
-            else None
+            now + time_remaining if time_remaining is not None and time_remaining < 1e8 else None
         )
         #: The call's stream topic, when it streams through the broker.
         self.topic: Topic | None = None

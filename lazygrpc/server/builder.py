@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
-from lazygrpc.server import broker_service, model, modules
+from lazygrpc.server import broker_service, calllog, model, modules
 from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
 
@@ -31,6 +32,7 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+_LOG = logging.getLogger("lazygrpc.server")
 #: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
 _HEALTH_GRACE = 0.1
 
@@ -92,6 +94,8 @@ class Server:
         self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._handlers)
         self.service_names: list[str] = [HEALTH_SERVICE]
+        #: What this server serves, by name (modules and models), for its start line.
+        self.served: list[str] = []
         self._stopped = asyncio.Event()
         self._started = False
 
@@ -115,6 +119,7 @@ class Server:
         """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""
         servicer = modules.ModuleServicer(callables, topic_options=self.topic_options)
         self.add_service(modules.SERVICE_NAME, modules.add_to_server, servicer)
+        self.served.extend(servicer.modules)
         self._name_default(servicer.default_name())
         return servicer
 
@@ -122,6 +127,7 @@ class Server:
         """Serve a `lazygrpc.ModelConfig` through `ModelService`."""
         servicer = model.ModelServicer(config, topic_options=self.topic_options)
         self.add_service(model.SERVICE_NAME, model.add_to_server, servicer)
+        self.served.append(f"model {config.name}")
         self._name_default(config.name)
         return servicer
 
@@ -148,6 +154,19 @@ class Server:
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
+        _LOG.info(
+            "%s serving on %s (%s; TLS: no)",
+            self.name or "server",
+            self.address,
+            ", ".join(self.served) or "no modules",
+            extra={
+                calllog.FIELDS: {
+                    "service": self.name,
+                    "address": self.address,
+                    "modules": self.served,
+                }
+            },
+        )
         return self.port
 
     @property
@@ -178,7 +197,17 @@ class Server:
         left = deadline - time.monotonic()
         if self._started and not self._gate.active:
             left = min(left, _HEALTH_GRACE)
+        cancelled = self._gate.active
         await self._server.stop(max(0.0, left))
+        if self._started:
+            _LOG.info(
+                "%s stopped on %s (%d calls cancelled after the %.1fs grace)",
+                self.name or "server",
+                self.address,
+                cancelled,
+                grace,
+                extra={calllog.FIELDS: {"service": self.name, "address": self.address}},
+            )
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""

@@ -29,7 +29,6 @@ LEVEL_ENV = "LAZYGRPC_LOG_LEVEL"
 FORMAT_ENV = "LAZYGRPC_LOG_FORMAT"
 
 
-
 def _utc(record: logging.LogRecord) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
     return f"{stamp}.{int(record.msecs):03d}Z"
@@ -79,10 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _env(name: str, choices: tuple[str, ...], default: str) -> str:
     value = os.environ.get(name, "").strip().lower() or default
-    if value not in choices:
-        raise SystemExit(
-            f"lazygrpc: {name}={value!r} is not one of {', '.join(choices)}: fix or unset it"
+    if value not in choices:  # a usage error (exit 2), before any command runs
+        print(
+            f"lazygrpc: {name}={value!r} is not one of {', '.join(choices)}: fix or unset it",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     return value
 
 
@@ -98,3 +99,6 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Their debug lines come per call and say nothing about it (GRPC_VERBOSITY has grpc's).
+    for noisy in ("asyncio", "grpc"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.INFO))

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -86,8 +87,9 @@ class Server:
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
         # handler to every call. Interceptors passed in still run, before ours.
+        self._options = [*SERVER_OPTIONS, *options]
         self._server = grpc.aio.server(
-            interceptors=list(interceptors) or None, options=[*SERVER_OPTIONS, *options]
+            interceptors=list(interceptors) or None, options=self._options
         )
         self._handlers = _Handlers(self._wrap_method)
         self._server.add_generic_rpc_handlers((self._handlers,))
@@ -147,9 +149,17 @@ class Server:
             reflection.aio.ReflectionServicer([*self.service_names, reflection.SERVICE_NAME]),
             self._handlers,
         )
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        address = f"{self.host}:{self.requested_port}"
+        if self.requested_port:
+            _check_port(
+                self.host, self.requested_port, dict(self._options).get("grpc.so_reuseport")
+            )
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": taken since the check
+            self.port = 0
         if not self.port:
-            raise OSError(f"could not bind {self.host}:{self.requested_port}")
+            raise OSError(_cannot_listen(address, "the port is in use"))
         await self._server.start()
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -200,12 +210,12 @@ class Server:
         cancelled = self._gate.active
         await self._server.stop(max(0.0, left))
         if self._started:
+            left_over = f" ({cancelled} calls cancelled after the grace)" if cancelled else ""
             _LOG.info(
-                "%s stopped on %s (%d calls cancelled after the %.1fs grace)",
+                "%s stopped on %s%s",
                 self.name or "server",
                 self.address,
-                cancelled,
-                grace,
+                left_over,
                 extra={calllog.FIELDS: {"service": self.name, "address": self.address}},
             )
 
@@ -240,6 +250,29 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(0)
+
+
+def _cannot_listen(address: str, why: str) -> str:
+    return f"cannot listen on {address}: {why}; pick another --port (0 picks a free one)"
+
+
+def _check_port(host: str, port: int, reuseport: Any) -> None:
+    """`OSError` naming the fix when `host:port` cannot be bound, before grpc tries: grpc
+    would log its own error line and raise a `RuntimeError` that names no cause."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As grpc binds: SO_REUSEADDR (a port in TIME_WAIT is free), SO_REUSEPORT if asked.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport and hasattr(socket, "SO_REUSEPORT"):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(_cannot_listen(f"{host}:{port}", exc.strerror or str(exc))) from None
 
 
 class _Health(health.aio.HealthServicer):  # type: ignore[misc]

@@ -230,7 +230,9 @@ class MethodCalls:
         """Re-raise what must propagate (None); answer anything else with its status."""
         if aborted_by_handler(exc, context, sync=self.lifecycle.sync):
             code = calllog.context_code(context) or grpc.StatusCode.UNKNOWN
-            calllog.failed(scope, context, _Status(code, calllog.context_details(context), ()), None)
+            calllog.failed(
+                scope, context, _Status(code, calllog.context_details(context), ()), None
+            )
             return None
         if isinstance(exc, GeneratorExit | asyncio.CancelledError):
             task = asyncio.current_task() if not self.lifecycle.sync else None

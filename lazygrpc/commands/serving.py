@@ -28,8 +28,10 @@ def run_server(build: Callable[[], Any], add: Callable[[Any], Any]) -> int:
             port = await server.start()
         except OSError as exc:  # the port: one line, and nothing listens
             raise Failed(str(exc)) from None
+        waiting = asyncio.ensure_future(server.wait())
+        await asyncio.sleep(0)  # `wait` has installed its signal handlers: SIGTERM drains
         print(f"listening on {server.host}:{port}", flush=True)
-        await server.wait()
+        await waiting
         return OK
 
     return asyncio.run(run())

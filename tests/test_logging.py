@@ -156,3 +156,40 @@ def test_importing_the_library_configures_no_logging() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30
     )
     assert result.stdout.split() == ["0", str(30), "[]"], result.stderr
+
+
+def _fails(x: object = None) -> None:
+    raise KeyError("missing piece")
+
+
+@pytest.mark.parametrize("kind", ["Server", "sync interceptors"])
+def test_every_server_kind_logs_through_the_one_lifecycle(
+    kind: str, servers: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`lazygrpc.Server` and the interceptors for your own sync `grpc.server` log the same."""
+    from hops import start_sync_server
+
+    sync_server = None
+    if kind == "Server":
+        url = servers.modules({"fails": _fails}, name="leaf")  # type: ignore[attr-defined]
+    else:
+        sync_server, url = start_sync_server("leaf", {"fails": _fails})
+    try:
+        with (
+            caplog.at_level("DEBUG", logger="lazygrpc"),
+            pytest.raises(lazygrpc.RemoteError),
+            lazygrpc.session("sess-k"),
+        ):
+            lazygrpc.connect(f"{url}/fails")(1)
+    finally:
+        if sync_server is not None:
+            sync_server.stop(0)
+    (record,) = [
+        r for r in caplog.records if r.name == "lazygrpc.server" and r.levelname == "ERROR"
+    ]
+    fields = record.lazygrpc  # type: ignore[attr-defined]
+    # A hand-written servicer's "module" is its RPC method: only ModuleService names modules.
+    module = "fails" if kind == "Server" else "Call"
+    assert (fields["service"], fields["module"], fields["session"]) == ("leaf", module, "sess-k")
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert not [r for r in caplog.records if r.name == "lazygrpc.access"]  # failed: no access line

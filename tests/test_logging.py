@@ -193,3 +193,26 @@ def test_every_server_kind_logs_through_the_one_lifecycle(
     assert (fields["service"], fields["module"], fields["session"]) == ("leaf", module, "sess-k")
     assert record.exc_info is not None and record.exc_info[0] is KeyError
     assert not [r for r in caplog.records if r.name == "lazygrpc.access"]  # failed: no access line
+
+
+def test_a_traced_server_logs_its_spans_trace_id(
+    servers: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # as tests/test_telemetry.py sets it up
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    url = servers.modules({"fails": _fails}, name="traced", telemetry=True)  # type: ignore[attr-defined]
+    with caplog.at_level("INFO", logger="lazygrpc"), pytest.raises(lazygrpc.RemoteError):
+        lazygrpc.connect(f"{url}/fails")(1)
+    memory.shutdown()
+    (span,) = [s for s in memory.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.lazygrpc["trace_id"] == format(span.context.trace_id, "032x")  # type: ignore[attr-defined]

@@ -60,6 +60,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class _CancelledWrites(logging.Filter):
+    """grpc.aio logs an ERROR with a traceback for each write to a stream whose client has
+    already gone (`ExecuteBatchError raised in core`, grpc #32551): a client cancelling a
+    stream is normal, and the lifecycle sees it itself. Such a record becomes one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "grpc._cython.cygrpc" and str(record.msg).startswith(
+            "ExecuteBatchError raised in core"
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--log-level` and `--log-format`, defaulting to their environment twins."""
     parser.add_argument(
@@ -94,6 +109,7 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_CancelledWrites())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

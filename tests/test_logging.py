@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,11 +10,12 @@ import sys
 from collections.abc import Iterator
 
 import grpc
+import grpc.aio
 import pytest
 from conftest import ROOT, start_cli
 
 import lazygrpc
-from lazygrpc.v1 import module_pb2, module_pb2_grpc
+from lazygrpc.v1 import broker_pb2, broker_pb2_grpc, module_pb2, module_pb2_grpc
 
 FIXTURE = "tests/fixtures/ops_modules.py"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -216,3 +218,31 @@ def test_a_traced_server_logs_its_spans_trace_id(
     (span,) = [s for s in memory.get_finished_spans() if s.kind is trace.SpanKind.SERVER]
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert record.lazygrpc["trace_id"] == format(span.context.trace_id, "032x")  # type: ignore[attr-defined]
+
+
+def test_clients_that_cancel_streams_leave_no_error_records() -> None:
+    """grpc.aio logs an ERROR per write to a cancelled stream (grpc #32551): not in our log."""
+    from lazygrpc.core.values import to_value
+
+    flood = "tests/fixtures/stream_flood.py"
+    proc, address = start_cli("serve", f"{flood}:flood_sync", f"{flood}:flood_async")
+
+    async def cancel_streams() -> None:
+        options = [("grpc.http2.bdp_probe", 0)]  # a small window: the server's writes wait
+        async with grpc.aio.insecure_channel(address, options=options) as ch:
+            stub = module_pb2_grpc.ModuleServiceStub(ch)
+            calls = []
+            for i in range(8):
+                request = module_pb2.CallRequest(module=("flood_sync", "flood_async")[i % 2])
+                request.kwargs.fields["seconds"].CopyFrom(to_value(3.0))
+                calls.append(stub.Stream(request))
+            await asyncio.gather(*(call.read() for call in calls))  # then stop reading
+            for call in calls:
+                call.cancel()
+            stats = broker_pb2_grpc.BrokerServiceStub(ch)
+            while (await stats.GetBrokerStats(broker_pb2.GetBrokerStatsRequest())).open_topics:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(cancel_streams())
+    stderr = stop(proc)
+    assert "Traceback" not in stderr and " ERROR " not in stderr, stderr

@@ -237,9 +237,20 @@ def test_clients_that_cancel_streams_leave_no_error_records() -> None:
                 request.kwargs.fields["seconds"].CopyFrom(to_value(3.0))
                 calls.append(stub.Stream(request))
             await asyncio.gather(*(call.read() for call in calls))  # then stop reading
+            stats = broker_pb2_grpc.BrokerServiceStub(ch)
+            # Until nothing moves: every producer blocked on a full topic, and every server
+            # write waiting on a window the client no longer opens.
+            before = None
+            while True:
+                now = await stats.GetBrokerStats(broker_pb2.GetBrokerStatsRequest())
+                if now.blocked_producers == len(calls) and before == now.published_events:
+                    break
+                before = now.published_events
+                await asyncio.sleep(0.05)
             for call in calls:
                 call.cancel()
-            stats = broker_pb2_grpc.BrokerServiceStub(ch)
+            while (await stats.GetBrokerStats(broker_pb2.GetBrokerStatsRequest())).open_topics:
+                await asyncio.sleep(0.01)
             while (await stats.GetBrokerStats(broker_pb2.GetBrokerStatsRequest())).open_topics:
                 await asyncio.sleep(0.01)
 

@@ -13,6 +13,9 @@ How a page's fenced blocks are run (the convention a page's author follows):
   tests.
 - `<!-- docs-test: skip (REASON) -->` on the line before a block leaves the block out; the
   reason is required and says why it cannot run (a fragment of a larger program).
+
+Files the pages point to run here too, as their own docstrings say (`clients/python/`);
+the Node and grpcurl recipes have their own tests (test_node_client, test_grpcurl).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, start_cli
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
@@ -168,3 +171,23 @@ def test_the_convention_holds_on_every_page() -> None:
     readme = blocks(ROOT / "README.md")
     assert [b.module_file for b in readme if b.module_file] == ["hello.py"]
     assert sum(b.lang == "python" and not b.module_file for b in readme) >= 1
+
+
+def test_the_python_client_example_the_readme_points_to_runs(tmp_path: Path) -> None:
+    """`clients/python/example.py`, as its docstring says to run it."""
+    model, model_address = start_cli("serve-model", "--backend", "echo")
+    module, module_address = start_cli("serve", "tests/fixtures/cli_modules.py:whoami")
+    try:
+        out = _run(
+            [sys.executable, str(ROOT / "clients/python/example.py"), f"grpc://{model_address}",
+             f"grpc://{module_address}/whoami"],
+            tmp_path,
+            "clients/python/example.py",
+        )  # fmt: skip
+    finally:
+        for proc in (model, module):
+            proc.terminate()
+            proc.communicate(timeout=30)
+    assert "model: {" in out and "brief: " in out
+    assert "result       whoami:" in out and "'session_id': 'example-1'" in out
+    assert "globals after the calls: {'user': 'alice'" in out

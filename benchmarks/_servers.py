@@ -18,6 +18,8 @@ lazygrpc (public API only):
                           gateway that streams `LLM(--model).astream(x)`
   lazy-hop --prefix P --downstream URL   `hop(x, ...)` forwards hop below's deltas for P + x
   lazy-hop3               `tokens(x)`: the LazyLLM harness's hop-3 producer (sync generator)
+
+`--log-level LEVEL` configures logging as the `lazygrpc` command does (`off`: none at all).
 """
 
 from __future__ import annotations
@@ -228,7 +230,20 @@ def main() -> None:
     )
     p.add_argument("--prefix", default="")
     p.add_argument("--downstream", default="")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "off"],
+        help="configure logging as the CLI does (off: logging.disable); default: untouched",
+    )
     a = p.parse_args()
+    if a.log_level == "off":
+        import logging
+
+        logging.disable(logging.CRITICAL)
+    elif a.log_level:
+        from lazygrpc import logs
+
+        logs.configure(a.log_level)
     if a.kind == "bare-modules" and a.wrapped:
         coro = serve_wrapped(BareModules(a.model))
     elif a.kind == "bare-modules":

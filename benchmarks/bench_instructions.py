@@ -15,6 +15,10 @@ Scenarios (one valgrind run per cell):
   `lazygrpc.Server` with the client through `lazygrpc.client.call` (what `connect()` does), and
   with `server_interceptors()` on a plain grpc.aio server and the channel wrapped by
   `intercept_aio_channel()`, against the same servicer and stub bare.
+- issue 21, logging: the server of the unary `lazygrpc.Server` row with logging configured as
+  the CLI does by default (`info`: no access line, a failed call would be logged) against
+  the same server with `logging.disable()`: what the lifecycle's logging costs a call that
+  succeeds (one cached level check).
 - issue 5(c): one-token streams through the two-hop relay of `bench_broker`: each process
   of the chain (client, gateway, model), lazygrpc against bare grpcio.
 
@@ -50,6 +54,7 @@ SCEN_UNARY = "issue 3: instructions per unary call (callgrind)"
 SCEN_RELAY = "issue 5(c): instructions per one-token stream through the two-hop relay (callgrind)"
 SCEN_SEAMS = "grpc seams: client instructions per unary call, seams on vs their public fallbacks"
 SCEN_PATH = "issue 5(c): the first token's own path per process, cold caches (callgrind)"
+SCEN_LOGS = "issue 21: server instructions per unary call, logging at the CLI's default level"
 
 
 def available() -> bool:
@@ -429,6 +434,14 @@ def run(quick: bool = False) -> list[Row]:
         bare = counts["bare", 0] + counts["bare", -1]
         rows.append(Row(SCEN_UNARY, f"{what}: server + client", "instructions", [both], [bare],
                         "≤ 1.11× (0.90× QPS when CPU-bound)", "ratio<=1.11", base))  # fmt: skip
+    logged = {}
+    for level in ("info", "off"):
+        servers = [["bare-modules", "--wrapped", "--log-level", level]]
+        logged[level] = _measure(servers, unary["layer"][1], 0, calls)
+        log(f"instructions: unary layer server, logging {level}, done")
+    rows.append(Row(SCEN_LOGS, "lazygrpc.Server + connect(): server, logging at info",
+                    "instructions", [logged["info"]], [logged["off"]], "≤ 1.03×", "ratio<=1.03",
+                    "the same server with logging.disable()"))  # fmt: skip
     public = {"LAZYGRPC_GRPC_SEAMS": "0"}
     for side, what in (("layer", "connect()'s asyncio driver"),
                        ("raw", "intercept_aio_channel()")):  # fmt: skip

@@ -1,9 +1,8 @@
-"""The `lazygrpc` command: serve-model, serve, call, list, health, stats, up."""
+"""The `lazygrpc` command: serve-model, serve, call, list, health, stats, up, protos."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -12,26 +11,13 @@ from typing import Any
 
 import grpc
 
+from lazygrpc import logs
 from lazygrpc.backends import KINDS
 from lazygrpc.client import channels
-from lazygrpc.core.errors import RemoteError
-
-
-def _json_or_text(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _key_values(pairs: Sequence[str], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
-            raise SystemExit(f"lazygrpc: {what} {pair!r} must look like KEY=VALUE")
-        out[key] = _json_or_text(value)
-    return out
+from lazygrpc.commands import call, serving
+from lazygrpc.commands.common import EXIT_CODES, FAILED, USAGE, Failed, UsageError
+from lazygrpc.commands.common import key_values as _key_values
+from lazygrpc.version import __version__
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +42,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
+    logs.add_arguments(p)
 
 
 def _build_server(args: argparse.Namespace) -> Any:
@@ -80,13 +67,6 @@ def _build_server(args: argparse.Namespace) -> Any:
 def _traces_asked_by_env() -> bool:
     """`OTEL_TRACES_EXPORTER` set to an exporter turns tracing on without `--otel`."""
     return os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() not in ("", "none")
-
-
-async def _serve(server: Any) -> int:
-    port = await server.start()
-    print(f"listening on {server.host}:{port}", flush=True)
-    await server.wait()
-    return 0
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,74 +112,19 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
         names = [n for n in args.settable.split(",") if n]
         unknown = [n for n in names if n not in KNOWN_PARAMS]
         if unknown:
-            raise SystemExit(f"lazygrpc: unknown settable params {unknown!r}")
+            raise UsageError(
+                f"--settable: unknown params {unknown!r} (known: {list(KNOWN_PARAMS)})"
+            )
         kwargs["settable"] = {n: KNOWN_PARAMS[n] for n in names}
 
-    async def run() -> int:
-        server = _build_server(args)
-        server.add_model(ModelConfig(backend, **kwargs))
-        return await _serve(server)
-
-    return asyncio.run(run())
+    return serving.run_server(
+        lambda: _build_server(args), lambda server: server.add_model(ModelConfig(backend, **kwargs))
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lazygrpc.server.module_spec import load_target
-
-    sys.path.insert(0, ".")
-    try:
-        modules = dict(load_target(spec) for spec in args.targets)
-    except ValueError as exc:
-        raise SystemExit(f"lazygrpc: {exc}") from None
-
-    async def run() -> int:
-        server = _build_server(args)
-        server.add_modules(modules)
-        return await _serve(server)
-
-    return asyncio.run(run())
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    from lazygrpc.client.llm import LLM
-    from lazygrpc.client.remote import RemoteModule
-    from lazygrpc.core.context import session
-
-    _, module = channels.parse_url(args.url)
-    with session(args.session, **_key_values(args.set_global, "--global")) as s:
-        try:
-            if module:
-                remote = RemoteModule(args.url, timeout=args.timeout)
-                value = _json_or_text(args.input)
-                if args.stream:
-                    for ev in remote.stream(value):
-                        if ev.kind == "delta":
-                            text = ev.value if isinstance(ev.value, str) else json.dumps(ev.value)
-                            print(text, end="", flush=True)
-                        elif ev.kind == "intermediate":
-                            print(f"[{ev.source}] {_show(ev.value)}", file=sys.stderr, flush=True)
-                        else:
-                            print() if isinstance(ev.value, str) else print(json.dumps(ev.value))
-                else:
-                    print(_show(remote(value)))
-            else:
-                llm = LLM(args.url, timeout=args.timeout)
-                if args.stream:
-                    for delta in llm.stream(args.input):
-                        print(delta, end="", flush=True)
-                    print()
-                else:
-                    print(llm(args.input))
-        except RemoteError as exc:
-            print(exc.report(), file=sys.stderr)
-            return 1
-        if s.values():
-            print(f"globals: {json.dumps(s.values(), ensure_ascii=False)}", file=sys.stderr)
-    return 0
-
-
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    modules = serving.load_modules(args.targets)
+    return serving.run_server(lambda: _build_server(args), lambda s: s.add_modules(modules))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -235,7 +160,7 @@ def cmd_health(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as err:
             print(f"{target}: {err.code().name} {err.details()}", file=sys.stderr)
-            return 2
+            return FAILED
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(f"{target}: {status}")
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
@@ -252,7 +177,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as err:
             print(f"{target}: {err.code().name} {err.details()}", file=sys.stderr)
-            return 2
+            return FAILED
     for field in stats.DESCRIPTOR.fields:
         print(f"{field.name}: {getattr(stats, field.name)}")
     return 0
@@ -262,12 +187,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lazygrpc.demo.mesh import run_mesh
 
     return run_mesh(
-        question=args.demo, token_delay=args.token_delay, base_port=args.port, otel=args.otel
+        question=args.demo,
+        token_delay=args.token_delay,
+        base_port=args.port,
+        otel=args.otel,
+        log_args=["--log-level", args.log_level, "--log-format", args.log_format],
     )
 
 
+def cmd_protos(args: argparse.Namespace) -> int:
+    from lazygrpc.commands.protos import proto_dir
+
+    print(proto_dir())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="lazygrpc", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="lazygrpc",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"lazygrpc {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve-model", help="serve a model backend through ModelService")
@@ -290,14 +232,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="FILE.py:NAME|pkg.module:NAME")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("call", help="call a module (grpc://H:P/MODULE) or a model (grpc://H:P)")
-    p.add_argument("url")
-    p.add_argument("input", help="input; JSON for modules when it parses, else text")
-    p.add_argument("--stream", action="store_true", help="print output as it arrives")
-    p.add_argument("--session", help="session id to use")
-    p.add_argument("--global", dest="set_global", action="append", default=[], help="KEY=VALUE")
-    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
-    p.set_defaults(fn=cmd_call)
+    p = sub.add_parser(
+        "call",
+        help="call a module (grpc://H:P/MODULE) or a model (grpc://H:P)",
+        description=call.__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    call.add_arguments(p)
+    p.set_defaults(fn=call.run)
 
     p = sub.add_parser("list", help="a server's modules with their signatures (ListModules)")
     p.add_argument("url", help="grpc://HOST:PORT, or grpc://HOST:PORT/MODULE for one")
@@ -323,20 +266,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--otel", action="store_true", help="every service exports spans (see `serve --help`)"
     )
+    logs.add_arguments(p)
     p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("protos", help="print the folder of the installed .proto files")
+    p.set_defaults(fn=cmd_protos)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if hasattr(args, "log_level"):
+        logs.configure(args.log_level, args.log_format)
     try:
         return int(args.fn(args))
+    except UsageError as exc:
+        print(f"lazygrpc: {exc}", file=sys.stderr)
+        return USAGE
+    except Failed as exc:
+        print(f"lazygrpc: {exc}", file=sys.stderr)
+        return FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # `lazygrpc call … | head`: the reader left; stop quietly like other CLI tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except ValueError as exc:
+    except ValueError as exc:  # a bad URL or value given on the command line
         print(f"lazygrpc: {exc}", file=sys.stderr)
-        return 2
+        return USAGE

@@ -47,8 +47,9 @@ import grpc.aio
 
 from lazygrpc.core import chain
 from lazygrpc.core.context import CallScope, current_call
-from lazygrpc.core.errors import status_code_of
+from lazygrpc.core.errors import SERVER_FAULT_CODES, status_code_of
 from lazygrpc.server.call import SKIP_PREFIXES
+from lazygrpc.server.calllog import context_code, context_details
 from lazygrpc.server.dispatch import aborted_by_handler, aio_behavior, sync_behavior, wrap_handler
 from lazygrpc.v1 import chain_pb2
 from lazygrpc.version import __version__
@@ -58,18 +59,8 @@ FRAME_EVENT = "lazygrpc.call_frame"
 MODULE_SERVICE = "lazygrpc.v1.ModuleService"
 MODEL_SERVICE = "lazygrpc.v1.ModelService"
 
-#: Codes that mark a SERVER span as an error (OpenTelemetry semantic conventions for gRPC):
-#: the others (NOT_FOUND, INVALID_ARGUMENT, ...) are the caller's mistake, not the server's.
-SERVER_ERROR_CODES = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
+#: Codes that mark a SERVER span as an error (OpenTelemetry semantic conventions for gRPC).
+SERVER_ERROR_CODES = SERVER_FAULT_CODES
 
 #: What `OTEL_TRACES_EXPORTER` may name (comma-separated, as the OpenTelemetry SDK reads it).
 EXPORTERS = ("otlp", "console", "none")
@@ -77,7 +68,6 @@ EXPORTERS = ("otlp", "console", "none")
 FLUSH_TIMEOUT = 5.0
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 Attributes = dict[str, str | int]
 
@@ -146,21 +136,6 @@ def frame_event(index: int, frame: chain_pb2.CallFrame) -> tuple[Attributes, int
     return attributes, timestamp
 
 
-def _context_code(context: Any) -> grpc.StatusCode | None:
-    code = context.code()
-    if isinstance(code, int):  # grpc.aio keeps the raw integer
-        return _CODES_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
-    return code if isinstance(code, grpc.StatusCode) else None
-
-
-def _context_details(context: Any) -> str:
-    details = getattr(context, "details", None)
-    value = details() if callable(details) else None
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return value or ""
-
-
 # -- one span per call ---------------------------------------------------------------------
 
 
@@ -191,13 +166,13 @@ class HopSpan:
         try:
             span.set_attributes(end_attributes(self.full_method, self.scope))
             if exc is None:
-                code = _context_code(context) or grpc.StatusCode.OK
-                description = _context_details(context)
+                code = context_code(context) or grpc.StatusCode.OK
+                description = context_details(context)
             elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 code, description = grpc.StatusCode.CANCELLED, "cancelled"
             elif aborted_by_handler(exc, context, sync=self.sync):
-                code = _context_code(context) or grpc.StatusCode.UNKNOWN
-                description = _context_details(context)
+                code = context_code(context) or grpc.StatusCode.UNKNOWN
+                description = context_details(context)
             else:
                 code = status_code_of(exc)
                 if code == grpc.StatusCode.OK:

@@ -86,7 +86,9 @@ def test_lazygrpc_up_demo_streams_an_answer_and_stops_cleanly() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "grpcurl -plaintext" in out and ".venv/bin/lazygrpc call" in out
+    # The mesh is gone when the demo ends: no commands for its ports, a pointer to `up`.
+    assert "grpcurl" not in out and " call grpc://" not in out
+    assert out.rstrip().endswith("prints commands to try on it.")
     assert "[rag] retrieved:" in out and "A: " in out
     assert '"completion_tokens"' in out and "mesh stopped." in out
 
@@ -112,6 +114,9 @@ def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) == 3
     gateway = next(line.split()[1] for line in lines if line.strip().startswith("gateway"))
+    # While the mesh runs it offers commands for its own live ports.
+    assert any(f"call {gateway} 'What is a session?'" in line for line in lines)
+    assert any("grpcurl -plaintext" in line for line in lines)
     assert lazygrpc.connect(gateway)("What is a session?", max_tokens=5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)

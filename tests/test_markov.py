@@ -147,26 +147,30 @@ def test_count_tokens(backend: MarkovBackend) -> None:
     assert backend.count_tokens(" two  words\n and three ") == 4
 
 
-def test_docstring_fallback_outside_checkout(
+def test_outside_a_checkout_the_corpus_is_the_shipped_docs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    (tmp_path / "docs").mkdir()
-    monkeypatch.setattr(markov, "CHECKOUT_ROOT", tmp_path)
-    assert default_corpus() == []
-    fallback = MarkovBackend()
-    assert fallback.sources
-    assert all(
-        source.startswith("lazygrpc/") and source.endswith(".py") for source in fallback.sources
-    )
-    assert "lazygrpc/backends/markov.py" in fallback.sources
-    assert run(fallback, seed=1, max_tokens=10)
+    monkeypatch.setattr(markov, "CHECKOUT_ROOT", tmp_path)  # as site-packages would be
+    shipped = default_corpus()
+    assert shipped and all(p.parent == markov.DOCS_DIR for p in shipped)
+    assert "streaming.md" in {p.name for p in shipped}
+    installed = MarkovBackend()
+    assert set(installed.sources) == {p.name for p in shipped}
+    assert run(installed, seed=1, max_tokens=10)
 
 
-def test_empty_corpus_falls_back_to_docstrings(tmp_path: Path) -> None:
+def test_a_corpus_without_text_falls_back_to_the_shipped_docs(tmp_path: Path) -> None:
     empty = tmp_path / "empty.md"
     empty.write_text("```\ncode only\n```\n", encoding="utf-8")
-    assert all(s.endswith(".py") for s in MarkovBackend([]).sources)
-    assert all(s.endswith(".py") for s in MarkovBackend([empty]).sources)
+    for corpus in ([], [empty]):
+        assert set(MarkovBackend(corpus).sources) == {p.name for p in default_corpus()}
+
+
+def test_no_docs_at_all_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(markov, "CHECKOUT_ROOT", tmp_path)
+    monkeypatch.setattr(markov, "DOCS_DIR", tmp_path / "docs")
+    with pytest.raises(ValueError, match="no documentation to train on"):
+        MarkovBackend()
 
 
 def test_strip_markdown() -> None:

@@ -72,9 +72,11 @@ def test_terms_fold_case_stopwords_and_plurals() -> None:
     assert terms("The Slow CLIENTS of the Queries") == ["slow", "client", "query"]
 
 
-def test_docstring_fallback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(markov, "CHECKOUT_ROOT", tmp_path)
+def test_an_installed_package_indexes_its_shipped_docs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(markov, "CHECKOUT_ROOT", tmp_path)  # as site-packages would be
     index = DocIndex()
     assert len(index) > 0
-    assert all(p.source.endswith(".py") for p in index.passages)
-    assert index.search("Markov chain backend")
+    assert all(p.source.endswith(".md") and p.source != "README.md" for p in index.passages)
+    assert any(p.source == "streaming.md" for p in index.search("slow client backpressure"))

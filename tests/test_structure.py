@@ -21,7 +21,9 @@ ALLOWED = {
     "backends": set(),
     "version": set(),
     "demo": {"", "core", "client", "server", "broker", "backends", "version"},
-    "cli": {"core", "client", "server", "backends", "demo"},
+    "logs": {"server"},  # the CLI's logging configuration: formats the server's records
+    "commands": {"", "core", "client", "server", "backends", "demo", "commands"},
+    "cli": {"core", "client", "server", "backends", "demo", "commands", "logs", "version"},
     "__main__": {"cli"},
     "": {"core", "client", "server", "broker", "backends", "version"},  # the public API
 }

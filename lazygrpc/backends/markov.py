@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import math
 import random
@@ -20,7 +19,6 @@ __all__ = [
     "Document",
     "MarkovBackend",
     "default_corpus",
-    "docstring_corpus",
     "load_corpus",
     "normalize_word",
     "strip_markdown",
@@ -28,6 +26,8 @@ __all__ = [
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 CHECKOUT_ROOT = PACKAGE_DIR.parent
+#: The documentation the package ships, which the model trains on and the demo indexes.
+DOCS_DIR = PACKAGE_DIR / "docs"
 
 # A word list reads better as one block than as a 120-line list literal.
 STOPWORDS = frozenset(
@@ -95,46 +95,31 @@ def normalize_word(word: str) -> str:
     return _EDGE_PUNCT.sub("", word.casefold())
 
 
-def default_corpus(root: Path | None = None) -> list[Path]:
-    """`README.md` and `docs/*.md` of the source checkout at `root`, or `[]` outside a checkout."""
+def default_corpus(root: Path | None = None, docs: Path | None = None) -> list[Path]:
+    """The documentation the package ships (`docs/*.md`: package data, in a source checkout
+    a link to its `docs/`), after the `README.md` of the checkout at `root` if it is one."""
     root = CHECKOUT_ROOT if root is None else root
-    # An installed package's parent is site-packages, whose README/docs belong to someone else.
-    if not ((root / "pyproject.toml").is_file() or (root / ".git").exists()):
-        return []
-    paths = [root / "README.md"] if (root / "README.md").is_file() else []
-    return paths + sorted(p for p in (root / "docs").glob("*.md") if p.is_file())
-
-
-def docstring_corpus(package_dir: Path | None = None) -> list[Document]:
-    """Module, class and function docstrings of the `lazygrpc` package, one document per module."""
-    package_dir = PACKAGE_DIR if package_dir is None else package_dir
-    documents = []
-    for path in sorted(package_dir.rglob("*.py")):
-        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
-            continue
-        nodes = [tree] + [
-            node
-            for node in ast.walk(tree)
-            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        ]
-        docstrings = [doc for node in nodes if (doc := ast.get_docstring(node))]
-        text = strip_markdown("\n\n".join(docstrings))
-        if text:
-            source = path.relative_to(package_dir.parent).as_posix()
-            documents.append(Document(source, text))
-    return documents
+    docs = DOCS_DIR if docs is None else docs
+    # An installed package's parent is site-packages, whose README belongs to someone else.
+    checkout = (root / "pyproject.toml").is_file() or (root / ".git").exists()
+    paths = [root / "README.md"] if checkout and (root / "README.md").is_file() else []
+    return paths + sorted(p for p in docs.glob("*.md") if p.is_file())
 
 
 def load_corpus(paths: Sequence[Path] | None = None) -> list[Document]:
-    """Read `paths` (default: `default_corpus()`) as plain text; docstrings if that is empty."""
-    paths = default_corpus() if paths is None else paths
+    """Read `paths` (default: `default_corpus()`) as plain text; the default corpus if they
+    hold no text. Never docstrings: an installed package may have none (`-OO`, no sources)."""
+    documents = _read(default_corpus() if paths is None else paths)
+    if not documents and paths is not None:
+        documents = _read(default_corpus())
+    if not documents:
+        raise ValueError(f"no documentation to train on in {str(DOCS_DIR)!r}: reinstall lazygrpc")
+    return documents
+
+
+def _read(paths: Sequence[Path]) -> list[Document]:
     documents = [Document(p.name, strip_markdown(p.read_text(encoding="utf-8"))) for p in paths]
-    documents = [d for d in documents if d.text]
-    return documents or docstring_corpus()
+    return [d for d in documents if d.text]
 
 
 def _ends_sentence(word: str) -> bool:
@@ -153,8 +138,8 @@ def _dist(counter: Counter[str]) -> _Dist:
 class MarkovBackend:
     """An order-2 word Markov chain (falling back to order 1, then unigrams).
 
-    Trained at construction on `corpus` (default: this checkout's README and docs, or the
-    package's docstrings when installed). Deterministic when `params.seed` is set or
+    Trained at construction on `corpus` (default: the documentation the package ships, and
+    the README in a source checkout). Deterministic when `params.seed` is set or
     `params.temperature` is 0.
     """
 

@@ -11,7 +11,7 @@ from lazygrpc import broker
 from lazygrpc.client import call, channels
 from lazygrpc.core import chain
 from lazygrpc.core.events import Event, relay_source
-from lazygrpc.core.values import fill_struct, fill_value, from_value
+from lazygrpc.core.values import fill_list, fill_struct, fill_value, from_value
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 _NO_RESULT = object()
@@ -58,11 +58,11 @@ class RemoteModule:
         return f"RemoteModule({self.url!r})"
 
     def _request(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> module_pb2.CallRequest:
-        if len(args) > 1:
-            raise TypeError(f"{self.module}() takes one positional input, got {len(args)}")
         request = module_pb2.CallRequest(module=self.module)
-        if args:
+        if len(args) == 1:  # the one-argument shorthand every client knows
             fill_value(request.input, args[0], where="input")
+        elif args:
+            fill_list(request.args, args)
         if kwargs:
             fill_struct(request.kwargs, kwargs)
         return request

@@ -52,6 +52,7 @@ class CallScope:
         "method",
         "policy",
         "service",
+        "started",
         "topic",
         "trace_headers",
         "trace_id",
@@ -79,11 +80,11 @@ class CallScope:
         self.policy = policy
         self.service = service
         self.method = method
+        #: When the call arrived (`time.monotonic()`): the server logs its duration.
+        self.started = now = time.monotonic()
         # grpcio reports "no deadline" as None (aio) or a huge number (sync).
         self.deadline = (
-            time.monotonic() + time_remaining
-            if time_remaining is not None and time_remaining < 1e8
-            else None
+            now + time_remaining if time_remaining is not None and time_remaining < 1e8 else None
         )
         #: The call's stream topic, when it streams through the broker.
         self.topic: Topic | None = None

@@ -147,6 +147,20 @@ class RemoteError(LazyGrpcError):
         )
 
 
+#: Codes that say the server failed, not the caller (OpenTelemetry's semantic conventions for
+#: gRPC servers): the others (NOT_FOUND, INVALID_ARGUMENT, ...) are the caller's mistake.
+SERVER_FAULT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
 def status_code_of(exc: BaseException) -> grpc.StatusCode:
     """The status an exception escaping a handler turns into."""
     if isinstance(exc, RemoteError | StatusError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -34,6 +34,14 @@ def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], *, where: str = "k
         _fill(s.fields[key], item, f"{where}[{key!r}]")
 
 
+def fill_list(values: struct_pb2.ListValue, obj: Sequence[Any], *, where: str = "args") -> None:
+    """A sequence into an existing `ListValue`."""
+    for i, item in enumerate(obj):
+        _fill(values.values.add(), item, f"{where}[{i}]")
+    if not obj:
+        values.SetInParent()
+
+
 def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
     if type(obj) is str:  # the common case first
         v.string_value = obj
@@ -60,11 +68,7 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
         if not obj:
             v.struct_value.SetInParent()
     elif isinstance(obj, list | tuple):
-        values = v.list_value.values
-        for i, item in enumerate(obj):
-            _fill(values.add(), item, f"{where}[{i}]")
-        if not obj:
-            v.list_value.SetInParent()
+        fill_list(v.list_value, obj, where=where)
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-like (got {obj!r:.60})")
 
@@ -87,8 +91,13 @@ def from_value(v: struct_pb2.Value, *, where: str = "value") -> Any:
     if kind == "struct_value":
         return from_struct(v.struct_value, where=where)
     if kind == "list_value":
-        return [from_value(x, where=f"{where}[{i}]") for i, x in enumerate(v.list_value.values)]
+        return from_list(v.list_value, where=where)
     raise InvalidArgument(f"{where}: google.protobuf.Value has no kind set")
+
+
+def from_list(values: struct_pb2.ListValue, *, where: str = "args") -> list[Any]:
+    """Convert a `ListValue` to a list."""
+    return [from_value(x, where=f"{where}[{i}]") for i, x in enumerate(values.values)]
 
 
 def from_struct(s: struct_pb2.Struct, *, where: str = "kwargs") -> dict[str, Any]:

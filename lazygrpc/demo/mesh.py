@@ -69,13 +69,15 @@ def _stop(children: Sequence[Child], grace: float = 5.0) -> None:
             c.proc.wait()
 
 
-def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> list[Child]:
+def start_mesh(
+    token_delay: float, base_port: int = 0, otel: bool = False, log_args: Sequence[str] = ()
+) -> list[Child]:
     """Start model → retriever → gateway, each waiting for the one it calls."""
 
     def port(i: int) -> str:
         return str(base_port + i if base_port else 0)
 
-    extra = ["--expose-tracebacks", *(["--otel"] if otel else [])]
+    extra = ["--expose-tracebacks", *(["--otel"] if otel else []), *log_args]
     children: list[Child] = []
     try:
         children.append(
@@ -180,31 +182,26 @@ def _describe(value: object) -> str:
 
 
 def run_mesh(
-    question: str | None, token_delay: float, base_port: int = 0, otel: bool = False
+    question: str | None,
+    token_delay: float,
+    base_port: int = 0,
+    otel: bool = False,
+    log_args: Sequence[str] = (),
 ) -> int:
-    children = start_mesh(token_delay, base_port, otel)
+    children = start_mesh(token_delay, base_port, otel, log_args)
     model, retriever, gateway = (c.address for c in children)
     print("lazygrpc demo mesh is up:")
     print(f"  model      grpc://{model}        (ModelService, markov backend)")
     print(f"  retriever  grpc://{retriever}/rag")
     print(f"  gateway    grpc://{gateway}/ask")
-    lazy, grpcurl = _command("lazygrpc"), _command("grpcurl")
-    if question is None:
-        print("try:")
-    else:  # the demo stops this mesh once it has answered
-        print(f"with `{lazy} up` (it keeps a mesh up until Ctrl-C, on its own ports), try:")
-    print(f"  {lazy} call grpc://{gateway}/ask 'What is a session?' --stream")
-    print(f"  {lazy} call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
-    print(
-        f"  {grpcurl} -plaintext -d "
-        f"""'{{"module": "ask", "input": "How do deadlines work?"}}' """
-        f"{gateway} lazygrpc.v1.ModuleService/Stream"
-    )
+    lazy = _command("lazygrpc")
     code = 0
     try:
         if question is not None:
             code = ask(gateway, question)
         else:
+            # Commands to try only for a mesh that stays up: the ports are live until Ctrl-C.
+            _print_try(lazy, _command("grpcurl"), gateway)
             print("Ctrl-C stops the mesh.", flush=True)
             signal.sigwait({signal.SIGINT, signal.SIGTERM}) if _block_signals() else None
     except KeyboardInterrupt:
@@ -213,7 +210,20 @@ def run_mesh(
         print("stopping the mesh…", flush=True)
         _stop(children)
     print("mesh stopped.")
+    if question is not None:
+        print(f"`{lazy} up` keeps a mesh up until Ctrl-C and prints commands to try on it.")
     return code
+
+
+def _print_try(lazy: str, grpcurl: str, gateway: str) -> None:
+    print("try:")
+    print(f"  {lazy} call grpc://{gateway}/ask 'What is a session?' --stream")
+    print(f"  {lazy} call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
+    print(
+        f"  {grpcurl} -plaintext -d "
+        f"""'{{"module": "ask", "input": "How do deadlines work?"}}' """
+        f"{gateway} lazygrpc.v1.ModuleService/Stream"
+    )
 
 
 def _block_signals() -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
 from lazygrpc.core.trust import GlobalsPolicy
-from lazygrpc.server import broker_service, model, modules
+from lazygrpc.server import broker_service, calllog, model, modules
 from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
 
@@ -32,6 +34,7 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+_LOG = logging.getLogger("lazygrpc.server")
 #: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
 _HEALTH_GRACE = 0.1
 
@@ -93,14 +96,17 @@ class Server:
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
         # handler to every call. Interceptors passed in still run, before ours.
+        self._options = [*SERVER_OPTIONS, *options]
         self._server = grpc.aio.server(
-            interceptors=list(interceptors) or None, options=[*SERVER_OPTIONS, *options]
+            interceptors=list(interceptors) or None, options=self._options
         )
         self._handlers = _Handlers(self._wrap_method)
         self._server.add_generic_rpc_handlers((self._handlers,))
         self.health = _Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._handlers)
         self.service_names: list[str] = [HEALTH_SERVICE]
+        #: What this server serves, by name (modules and models), for its start line.
+        self.served: list[str] = []
         self._stopped = asyncio.Event()
         self._started = False
 
@@ -124,6 +130,7 @@ class Server:
         """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""
         servicer = modules.ModuleServicer(callables, topic_options=self.topic_options)
         self.add_service(modules.SERVICE_NAME, modules.add_to_server, servicer)
+        self.served.extend(servicer.modules)
         self._name_default(servicer.default_name())
         return servicer
 
@@ -131,6 +138,7 @@ class Server:
         """Serve a `lazygrpc.ModelConfig` through `ModelService`."""
         servicer = model.ModelServicer(config, topic_options=self.topic_options)
         self.add_service(model.SERVICE_NAME, model.add_to_server, servicer)
+        self.served.append(f"model {config.name}")
         self._name_default(config.name)
         return servicer
 
@@ -150,9 +158,17 @@ class Server:
             reflection.aio.ReflectionServicer([*self.service_names, reflection.SERVICE_NAME]),
             self._handlers,
         )
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        address = f"{self.host}:{self.requested_port}"
+        if self.requested_port:
+            _check_port(
+                self.host, self.requested_port, dict(self._options).get("grpc.so_reuseport")
+            )
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": taken since the check
+            self.port = 0
         if not self.port:
-            raise OSError(f"could not bind {self.host}:{self.requested_port}")
+            raise OSError(_cannot_listen(address, "the port is in use"))
         if self._tracing is not None:
             from lazygrpc.telemetry import install_provider, service_name
 
@@ -161,6 +177,19 @@ class Server:
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
+        _LOG.info(
+            "%s serving on %s (%s; TLS: no)",
+            self.name or "server",
+            self.address,
+            ", ".join(self.served) or "no modules",
+            extra={
+                calllog.FIELDS: {
+                    "service": self.name,
+                    "address": self.address,
+                    "modules": self.served,
+                }
+            },
+        )
         return self.port
 
     @property
@@ -191,11 +220,21 @@ class Server:
         left = deadline - time.monotonic()
         if self._started and not self._gate.active:
             left = min(left, _HEALTH_GRACE)
+        cancelled = self._gate.active
         await self._server.stop(max(0.0, left))
         if self._provider is not None:  # the last spans out before the process ends
             from lazygrpc.telemetry import shutdown_provider
 
             shutdown_provider(self._provider)
+        if self._started:
+            left_over = f" ({cancelled} calls cancelled after the grace)" if cancelled else ""
+            _LOG.info(
+                "%s stopped on %s%s",
+                self.name or "server",
+                self.address,
+                left_over,
+                extra={calllog.FIELDS: {"service": self.name, "address": self.address}},
+            )
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""
@@ -228,6 +267,29 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(0)
+
+
+def _cannot_listen(address: str, why: str) -> str:
+    return f"cannot listen on {address}: {why}; pick another --port (0 picks a free one)"
+
+
+def _check_port(host: str, port: int, reuseport: Any) -> None:
+    """`OSError` naming the fix when `host:port` cannot be bound, before grpc tries: grpc
+    would log its own error line and raise a `RuntimeError` that names no cause."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As grpc binds: SO_REUSEADDR (a port in TIME_WAIT is free), SO_REUSEPORT if asked.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport and hasattr(socket, "SO_REUSEPORT"):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise OSError(_cannot_listen(f"{host}:{port}", exc.strerror or str(exc))) from None
 
 
 class _Health(health.aio.HealthServicer):  # type: ignore[misc]

@@ -8,6 +8,8 @@
              the chain from below
     leave    the drain gate counts the call out
     trailer  changed globals go back in `lazy-globals-update`
+    log      a failed call is logged with its traceback, any call at debug as an access line
+             (`lazygrpc.server.calllog`)
 
 `Lifecycle.hooks(full_method)` is these steps for one method, as the dispatcher's `Hooks`:
 `lazygrpc.Server`, and the interceptors for your own servers, wrap each handler with it.
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +30,7 @@ from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
 from lazygrpc.core.session import Session
 from lazygrpc.core.trust import GlobalsPolicy
+from lazygrpc.server import calllog
 from lazygrpc.server.dispatch import Refused, aborted_by_handler
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -46,6 +50,10 @@ class _Status(grpc.Status):  # type: ignore[misc]
         self.details = details
         self.trailing_metadata = trailing_metadata
 
+
+#: The one logging check a call that succeeds pays (`Logger.isEnabledFor`, a cached lookup).
+_ACCESS_ON = calllog.ACCESS_LOG.isEnabledFor
+_DEBUG = logging.DEBUG
 
 _SHUTTING_DOWN = Refused(_Status(grpc.StatusCode.UNAVAILABLE, "server is shutting down", ()))
 
@@ -220,7 +228,10 @@ class MethodCalls:
                 life.gate.leave()
             if not isinstance(exc, InvalidArgument):
                 exc = InvalidArgument(f"request metadata: {exc}")
-            return Refused(life.failure(CallScope(Session(), service, self.method, None), exc))
+            scope = CallScope(Session(), service, self.method, None)
+            status = life.failure(scope, exc)
+            calllog.failed(scope, context, status, exc)
+            return Refused(status)
         # In aio the wrapper and the handler share one task, so the binding holds for the
         # whole call, across every await and every yield; on a sync server this runs in the
         # call's own copied context.
@@ -234,15 +245,23 @@ class MethodCalls:
     def error(self, scope: CallScope, context: Any, exc: BaseException) -> grpc.Status | None:
         """Re-raise what must propagate (None); answer anything else with its status."""
         if aborted_by_handler(exc, context, sync=self.lifecycle.sync):
+            code = calllog.context_code(context) or grpc.StatusCode.UNKNOWN
+            calllog.failed(
+                scope, context, _Status(code, calllog.context_details(context), ()), None
+            )
             return None
         if isinstance(exc, GeneratorExit | asyncio.CancelledError):
             task = asyncio.current_task() if not self.lifecycle.sync else None
             if isinstance(exc, GeneratorExit) or (task is not None and task.cancelling()):
                 scope.cancel()  # the RPC itself was cancelled: stop its child calls
+                if _ACCESS_ON(_DEBUG):
+                    calllog.access(scope, context, grpc.StatusCode.CANCELLED)
                 return None
             # A CancelledError the RPC did not get (a task the handler awaited was
             # cancelled): re-raising it would leave the client waiting (grpc #29248).
-        return self.lifecycle.failure(scope, exc)
+        status = self.lifecycle.failure(scope, exc)
+        calllog.failed(scope, context, status, exc)
+        return status
 
     def leave(self, scope: CallScope) -> None:
         if self.lifecycle.gate is not None:
@@ -254,11 +273,15 @@ class MethodCalls:
         try:
             update = scope.update_trailer()
         except (ResourceExhausted, TypeError) as exc:  # too large, or changed into non-JSON
-            return self.lifecycle.failure(scope, exc)
+            status = self.lifecycle.failure(scope, exc)
+            calllog.failed(scope, context, status, exc)
+            return status
         if update:
             getter = getattr(context, "trailing_metadata", None)
             existing = tuple((getter() if getter else ()) or ())
             context.set_trailing_metadata((*existing, (baggage.UPDATE_TRAILER, update)))
+        if _ACCESS_ON(_DEBUG):
+            calllog.access(scope, context, calllog.context_code(context) or grpc.StatusCode.OK)
         return None
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -238,11 +240,52 @@ def as_modules(
     return out
 
 
-def load_target(spec: str) -> tuple[str, Callable[..., Any]]:
-    """Resolve `path/to/file.py:name` or `pkg.module:name` to (name, callable)."""
+def load_targets(specs: Iterable[str]) -> dict[str, Callable[..., Any]]:
+    """Resolve module specs to {name: callable}; each file or module is imported once,
+    however many of its names are served. `ValueError` (one line naming the fix) for a bad
+    spec, a file that is missing or does not import, a name it lacks, a name given twice."""
+    loaded: dict[str, types.ModuleType] = {}
+    out: dict[str, Callable[..., Any]] = {}
+    given: dict[str, str] = {}
+    for spec in specs:
+        name, fn = load_target(spec, loaded)
+        if name in out:
+            raise ValueError(
+                f"module name {name!r} is served twice ({given[name]} and {spec}): "
+                "give each name once"
+            )
+        out[name], given[name] = fn, spec
+    return out
+
+
+def load_target(
+    spec: str, loaded: dict[str, types.ModuleType] | None = None
+) -> tuple[str, Callable[..., Any]]:
+    """Resolve `path/to/file.py:name` or `pkg.module:name` to (name, callable); `loaded`
+    keeps what was imported, by file or module name, so that it is imported once."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise ValueError(f"module spec {spec!r} must look like FILE.py:NAME or pkg.module:NAME")
+    key = str(Path(target).resolve()) if target.endswith(".py") else target
+    mod = (loaded or {}).get(key)
+    if mod is None:
+        mod = _import(spec, target)
+        if loaded is not None:
+            loaded[key] = mod
+    try:
+        fn = getattr(mod, attr)
+    except AttributeError:
+        names = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_"))
+        raise ValueError(
+            f"module spec {spec!r}: {target!r} has no attribute {attr!r}"
+            f" (its callables: {', '.join(names) or 'none'})"
+        ) from None
+    return attr, fn
+
+
+def _import(spec: str, target: str) -> types.ModuleType:
+    """Import a module file or a module by name; what goes wrong as one line."""
+    mod_name, load = "", functools.partial(importlib.import_module, target)
     if target.endswith(".py"):
         path = Path(target).resolve()
         if not path.is_file():
@@ -251,13 +294,40 @@ def load_target(spec: str) -> tuple[str, Callable[..., Any]]:
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         if loader_spec is None or loader_spec.loader is None:
             raise ValueError(f"module spec {spec!r}: cannot load {str(path)!r}")
-        mod = importlib.util.module_from_spec(loader_spec)
-        sys.modules[mod_name] = mod
-        loader_spec.loader.exec_module(mod)
-    else:
-        mod = importlib.import_module(target)
+        load = functools.partial(_exec_file, loader_spec)
     try:
-        fn = getattr(mod, attr)
-    except AttributeError:
-        raise ValueError(f"module spec {spec!r}: {target!r} has no attribute {attr!r}") from None
-    return attr, fn
+        return load()
+    except SyntaxError as exc:
+        sys.modules.pop(mod_name, None)
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else target
+        raise ValueError(
+            f"module spec {spec!r}: {where}: {type(exc).__name__}: {exc.msg}: fix the file"
+        ) from None
+    except Exception as exc:  # whatever its top level raised, where it raised it
+        sys.modules.pop(mod_name, None)
+        raise ValueError(
+            f"module spec {spec!r}: importing {target} failed: {_one_line(exc)}"
+        ) from None
+
+
+def _exec_file(loader_spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+    mod = sys.modules[loader_spec.name] = importlib.util.module_from_spec(loader_spec)
+    assert loader_spec.loader is not None
+    loader_spec.loader.exec_module(mod)
+    return mod
+
+
+#: Files whose frames say nothing about where a user's module failed to import.
+_MACHINERY = frozenset({__file__, importlib.__file__})
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: message` of `exc`, with where it was raised in the user's code."""
+    where, tb = "", exc.__traceback__
+    while tb is not None:  # the innermost frame that is not the import machinery's
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<frozen ") and filename not in _MACHINERY:
+            where = f" ({filename}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}{where}"

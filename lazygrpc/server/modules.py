@@ -15,9 +15,9 @@ import grpc
 from lazygrpc import broker
 from lazygrpc.broker.topic import DELTA, INTERMEDIATE, Item, Topic
 from lazygrpc.core.context import CallScope, current_call
-from lazygrpc.core.errors import Internal, NotFound
+from lazygrpc.core.errors import Internal, InvalidArgument, NotFound
 from lazygrpc.core.events import Event
-from lazygrpc.core.values import from_struct, from_value, to_value
+from lazygrpc.core.values import from_list, from_struct, from_value, to_value
 from lazygrpc.server.module_spec import Module, as_modules
 from lazygrpc.server.streams import Stream, drain_sync, pump
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
@@ -140,7 +140,14 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         scope = current_call()
         if scope is not None:
             scope.method = module.name
-        args = (from_value(request.input, where="input"),) if request.HasField("input") else ()
+        if request.HasField("input"):
+            if request.HasField("args"):
+                raise InvalidArgument("a request sets input or args, not both")
+            args: tuple[Any, ...] = (from_value(request.input, where="input"),)
+        elif request.HasField("args"):
+            args = tuple(from_list(request.args, where="args"))
+        else:
+            args = ()
         kwargs = from_struct(request.kwargs, where="kwargs") if request.HasField("kwargs") else {}
         if module.arg_types:
             module.check_types(args, kwargs)

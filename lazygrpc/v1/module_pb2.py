@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lazygrpc/v1/module.proto\x12\x0blazygrpc.v1\x1a\x1cgoogle/protobuf/struct.proto\"m\n\x0b\x43\x61llRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x06kwargs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"6\n\x0c\x43\x61llResponse\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"\xaf\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\'\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12.\n\x0cintermediate\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x42\x06\n\x04\x62ody\"\x14\n\x12ListModulesRequest\"~\n\nModuleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tstreaming\x18\x02 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\x12\x15\n\rparams_schema\x18\x04 \x01(\t\x12\x15\n\rresult_schema\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65lta_schema\x18\x06 \x01(\t\"?\n\x13ListModulesResponse\x12(\n\x07modules\x18\x01 \x03(\x0b\x32\x17.lazygrpc.v1.ModuleInfo2\xd8\x01\n\rModuleService\x12;\n\x04\x43\x61ll\x12\x18.lazygrpc.v1.CallRequest\x1a\x19.lazygrpc.v1.CallResponse\x12\x38\n\x06Stream\x12\x18.lazygrpc.v1.CallRequest\x1a\x12.lazygrpc.v1.Event0\x01\x12P\n\x0bListModules\x12\x1f.lazygrpc.v1.ListModulesRequest\x1a .lazygrpc.v1.ListModulesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lazygrpc/v1/module.proto\x12\x0blazygrpc.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x97\x01\n\x0b\x43\x61llRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12%\n\x05input\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x06kwargs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\"6\n\x0c\x43\x61llResponse\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"\xaf\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\'\n\x05\x64\x65lta\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12.\n\x0cintermediate\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x42\x06\n\x04\x62ody\"\x14\n\x12ListModulesRequest\"~\n\nModuleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tstreaming\x18\x02 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\x12\x15\n\rparams_schema\x18\x04 \x01(\t\x12\x15\n\rresult_schema\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65lta_schema\x18\x06 \x01(\t\"?\n\x13ListModulesResponse\x12(\n\x07modules\x18\x01 \x03(\x0b\x32\x17.lazygrpc.v1.ModuleInfo2\xd8\x01\n\rModuleService\x12;\n\x04\x43\x61ll\x12\x18.lazygrpc.v1.CallRequest\x1a\x19.lazygrpc.v1.CallResponse\x12\x38\n\x06Stream\x12\x18.lazygrpc.v1.CallRequest\x1a\x12.lazygrpc.v1.Event0\x01\x12P\n\x0bListModules\x12\x1f.lazygrpc.v1.ListModulesRequest\x1a .lazygrpc.v1.ListModulesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lazygrpc.v1.module_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLREQUEST']._serialized_start=71
-  _globals['_CALLREQUEST']._serialized_end=180
-  _globals['_CALLRESPONSE']._serialized_start=182
-  _globals['_CALLRESPONSE']._serialized_end=236
-  _globals['_EVENT']._serialized_start=239
-  _globals['_EVENT']._serialized_end=414
-  _globals['_LISTMODULESREQUEST']._serialized_start=416
-  _globals['_LISTMODULESREQUEST']._serialized_end=436
-  _globals['_MODULEINFO']._serialized_start=438
-  _globals['_MODULEINFO']._serialized_end=564
-  _globals['_LISTMODULESRESPONSE']._serialized_start=566
-  _globals['_LISTMODULESRESPONSE']._serialized_end=629
-  _globals['_MODULESERVICE']._serialized_start=632
-  _globals['_MODULESERVICE']._serialized_end=848
+  _globals['_CALLREQUEST']._serialized_start=72
+  _globals['_CALLREQUEST']._serialized_end=223
+  _globals['_CALLRESPONSE']._serialized_start=225
+  _globals['_CALLRESPONSE']._serialized_end=279
+  _globals['_EVENT']._serialized_start=282
+  _globals['_EVENT']._serialized_end=457
+  _globals['_LISTMODULESREQUEST']._serialized_start=459
+  _globals['_LISTMODULESREQUEST']._serialized_end=479
+  _globals['_MODULEINFO']._serialized_start=481
+  _globals['_MODULEINFO']._serialized_end=607
+  _globals['_LISTMODULESRESPONSE']._serialized_start=609
+  _globals['_LISTMODULESRESPONSE']._serialized_end=672
+  _globals['_MODULESERVICE']._serialized_start=675
+  _globals['_MODULESERVICE']._serialized_end=891
 # @@protoc_insertion_point(module_scope)

@@ -21,28 +21,34 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class CallRequest(_message.Message):
-    """Which module to call, with what."""
+    """Which module to call, with what. `input` is the one positional argument; a module that
+    takes several gets them all in `args` instead (a request sets at most one of the two).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODULE_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     KWARGS_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
     module: _builtins.str
     @_builtins.property
     def input(self) -> _struct_pb2.Value: ...
     @_builtins.property
     def kwargs(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def args(self) -> _struct_pb2.ListValue: ...
     def __init__(
         self,
         *,
         module: _builtins.str = ...,
         input: _struct_pb2.Value | None = ...,
         kwargs: _struct_pb2.Struct | None = ...,
+        args: _struct_pb2.ListValue | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "kwargs", b"kwargs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "input", b"input", "kwargs", b"kwargs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "kwargs", b"kwargs", "module", b"module"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "input", b"input", "kwargs", b"kwargs", "module", b"module"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,6 +64,7 @@ class Session:
         "_deleted",
         "_header",
         "_lock",
+        "_pending",
         "_table",
         "_unparsed",
         "foreign_baggage",
@@ -92,6 +93,7 @@ class Session:
         self._header: str | None = None  # the `baggage` header while it is current
         self._unparsed: str | None = None  # a checked flat header not taken apart yet
         self._added: dict[str, int] | None = None  # the usage this call added (`add_usage`)
+        self._pending: dict[str, int] | None = None  # added, not yet in the `usage` global
         for key, value in (values or {}).items():
             g = self._table[key] = _Global(value, baggage.encode_json(key, value))
             g.exposed = type(value) not in _IMMUTABLE
@@ -126,7 +128,25 @@ class Session:
                     for key, value in values.items():
                         self._table[key] = _Global(value, None, entries[key])
                     self._unparsed = None  # only now: readers without the lock wait till here
+        if self._pending is not None:
+            self._settle()
         return self._table
+
+    def _settle(self) -> None:
+        """Add the pending usage to the `usage` global, now that code or a header needs it."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            g = self._table.get(usage.USAGE)
+            total = g.value if g is not None else None
+            if type(total) is Undecoded:
+                total = total.decode()[0]
+            value = usage.added(total, pending)
+            entry = baggage.encode_entry(usage.USAGE, baggage.encode_json(usage.USAGE, value))
+            self._table[usage.USAGE] = _Global(value, None, entry, dirty=True)
+            self._deleted.discard(usage.USAGE)
+            self._header = None
 
     def _read(self, key: str) -> Any:
         """The value of `key` (`_MISSING` if unset), decoded and marked handed out."""
@@ -241,8 +261,10 @@ class Session:
     def add_usage(self, counts: dict[str, int]) -> None:
         """Add `counts` (checked: `usage.counts_of`) to the `usage` global; what goes back to
         this call's caller is what was added, which it adds to its own (`lazygrpc.core.usage`)."""
-        self._added = usage.added(self._added, counts)
-        self.set(usage.USAGE, usage.added(self.get(usage.USAGE), counts), owned=True)
+        with self._lock:  # the total is made when it is read or sent (`_settle`)
+            self._added = usage.added(self._added, counts)
+            self._pending = usage.added(self._pending, counts)
+            self._header = None
 
     def _check_fits(self, table: dict[str, _Global], doing: str, keys: Iterable[str]) -> None:
         """`ValueError` naming `keys` when `table`'s globals would not fit one header (under
@@ -296,17 +318,19 @@ class Session:
 
         Raises `ResourceExhausted` naming the size when it would not fit the 8 KiB limit
         the caller enforces on it."""
-        if self._unparsed is not None:
+        if self._unparsed is not None and self._added is None:
             return ""  # never touched: every global is as it came
         changed: list[str] = []
         names: list[str] = []
         with self._lock:
+            if self._added is not None:  # what this call added, not the total (`add_usage`)
+                added = baggage.encode_json(usage.USAGE, self._added)
+                changed.append(baggage.encode_entry(usage.USAGE, added))
+                names.append(usage.USAGE)
             for key, g in self._table.items():
                 if key == usage.USAGE and self._added is not None:
-                    changed.append(  # what this call added, not the total (`add_usage`)
-                        baggage.encode_entry(key, baggage.encode_json(key, self._added))
-                    )
-                elif g.dirty:
+                    continue
+                if g.dirty:
                     changed.append(self._entry(key, g))
                 elif g.exposed:
                     encoded = baggage.encode_json(key, g.value)

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 PROTOS  := $(wildcard protos/lazygrpc/v1/*.proto)
 
-.PHONY: all venv install protos check-protos lint demo test bench soak node clean
+.PHONY: all venv install protos check-protos lint demo test bench soak node clean debian
 
 all: test
 
@@ -16,7 +16,7 @@ $(PYTHON):
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(PYTHON) pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,otel]'
+	$(BIN)/pip install -q -e '.[dev,otel,edge,edge-test]'
 	touch $@
 
 venv install: $(STAMP)
@@ -42,12 +42,17 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m lazygrpc up --demo "How does lazygrpc keep a slow client from filling memory?"
 
-test: $(STAMP) $(NODE_STAMP)
+# Debian tools the edge's tests drive: chromium (through Playwright) and curl.
+debian:
+	command -v chromium >/dev/null && command -v curl >/dev/null \
+		|| (apt-get update -q && apt-get install -y -q chromium curl)
+
+test: $(STAMP) $(NODE_STAMP) debian
 	$(MAKE) --no-print-directory check-protos lint
 	$(PYTHON) -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,otel,bench]'
+	$(BIN)/pip install -q -e '.[dev,otel,edge,edge-test,bench]'
 	command -v callgrind_control >/dev/null || apt-get install -y -q valgrind \
 		|| echo "valgrind (Debian) not installed: make bench skips the instruction counts"
 	command -v cc >/dev/null || apt-get install -y -q gcc \

@@ -1,4 +1,4 @@
-"""The `lazygrpc` command: serve-model, serve, call, health, stats, up."""
+"""The `lazygrpc` command: serve-model, serve, call, health, stats, up, edge."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import grpc
 
 from lazygrpc.client import channels
 from lazygrpc.core.errors import RemoteError
+from lazygrpc.edge import command as edge_command
 
 
 def _json_or_text(text: str) -> Any:
@@ -245,6 +246,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
     p.add_argument("--otel", action="store_true", help="OpenTelemetry spans to stderr")
     p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("edge", help="serve OpenAI's HTTP API and a chat page in front of servers")
+    edge_command.add_arguments(p)
+    p.set_defaults(fn=edge_command.run)
     return top
 
 

@@ -20,10 +20,11 @@ ALLOWED = {
     "telemetry": {"core", "server", "version"},
     "backends": set(),
     "version": set(),
+    "edge": {"core", "client"},  # an HTTP front that is a lazygrpc client: never the server
     "demo": {"", "core", "client", "server", "broker", "backends", "version"},
-    "cli": {"core", "client", "server", "backends", "demo"},
+    "cli": {"core", "client", "server", "backends", "demo", "edge"},
     "__main__": {"cli"},
-    "": {"core", "client", "server", "broker", "backends", "version"},  # the public API
+    "": {"core", "client", "server", "broker", "backends", "edge", "version"},  # the public API
 }
 
 

@@ -176,7 +176,9 @@ class Edge:
         return FileResponse(STATIC / "chat.html", headers={"cache-control": "no-cache"})
 
     async def _health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "upstreams": self.catalog.targets})
+        return JSONResponse(
+            {"status": "ok", "upstreams": self.catalog.targets, "calls_in_flight": self.active}
+        )
 
     def _answers(self, handler: Handler) -> Handler:
         """`handler` with every refusal and failure answered in OpenAI's error JSON."""
@@ -303,12 +305,12 @@ class Edge:
             )
         return entry
 
-    async def _whole(self, scope: CallScope, work: Awaitable[Any]) -> Response:
-        """Run `work` under `scope`; the JSON answer carries the changed globals."""
+    async def _whole(self, scope: CallScope, work: Callable[[], Awaitable[Any]]) -> Response:
+        """Await `work()` under `scope`; the JSON answer carries the changed globals."""
         token = bind_call(scope)
         try:
             with self._slot():
-                body = await work
+                body = await work()
         except RemoteError as exc:
             failure = self._remote_failure(exc, scope.method, scope.session.id)
             return JSONResponse(failure.body, failure.status, headers=failure.headers)
@@ -370,7 +372,7 @@ class Edge:
             return self._stream(
                 scope, lambda: answers.openai_stream(entry, ask, reply, scope, extras)
             )
-        return await self._whole(scope, answers.openai_whole(entry, ask, reply, scope))
+        return await self._whole(scope, lambda: answers.openai_whole(entry, ask, reply, scope))
 
     async def _module_request(self, request: Request) -> tuple[Entry, tuple[Any, ...], dict[str, Any]]:
         body = await self._json(request)
@@ -399,7 +401,7 @@ class Edge:
     async def module_call(self, request: Request) -> Response:
         entry, args, kwargs = await self._module_request(request)
         scope = self._scope(request)
-        return await self._whole(scope, _output(entry, args, kwargs))
+        return await self._whole(scope, lambda: _output(entry, args, kwargs))
 
     async def module_stream(self, request: Request) -> Response:
         entry, args, kwargs = await self._module_request(request)

@@ -1,0 +1,155 @@
+"""The edge's bounds: a client that leaves stops every hop below, a slow reader slows the
+producer, and past `max_streams` the edge answers 429."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import lazygrpc
+from tests.edges import Edges, http_post, raw_request, read_until, running_edges
+
+
+@pytest.fixture
+def edges(servers: Any) -> Iterator[Edges]:
+    with running_edges(servers) as e:
+        yield e
+
+
+class Leaf:
+    """A producer that streams until it is stopped, and records when that happened."""
+
+    def __init__(self, chunk: str = "tok ", limit: int | None = None) -> None:
+        self.chunk = chunk
+        self.limit = limit
+        self.called = threading.Event()
+        self.stopped = threading.Event()
+        self.stopped_at = 0.0
+        self.produced = 0
+
+    async def stream(self, x: str) -> Any:
+        self.called.set()
+        try:
+            if x == "wait":  # nothing before it is stopped
+                await asyncio.Event().wait()
+            while self.limit is None or self.produced < self.limit:
+                yield self.chunk
+                self.produced += 1
+                if self.limit is None:
+                    await asyncio.sleep(0.01)  # a model's pace
+        finally:
+            self.stopped_at = time.monotonic()
+            self.stopped.set()
+
+
+def relay_to(url: str) -> Any:
+    remote = lazygrpc.connect(url)
+
+    async def relay(x: str) -> Any:
+        async for ev in remote.astream(x):
+            if ev.kind == "delta":
+                yield ev.value
+
+    return relay
+
+
+def three_hops(servers: Any, leaf: Leaf) -> str:
+    """gateway → relay → leaf, each its own server; the gateway's base URL."""
+    leaf_url = servers.modules({"leaf": leaf.stream}, name="leaf")
+    relay_url = servers.modules({"relay": relay_to(f"{leaf_url}/leaf")}, name="relay")
+    return servers.modules({"gateway": relay_to(f"{relay_url}/relay")}, name="gateway")
+
+
+ROUTES = {
+    "module": ("/v1/modules/gateway/stream", {"input": "go"}),
+    "openai": ("/v1/chat/completions", {"model": "gateway", "stream": True,
+                                        "messages": [{"role": "user", "content": "go"}]}),
+}
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_client_that_leaves_stops_the_leaf_three_hops_down_within_100ms(
+    servers: Any, edges: Edges, route: str
+) -> None:
+    leaf = Leaf()
+    edge = edges.start(three_hops(servers, leaf))
+    path, body = ROUTES[route]
+    sock = raw_request(edge.port, http_post(path, json.dumps(body).encode()))
+    read_until(sock, b"tok ")  # tokens flow through all three hops
+    left = time.monotonic()
+    sock.close()
+    assert leaf.stopped.wait(10)
+    assert leaf.stopped_at - left <= 0.1, f"leaf stopped {leaf.stopped_at - left:.3f}s after"
+
+
+def test_a_client_that_leaves_before_the_first_token_stops_the_chain(
+    servers: Any, edges: Edges
+) -> None:
+    leaf = Leaf()
+    edge = edges.start(three_hops(servers, leaf))
+    sock = raw_request(edge.port, http_post("/v1/modules/gateway/stream", b'{"input": "wait"}'))
+    assert leaf.called.wait(10)
+    left = time.monotonic()
+    sock.close()
+    assert leaf.stopped.wait(10)
+    assert leaf.stopped_at - left <= 0.1
+
+
+def _still(leaf: Leaf) -> int:
+    """The leaf's count once it stopped growing (it waits for the reader)."""
+    before = -1
+    for _ in range(100):
+        if leaf.produced == before:
+            return before
+        before = leaf.produced
+        time.sleep(0.3)
+    raise AssertionError("the producer never stopped producing")
+
+
+def test_a_slow_reader_holds_the_producer_back(servers: Any, edges: Edges) -> None:
+    chunk = "x" * (64 << 10)
+    leaf = Leaf(chunk, limit=768)  # 48 MiB in all
+    edge = edges.start(servers.modules({"leaf": leaf.stream}, name="leaf"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", edge.port))
+    sock.sendall(http_post("/v1/modules/leaf/stream", b'{"input": "go"}'))
+    read_until(sock, b"\r\n\r\n")  # the headers, then the reader stalls
+    held = _still(leaf)
+    print(f"held back after {held} chunks of 64 KiB")
+    assert 0 < held * len(chunk) < 16 << 20, f"{held} chunks produced while nobody read"
+    got = bytearray()
+    while part := sock.recv(1 << 20):  # reading again lets the producer finish
+        got += part
+    sock.close()
+    assert leaf.produced == 768 and got.count(b'"delta"') == 768
+
+
+def test_past_max_streams_the_edge_answers_429_with_retry_after(
+    servers: Any, edges: Edges
+) -> None:
+    leaf, short = Leaf(), Leaf(limit=3)
+    modules = {"leaf": leaf.stream, "short": short.stream}
+    edge = edges.start(servers.modules(modules, name="leaf"), max_streams=1)
+    sock = raw_request(edge.port, http_post("/v1/modules/leaf/stream", b'{"input": "wait"}'))
+    assert leaf.called.wait(10)
+    r = httpx.post(f"{edge.url}/v1/modules/leaf", json={"input": "x"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert "max_streams=1" in r.json()["error"]["message"]
+    sock.close()
+    assert leaf.stopped.wait(10)
+    for _ in range(100):  # the slot is free once the edge saw the client leave
+        if httpx.get(f"{edge.url}/health").json()["calls_in_flight"] == 0:
+            break
+        time.sleep(0.05)
+    r = httpx.post(f"{edge.url}/v1/modules/short/stream", json={"input": "x"}, timeout=30)
+    assert r.status_code == 200 and '"result":"tok tok tok "' in r.text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,7 +63,9 @@ def raw_request(port: int, data: bytes) -> socket.socket:
 def http_post(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     """An HTTP/1.1 POST request's bytes (connection closed after the answer)."""
     lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
-    lines += [f"{k}: {v}" for k, v in {"content-type": "application/json", **(headers or {})}.items()]
+    lines += [
+        f"{k}: {v}" for k, v in {"content-type": "application/json", **(headers or {})}.items()
+    ]
     lines.append(f"content-length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -73,3 +78,47 @@ def read_until(sock: socket.socket, marker: bytes) -> bytes:
         assert part, f"connection closed before {marker!r}; got {got[-400:]!r}"
         got += part
     return got
+
+
+class Leaf:
+    """A producer that streams until it is stopped, and records when that happened."""
+
+    def __init__(self, chunk: str = "tok ", limit: int | None = None) -> None:
+        self.chunk = chunk
+        self.limit = limit
+        self.called = threading.Event()
+        self.stopped = threading.Event()
+        self.stopped_at = 0.0
+        self.produced = 0
+
+    async def stream(self, x: str) -> Any:
+        self.called.set()
+        try:
+            if x == "wait":  # nothing before it is stopped
+                await asyncio.Event().wait()
+            while self.limit is None or self.produced < self.limit:
+                yield self.chunk
+                self.produced += 1
+                if self.limit is None:
+                    await asyncio.sleep(0.01)  # a model's pace
+        finally:
+            self.stopped_at = time.monotonic()
+            self.stopped.set()
+
+
+def relay_to(url: str) -> Any:
+    remote = lazygrpc.connect(url)
+
+    async def relay(x: str) -> Any:
+        async for ev in remote.astream(x):
+            if ev.kind == "delta":
+                yield ev.value
+
+    return relay
+
+
+def three_hops(servers: Any, leaf: Leaf) -> str:
+    """gateway → relay → leaf, each its own server; the gateway's base URL."""
+    leaf_url = servers.modules({"leaf": leaf.stream}, name="leaf")
+    relay_url = servers.modules({"relay": relay_to(f"{leaf_url}/leaf")}, name="relay")
+    return servers.modules({"gateway": relay_to(f"{relay_url}/relay")}, name="gateway")

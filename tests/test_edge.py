@@ -190,7 +190,9 @@ def test_module_stream_route_sends_events_in_their_json_form(
     assert len(deltas) >= 1 and all(ev["seq"].isdigit() for _, ev in events if "seq" in ev)
     results = [ev for _, ev in events if "result" in ev]
     assert results == [results[0]] and results[0]["result"] == "".join(deltas)
-    assert events[-1][0] == "globals" and events[-1][1]["globals"]["usage"]["completion_tokens"] == 4
+    assert (
+        events[-1][0] == "globals" and events[-1][1]["globals"]["usage"]["completion_tokens"] == 4
+    )
 
 
 def test_an_error_three_hops_down_is_the_right_status_with_the_chain(
@@ -280,11 +282,31 @@ BAD_BODIES = [
     (b'{"model": 7, "messages": []}', 400, "model"),
     (b'{"model": "markov", "messages": [{"role": "user", "content": 1}]}', 400, "content"),
     (b'{"model": "markov", "messages": [{"role": "robot", "content": "x"}]}', 400, "role"),
-    (b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400, "max_tokens"),
-    (b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400, "temperature"),
-    (b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "logit_bias": {}}', 400, "logit_bias"),
-    (b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "top_k": 5}', 400, "top_k"),
-    (b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400, "temperature"),
+    (
+        b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+        400,
+        "max_tokens",
+    ),
+    (
+        b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+        400,
+        "temperature",
+    ),
+    (
+        b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "logit_bias": {}}',
+        400,
+        "logit_bias",
+    ),
+    (
+        b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "top_k": 5}',
+        400,
+        "top_k",
+    ),
+    (
+        b'{"model": "markov", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+        400,
+        "temperature",
+    ),
     (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}', 404, "gpt-9"),
     (b'{"model": "markov", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "UTF-8"),
     (b"x" * (10 << 20), 413, "limit"),

@@ -3,10 +3,8 @@ producer, and past `max_streams` the edge answers 429."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-import lazygrpc
-from tests.edges import Edges, http_post, raw_request, read_until, running_edges
+from tests.edges import (
+    Edges,
+    Leaf,
+    http_post,
+    raw_request,
+    read_until,
+    running_edges,
+    three_hops,
+)
 
 
 @pytest.fixture
@@ -24,54 +29,12 @@ def edges(servers: Any) -> Iterator[Edges]:
         yield e
 
 
-class Leaf:
-    """A producer that streams until it is stopped, and records when that happened."""
-
-    def __init__(self, chunk: str = "tok ", limit: int | None = None) -> None:
-        self.chunk = chunk
-        self.limit = limit
-        self.called = threading.Event()
-        self.stopped = threading.Event()
-        self.stopped_at = 0.0
-        self.produced = 0
-
-    async def stream(self, x: str) -> Any:
-        self.called.set()
-        try:
-            if x == "wait":  # nothing before it is stopped
-                await asyncio.Event().wait()
-            while self.limit is None or self.produced < self.limit:
-                yield self.chunk
-                self.produced += 1
-                if self.limit is None:
-                    await asyncio.sleep(0.01)  # a model's pace
-        finally:
-            self.stopped_at = time.monotonic()
-            self.stopped.set()
-
-
-def relay_to(url: str) -> Any:
-    remote = lazygrpc.connect(url)
-
-    async def relay(x: str) -> Any:
-        async for ev in remote.astream(x):
-            if ev.kind == "delta":
-                yield ev.value
-
-    return relay
-
-
-def three_hops(servers: Any, leaf: Leaf) -> str:
-    """gateway → relay → leaf, each its own server; the gateway's base URL."""
-    leaf_url = servers.modules({"leaf": leaf.stream}, name="leaf")
-    relay_url = servers.modules({"relay": relay_to(f"{leaf_url}/leaf")}, name="relay")
-    return servers.modules({"gateway": relay_to(f"{relay_url}/relay")}, name="gateway")
-
-
 ROUTES = {
     "module": ("/v1/modules/gateway/stream", {"input": "go"}),
-    "openai": ("/v1/chat/completions", {"model": "gateway", "stream": True,
-                                        "messages": [{"role": "user", "content": "go"}]}),
+    "openai": (
+        "/v1/chat/completions",
+        {"model": "gateway", "stream": True, "messages": [{"role": "user", "content": "go"}]},
+    ),
 }
 
 
@@ -134,9 +97,7 @@ def test_a_slow_reader_holds_the_producer_back(servers: Any, edges: Edges) -> No
     assert leaf.produced == 768 and got.count(b'"delta"') == 768
 
 
-def test_past_max_streams_the_edge_answers_429_with_retry_after(
-    servers: Any, edges: Edges
-) -> None:
+def test_past_max_streams_the_edge_answers_429_with_retry_after(servers: Any, edges: Edges) -> None:
     leaf, short = Leaf(), Leaf(limit=3)
     modules = {"leaf": leaf.stream, "short": short.stream}
     edge = edges.start(servers.modules(modules, name="leaf"), max_streams=1)

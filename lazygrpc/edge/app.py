@@ -117,7 +117,7 @@ class Edge:
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=int(math.ceil(self.grace)),
+            timeout_graceful_shutdown=math.ceil(self.grace),
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._serve(self._server, sock))
@@ -224,7 +224,9 @@ class Edge:
         """The body as JSON: 413 past `max_body_bytes`, 400 for bytes that are not UTF-8
         or text that is not JSON, each naming the problem."""
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes * _DRAIN_FACTOR):
+        if declared is not None and (
+            not declared.isdigit() or int(declared) > self.max_body_bytes * _DRAIN_FACTOR
+        ):
             raise _too_large(self.max_body_bytes, declared)
         size = 0
         parts: list[bytes] = []
@@ -241,7 +243,8 @@ class Edge:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise HTTPProblem(
-                400, f"request body is not UTF-8: byte {exc.start} is {raw[exc.start]:#04x}",
+                400,
+                f"request body is not UTF-8: byte {exc.start} is {raw[exc.start]:#04x}",
                 code="invalid_encoding",
             ) from None
         try:
@@ -258,7 +261,9 @@ class Edge:
         try:
             arrival = Arrival.check(sid, header)
         except ValueError as exc:
-            raise HTTPProblem(400, str(exc), param="baggage" if header else "lazy-session-id") from None
+            raise HTTPProblem(
+                400, str(exc), param="baggage" if header else "lazy-session-id"
+            ) from None
         raw = request.headers.get("x-request-timeout")
         timeout = self.request_timeout
         if raw is not None:
@@ -300,8 +305,10 @@ class Edge:
         if entry is None:
             known = ", ".join(sorted(self.catalog.entries)) or "none"
             raise HTTPProblem(
-                404, f"model {name!r} not found (this edge serves: {known})",
-                param="model", code="model_not_found",
+                404,
+                f"model {name!r} not found (this edge serves: {known})",
+                param="model",
+                code="model_not_found",
             )
         return entry
 
@@ -374,14 +381,19 @@ class Edge:
             )
         return await self._whole(scope, lambda: answers.openai_whole(entry, ask, reply, scope))
 
-    async def _module_request(self, request: Request) -> tuple[Entry, tuple[Any, ...], dict[str, Any]]:
+    async def _module_request(
+        self, request: Request
+    ) -> tuple[Entry, tuple[Any, ...], dict[str, Any]]:
         body = await self._json(request)
         if not isinstance(body, dict):
-            raise HTTPProblem(400, 'request body must be a JSON object: {"input": …, "kwargs": {…}}')
+            raise HTTPProblem(
+                400, 'request body must be a JSON object: {"input": …, "kwargs": {…}}'
+            )
         unknown = sorted(set(body) - {"input", "kwargs"})
         if unknown:
             raise HTTPProblem(
-                400, f"unknown field {unknown[0]!r} (a module call takes input and kwargs)",
+                400,
+                f"unknown field {unknown[0]!r} (a module call takes input and kwargs)",
                 param=unknown[0],
             )
         kwargs = body.get("kwargs", {})
@@ -392,7 +404,8 @@ class Edge:
         if entry is None or entry.kind != "module":
             modules = sorted(n for n, e in self.catalog.entries.items() if e.kind == "module")
             raise HTTPProblem(
-                404, f"module {name!r} not found (this edge serves: {', '.join(modules) or 'none'})",
+                404,
+                f"module {name!r} not found (this edge serves: {', '.join(modules) or 'none'})",
                 code="module_not_found",
             )
         args = (body["input"],) if "input" in body else ()
@@ -415,7 +428,8 @@ async def _output(entry: Entry, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 
 def _too_large(limit: int, size: str) -> HTTPProblem:
     return HTTPProblem(
-        413, f"request body of {size[:20]} bytes is over the edge's limit of {limit} bytes",
+        413,
+        f"request body of {size[:20]} bytes is over the edge's limit of {limit} bytes",
         code="request_too_large",
     )
 
@@ -430,4 +444,3 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = f"{request.method} {request.url.path}: {exc.detail}"
     return _problem_response(HTTPProblem(exc.status_code, message, code="no_route"))
-

@@ -8,9 +8,7 @@ import importlib.util
 import signal
 import sys
 
-MISSING = (
-    "lazygrpc: the edge needs starlette and uvicorn: pip install 'lazygrpc[edge]'"
-)
+MISSING = "lazygrpc: the edge needs starlette and uvicorn: pip install 'lazygrpc[edge]'"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             port = await edge.start()
         except OSError as exc:
-            print(f"lazygrpc: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+            print(
+                f"lazygrpc: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
             return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

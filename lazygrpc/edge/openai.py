@@ -29,9 +29,9 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 #: Accepted and ignored (they change nothing a model service does).
 _IGNORED = frozenset({"user", "metadata", "store", "service_tier"})
 _STREAM_OPTIONS = frozenset({"include_usage", "include_obfuscation"})
-_FINISH = {
-    model_pb2.FINISH_REASON_STOP: "stop",
-    model_pb2.FINISH_REASON_LENGTH: "length",
+_FINISH: dict[int, str] = {
+    int(model_pb2.FINISH_REASON_STOP): "stop",
+    int(model_pb2.FINISH_REASON_LENGTH): "length",
 }
 
 
@@ -200,7 +200,7 @@ def completion_request(body: Any) -> Ask:
 
 
 def finish_reason(reason: int) -> str | None:
-    return _FINISH.get(reason)
+    return _FINISH.get(int(reason))
 
 
 def usage_json(usage: Any) -> dict[str, int] | None:

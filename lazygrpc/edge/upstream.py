@@ -161,7 +161,9 @@ def module(entry: Entry) -> RemoteModule:
     return RemoteModule(f"grpc://{entry.target}/{entry.name}".replace("grpc://dns:///", "dns:///"))
 
 
-def module_stream(entry: Entry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Event]:
+def module_stream(
+    entry: Entry, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Event]:
     """A module's events as they come (intermediates from any depth included)."""
     return module(entry).astream(*args, **kwargs)
 

@@ -110,7 +110,7 @@ def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
         if line.startswith("Ctrl-C stops the mesh"):
             break
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) == 3
+    assert len(children) == 4  # model, retriever, gateway, edge
     gateway = next(line.split()[1] for line in lines if line.strip().startswith("gateway"))
     assert lazygrpc.connect(gateway)("What is a session?", max_tokens=5)
     proc.send_signal(signal.SIGINT)

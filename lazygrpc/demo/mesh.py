@@ -1,7 +1,9 @@
-"""`lazygrpc up`: a local demo mesh (model, retriever, gateway) as subprocesses."""
+"""`lazygrpc up`: a local demo mesh (model, retriever, gateway, and the HTTP edge in front)
+as subprocesses."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -131,10 +133,20 @@ def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> li
         )
         for c in children:
             _wait_serving(c)
+        if edge_available():
+            # The edge prints `listening on` once it accepts: ready like the others.
+            upstreams = [f"--upstream=grpc://{c.address}" for c in reversed(children)]
+            args = ["edge", *upstreams, "--port", port(3), "--expose-tracebacks"]
+            children.append(_spawn("edge", args, {}))
     except BaseException:
         _stop(children)
         raise
     return children
+
+
+def edge_available() -> bool:
+    """Whether the `edge` extra (starlette, uvicorn) is installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("starlette", "uvicorn"))
 
 
 def ask(gateway: str, question: str) -> int:
@@ -183,11 +195,17 @@ def run_mesh(
     question: str | None, token_delay: float, base_port: int = 0, otel: bool = False
 ) -> int:
     children = start_mesh(token_delay, base_port, otel)
-    model, retriever, gateway = (c.address for c in children)
+    model, retriever, gateway = (c.address for c in children[:3])
     print("lazygrpc demo mesh is up:")
     print(f"  model      grpc://{model}        (ModelService, markov backend)")
     print(f"  retriever  grpc://{retriever}/rag")
     print(f"  gateway    grpc://{gateway}/ask")
+    edge = f"http://{children[3].address}" if len(children) > 3 else None
+    if edge:
+        print(f"  edge       {edge}/v1   (OpenAI's API; models: ask, rag, model)")
+        print(f"  chat page  {edge}/")
+    else:
+        print("  (no HTTP edge: pip install 'lazygrpc[edge]' adds it and the chat page)")
     lazy, grpcurl = _command("lazygrpc"), _command("grpcurl")
     if question is None:
         print("try:")
@@ -200,6 +218,12 @@ def run_mesh(
         f"""'{{"module": "ask", "input": "How do deadlines work?"}}' """
         f"{gateway} lazygrpc.v1.ModuleService/Stream"
     )
+    if edge:
+        print(
+            f"  curl -N {edge}/v1/chat/completions -H 'content-type: application/json' "
+            """-d '{"model": "ask", "stream": true, """
+            """"messages": [{"role": "user", "content": "What is a session?"}]}'"""
+        )
     code = 0
     try:
         if question is not None:

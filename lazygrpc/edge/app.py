@@ -142,11 +142,16 @@ class Edge:
         if self._task is not None:
             await self._task
 
+    def close(self) -> None:
+        """Begin stopping, from a signal handler too (`wait()` returns once stopped)."""
+        if self._server is not None:
+            self._server.should_exit = True
+
     async def stop(self) -> None:
         """Stop accepting, give streams `grace` seconds, then end them."""
         if self._server is None or self._task is None:
             return
-        self._server.should_exit = True
+        self.close()
         await self._task
         self._server = self._task = None
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(edge.stop()))
+            loop.add_signal_handler(sig, edge.close)
         print(f"listening on {args.host}:{port}", flush=True)
         await edge.wait()
         return 0

@@ -100,6 +100,16 @@ async def test_sdk_async_chat_and_completions(model_edge: tuple[str, lazygrpc.Ed
     assert "".join(deltas)
 
 
+def test_a_dns_upstream_works_like_a_grpc_one(servers: Any, edges: Edges) -> None:
+    leaf = servers.modules({"flaky": _two_then_fail}, name="leaf")
+    model = servers.model("echo")
+    edge = edges.start(*(u.replace("grpc://", "dns:///") for u in (model, leaf)))
+    whole = sdk(edge).completions.create(model="echo", prompt="over dns", max_tokens=2)
+    assert whole.choices[0].text == "over dns"
+    r = httpx.post(f"{edge.url}/v1/modules/flaky/stream", json={"input": "x"})
+    assert r.status_code == 200 and '"delta":"one "' in r.text
+
+
 def test_sdk_lists_models_and_modules(servers: Any, edges: Edges, monkeypatch: Any) -> None:
     edge = edges.start(*demo_mesh(servers, monkeypatch))
     models = {m.id: m for m in sdk(edge).models.list()}

@@ -30,20 +30,15 @@ from starlette.staticfiles import StaticFiles
 from lazygrpc.core import baggage
 from lazygrpc.core.context import CallScope, bind_call, unbind_call
 from lazygrpc.core.errors import RemoteError
-from lazygrpc.core.session import Arrival
-from lazygrpc.edge import answers, errors, openai, upstream
+from lazygrpc.edge import answers, errors, incoming, openai, upstream
 from lazygrpc.edge.answers import Extras
 from lazygrpc.edge.errors import HTTPProblem
+from lazygrpc.edge.incoming import MAX_TIMEOUT
 from lazygrpc.edge.sse import EventStream, Failure
 from lazygrpc.edge.upstream import Catalog, Entry
 
 log = logging.getLogger("lazygrpc.edge")
 STATIC = Path(__file__).with_name("static")
-MAX_TIMEOUT = 24 * 3600.0
-#: A body past the limit is read to its end (not kept) up to this many times the limit,
-#: so that a client still sending it reads the 413 instead of a reset connection.
-_DRAIN_FACTOR = 16
-SESSION_HEADERS = (baggage.SESSION_HEADER, "x-session-id")
 UPDATE_HEADER = baggage.UPDATE_TRAILER
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -226,63 +221,10 @@ class Edge:
     # -- request plumbing ----------------------------------------------------------------
 
     async def _json(self, request: Request) -> Any:
-        """The body as JSON: 413 past `max_body_bytes`, 400 for bytes that are not UTF-8
-        or text that is not JSON, each naming the problem."""
-        declared = request.headers.get("content-length")
-        if declared is not None and (
-            not declared.isdigit() or int(declared) > self.max_body_bytes * _DRAIN_FACTOR
-        ):
-            raise _too_large(self.max_body_bytes, declared)
-        size = 0
-        parts: list[bytes] = []
-        async for part in request.stream():
-            size += len(part)
-            if size <= self.max_body_bytes:
-                parts.append(part)
-            elif size > self.max_body_bytes * _DRAIN_FACTOR:
-                break
-        if size > self.max_body_bytes:
-            raise _too_large(self.max_body_bytes, str(size))
-        raw = b"".join(parts)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise HTTPProblem(
-                400,
-                f"request body is not UTF-8: byte {exc.start} is {raw[exc.start]:#04x}",
-                code="invalid_encoding",
-            ) from None
-        try:
-            return baggage.decode_json(text)
-        except (ValueError, RecursionError) as exc:
-            raise HTTPProblem(
-                400, f"request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
+        return await incoming.read_json(request, self.max_body_bytes)
 
     def _scope(self, request: Request) -> CallScope:
-        """The request's call scope: its checked session headers and its deadline."""
-        sid = next((v for h in SESSION_HEADERS if (v := request.headers.get(h))), None)
-        header = request.headers.get(baggage.BAGGAGE_HEADER)
-        try:
-            arrival = Arrival.check(sid, header)
-        except ValueError as exc:
-            raise HTTPProblem(
-                400, str(exc), param="baggage" if header else "lazy-session-id"
-            ) from None
-        raw = request.headers.get("x-request-timeout")
-        timeout = self.request_timeout
-        if raw is not None:
-            try:
-                timeout = float(raw)
-            except ValueError:
-                timeout = math.nan
-            if not 0 < timeout <= MAX_TIMEOUT:
-                raise HTTPProblem(
-                    400,
-                    f"x-request-timeout: {raw[:40]!r} is not a number of seconds in (0, 86400]",
-                    param="x-request-timeout",
-                )
-        return CallScope(None, self.name, request.url.path, timeout, arrival)
+        return incoming.call_scope(request, self.name, self.request_timeout)
 
     @contextmanager
     def _slot(self) -> Any:
@@ -389,21 +331,7 @@ class Edge:
     async def _module_request(
         self, request: Request
     ) -> tuple[Entry, tuple[Any, ...], dict[str, Any]]:
-        body = await self._json(request)
-        if not isinstance(body, dict):
-            raise HTTPProblem(
-                400, 'request body must be a JSON object: {"input": …, "kwargs": {…}}'
-            )
-        unknown = sorted(set(body) - {"input", "kwargs"})
-        if unknown:
-            raise HTTPProblem(
-                400,
-                f"unknown field {unknown[0]!r} (a module call takes input and kwargs)",
-                param=unknown[0],
-            )
-        kwargs = body.get("kwargs", {})
-        if not isinstance(kwargs, dict):
-            raise HTTPProblem(400, "kwargs: expected a JSON object", param="kwargs")
+        args, kwargs = incoming.module_body(await self._json(request))
         name = request.path_params["name"]
         entry = await self.catalog.lookup(name)
         if entry is None or entry.kind != "module":
@@ -413,7 +341,6 @@ class Edge:
                 f"module {name!r} not found (this edge serves: {', '.join(modules) or 'none'})",
                 code="module_not_found",
             )
-        args = (body["input"],) if "input" in body else ()
         return entry, args, kwargs
 
     async def module_call(self, request: Request) -> Response:
@@ -429,14 +356,6 @@ class Edge:
 
 async def _output(entry: Entry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return {"output": await upstream.module_call(entry, args, kwargs)}
-
-
-def _too_large(limit: int, size: str) -> HTTPProblem:
-    return HTTPProblem(
-        413,
-        f"request body of {size[:20]} bytes is over the edge's limit of {limit} bytes",
-        code="request_too_large",
-    )
 
 
 def _problem_response(problem: HTTPProblem) -> Response:

@@ -158,7 +158,8 @@ async def complete(entry: Entry, request: model_pb2.GenerateRequest) -> Any:
 
 
 def module(entry: Entry) -> RemoteModule:
-    return RemoteModule(f"grpc://{entry.target}/{entry.name}".replace("grpc://dns:///", "dns:///"))
+    base = entry.target if entry.target.startswith("dns:///") else f"grpc://{entry.target}"
+    return RemoteModule(f"{base}/{entry.name}")
 
 
 def module_stream(

@@ -111,35 +111,28 @@ class Catalog:
 
     async def _ask(self, target: str) -> list[Entry]:
         out: list[Entry] = []
-        model_stub = channels.astub(model_pb2_grpc.ModelServiceStub, target)
-        try:
-            info = await call.aunary(
-                model_stub.GetModelInfo,
-                model_pb2.GetModelInfoRequest(),
-                CATALOG_TIMEOUT,
-                _error(target, "GetModelInfo"),
-            )
+        model = channels.astub(model_pb2_grpc.ModelServiceStub, target).GetModelInfo
+        info = await _if_served(model, model_pb2.GetModelInfoRequest(), target, "GetModelInfo")
+        if info is not None:
             params = {p.name: {"min": p.min, "max": p.max} for p in info.settable_params}
             details = {"kind": "model", "backend": info.backend, "settable_params": params}
             out.append(Entry(info.name, "model", target, details))
-        except RemoteError as exc:
-            if exc.code not in _ABSENT:
-                raise
-        module_stub = channels.astub(module_pb2_grpc.ModuleServiceStub, target)
-        try:
-            listed = await call.aunary(
-                module_stub.ListModules,
-                module_pb2.ListModulesRequest(),
-                CATALOG_TIMEOUT,
-                _error(target, "ListModules"),
-            )
-            for m in listed.modules:
-                details = {"kind": "module", "streaming": m.streaming, "doc": m.doc}
-                out.append(Entry(m.name, "module", target, details))
-        except RemoteError as exc:
-            if exc.code not in _ABSENT:
-                raise
+        modules = channels.astub(module_pb2_grpc.ModuleServiceStub, target).ListModules
+        listed = await _if_served(modules, module_pb2.ListModulesRequest(), target, "ListModules")
+        for m in listed.modules if listed is not None else ():
+            details = {"kind": "module", "streaming": m.streaming, "doc": m.doc}
+            out.append(Entry(m.name, "module", target, details))
         return out
+
+
+async def _if_served(method: Any, request: Any, target: str, name: str) -> Any:
+    """The answer of a catalog call, or None when the upstream serves no such service."""
+    try:
+        return await call.aunary(method, request, CATALOG_TIMEOUT, _error(target, name))
+    except RemoteError as exc:
+        if exc.code in _ABSENT:
+            return None
+        raise
 
 
 # -- the calls ---------------------------------------------------------------------------

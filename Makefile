@@ -58,6 +58,8 @@ bench: $(STAMP)
 	command -v cc >/dev/null || apt-get install -y -q gcc \
 		|| echo "gcc (Debian) not installed: make bench skips the first token's path counts"
 	bash benchmarks/lazyllm/setup.sh
+	bash benchmarks/litellm/setup.sh \
+		|| echo "litellm[proxy] not installed: make bench skips the LiteLLM rows"
 	$(PYTHON) -m benchmarks.run_all
 
 soak: $(STAMP)

@@ -7,7 +7,13 @@ connection, read by a minimal asyncio client (chunked transfer decoding, SSE par
 `json.loads` of every chunk: what any HTTP client must do), so the figure is the edge's
 cost and not an HTTP library's. The two sides alternate in every round.
 
-Target: the edge adds ≤ 1 ms to the time to first token at one stream.
+With `benchmarks/litellm/.venv` (`benchmarks/litellm/setup.sh`, which `make bench` runs),
+LiteLLM's proxy (`benchmarks/litellm/proxy.py`) runs in front of the same upstream the
+edge's clients use (the edge itself), read by the same client: what it adds to the time to
+first token is its figure, against what the edge adds to gRPC.
+
+Targets: the edge adds ≤ 1 ms to the time to first token at one stream, and ≥ 3× less than
+LiteLLM's proxy adds.
 
     python -m benchmarks.bench_edge [--quick]
 """
@@ -19,11 +25,16 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from benchmarks import _clients as c
-from benchmarks._common import Row, ServerProc, Servers, log, print_rows
+from benchmarks._common import Row, ServerProc, Servers, block_order, log, print_rows
 from benchmarks._servers import prompt_chars, token_prompt
+
+HERE = Path(__file__).resolve().parent
+LITELLM_PY = HERE / "litellm" / ".venv" / "bin" / "python"
+LITELLM_PROXY = HERE / "litellm" / "proxy.py"
 
 
 class EdgeStream:
@@ -64,8 +75,9 @@ class EdgeStream:
                 if payload == b"[DONE]":
                     continue
                 choices = json.loads(payload)["choices"]
-                if choices and choices[0]["text"]:
-                    yield choices[0]["text"]
+                text = choices[0].get("text") if choices else None
+                if text:  # LiteLLM's last chunk has no text at all
+                    yield text
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -82,36 +94,56 @@ async def run(quick: bool = False) -> list[Row]:
         model = servers.start("lazy-model")
         edge = ServerProc([sys.executable, "-m", "lazygrpc", "edge", "--upstream", model.url])
         servers.procs.append(edge)
-        direct_short = c.lazy_generate(model.url, token_prompt(short_n))
-        direct_long = c.lazy_generate(model.url, token_prompt(n))
-        edge_short = EdgeStream(edge.address, token_prompt(short_n))
-        edge_long = EdgeStream(edge.address, token_prompt(n))
         fns: dict[str, tuple[Any, Any]] = {
-            "edge": (edge_short, edge_long),
-            "grpc": (direct_short, direct_long),
-        }
+            "grpc": (
+                c.lazy_generate(model.url, token_prompt(short_n)),
+                c.lazy_generate(model.url, token_prompt(n)),
+            ),
+            "edge": (EdgeStream(edge.address, token_prompt(short_n)),
+                     EdgeStream(edge.address, token_prompt(n))),
+        }  # fmt: skip
+        if LITELLM_PY.exists():
+            # LiteLLM's proxy in front of the same upstream: the edge, which is what an
+            # OpenAI-compatible client of the model server has to talk to.
+            lite = ServerProc(
+                [str(LITELLM_PY), str(LITELLM_PROXY), f"http://{edge.address}/v1", "echo"]
+            )
+            servers.procs.append(lite)
+            fns["litellm"] = (EdgeStream(lite.address, token_prompt(short_n)),
+                              EdgeStream(lite.address, token_prompt(n)))  # fmt: skip
+        else:
+            log("benchmarks/litellm/.venv missing (benchmarks/litellm/setup.sh): no LiteLLM rows")
+        sides = tuple(fns)
         try:
             for short, _ in fns.values():
                 for _ in range(20):
                     await c.stream_once(short, prompt_chars(short_n))
-            ttft: dict[str, list[float]] = {"edge": [], "grpc": []}
-            tps: dict[str, list[float]] = {"edge": [], "grpc": []}
+            ttft: dict[str, list[float]] = {side: [] for side in sides}
+            tps: dict[str, list[float]] = {side: [] for side in sides}
             for r in range(trials):
-                for side in ("edge", "grpc") if r % 2 == 0 else ("grpc", "edge"):
+                for side in block_order(sides, r):
                     t, _, _ = await c.stream_once(fns[side][0], prompt_chars(short_n))
                     ttft[side].append(t * 1000)
             for r in range(rounds):
-                for side in ("edge", "grpc") if r % 2 == 0 else ("grpc", "edge"):
+                for side in block_order(sides, r):
                     _, total, _ = await c.stream_once(fns[side][1], prompt_chars(n))
                     tps[side].append(n / total)
             log("edge: done")
         finally:
-            await edge_short.close()
-            await edge_long.close()
+            for pair in fns.values():
+                for fn in pair:
+                    if isinstance(fn, EdgeStream):
+                        await fn.close()
+    return _rows(ttft, tps, n, short_n)
+
+
+def _rows(
+    ttft: dict[str, list[float]], tps: dict[str, list[float]], n: int, short_n: int
+) -> list[Row]:
     added = [e - g for e, g in zip(ttft["edge"], ttft["grpc"], strict=True)]
     base = "the same stream over gRPC (`LLM(url).astream`)"
     scen = "HTTP/SSE edge"
-    return [
+    rows = [
         Row(scen, f"time to first token, 1 stream ({short_n} tokens)", "ms",
             ttft["edge"], ttft["grpc"], "—", "", base),
         Row(scen, "time to first token added by the edge (paired)", "ms",
@@ -119,6 +151,16 @@ async def run(quick: bool = False) -> list[Row]:
         Row(scen, f"tokens/s, {n:,}-token stream", "tokens/s", tps["edge"], tps["grpc"],
             "—", "", base),
     ]  # fmt: skip
+    if "litellm" in ttft:
+        lite = "LiteLLM's proxy (litellm[proxy]) in front of the edge, loopback, no key"
+        lite_added = [x - e for x, e in zip(ttft["litellm"], ttft["edge"], strict=True)]
+        rows += [
+            Row(scen, "time to first token added: edge vs LiteLLM's proxy (paired)", "ms",
+                added, lite_added, "LiteLLM adds ≥ 3× more", "base/lazy>=3", lite),
+            Row(scen, f"tokens/s, {n:,}-token stream: edge vs through LiteLLM too", "tokens/s",
+                tps["edge"], tps["litellm"], "—", "", lite),
+        ]  # fmt: skip
+    return rows
 
 
 def main() -> None:

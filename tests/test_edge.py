@@ -364,3 +364,42 @@ def test_an_upstream_that_is_down_is_a_503(edges: Edges) -> None:
     edge = edges.start(f"grpc://127.0.0.1:{port}")
     r = httpx.get(f"{edge.url}/v1/models", timeout=30)
     assert r.status_code == 503 and r.json()["error"]["status"] == "UNAVAILABLE"
+
+
+async def _refuses(kind: str) -> str:
+    errors = {
+        "exhausted": lazygrpc.ResourceExhausted("the pool is full"),
+        "denied": lazygrpc.PermissionDenied("not for you"),
+        "missing": lazygrpc.NotFound("no such document"),
+        "unavailable": lazygrpc.Unavailable("warming up"),
+        "bug": KeyError("oops"),
+    }
+    raise errors[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "retry_after"),
+    [
+        ("exhausted", 429, "1"),
+        ("denied", 403, None),
+        ("missing", 404, None),
+        ("unavailable", 503, None),
+        ("bug", 500, None),
+    ],
+)
+def test_grpc_codes_map_to_http_statuses(
+    servers: Any, edges: Edges, kind: str, status: int, retry_after: str | None
+) -> None:
+    edge = edges.start(servers.modules({"refuses": _refuses}, name="leaf"))
+    r = httpx.post(f"{edge.url}/v1/modules/refuses", json={"input": kind})
+    assert r.status_code == status, r.text
+    assert r.headers.get("retry-after") == retry_after
+    assert [f["service"] for f in r.json()["error"]["chain"]] == ["edge", "leaf"]
+
+
+def test_the_edges_default_timeout_is_the_deadline_without_a_header(
+    servers: Any, edges: Edges
+) -> None:
+    edge = edges.start(servers.modules({"sleepy": _sleepy}, name="leaf"), request_timeout=0.2)
+    r = httpx.post(f"{edge.url}/v1/modules/sleepy", json={"input": "x"}, timeout=10)
+    assert r.status_code == 504

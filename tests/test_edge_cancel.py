@@ -88,13 +88,14 @@ def test_a_slow_reader_holds_the_producer_back(servers: Any, edges: Edges) -> No
     sock.sendall(http_post("/v1/modules/leaf/stream", b'{"input": "go"}'))
     read_until(sock, b"\r\n\r\n")  # the headers, then the reader stalls
     held = _still(leaf)
-    print(f"held back after {held} chunks of 64 KiB")
     assert 0 < held * len(chunk) < 16 << 20, f"{held} chunks produced while nobody read"
     got = bytearray()
     while part := sock.recv(1 << 20):  # reading again lets the producer finish
         got += part
     sock.close()
-    assert leaf.produced == 768 and got.count(b'"delta"') == 768
+    # Every chunk arrived (under backlog, consecutive deltas may share a message).
+    assert leaf.produced == 768 and got.count(b"x") >= 768 * len(chunk)
+    assert b"event: globals" in got
 
 
 def test_past_max_streams_the_edge_answers_429_with_retry_after(servers: Any, edges: Edges) -> None:

@@ -106,6 +106,17 @@ class Leaf:
             self.stopped.set()
 
 
+async def wait_forever(leaf: Leaf, x: str) -> str:
+    """A unary module that answers only when stopped (recorded in `leaf`)."""
+    leaf.called.set()
+    try:
+        await asyncio.Event().wait()
+        return x
+    finally:
+        leaf.stopped_at = time.monotonic()
+        leaf.stopped.set()
+
+
 def relay_to(url: str) -> Any:
     remote = lazygrpc.connect(url)
 

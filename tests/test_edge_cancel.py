@@ -3,6 +3,7 @@ producer, and past `max_streams` the edge answers 429."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import time
@@ -20,6 +21,7 @@ from tests.edges import (
     read_until,
     running_edges,
     three_hops,
+    wait_forever,
 )
 
 
@@ -59,6 +61,17 @@ def test_a_client_that_leaves_before_the_first_token_stops_the_chain(
     leaf = Leaf()
     edge = edges.start(three_hops(servers, leaf))
     sock = raw_request(edge.port, http_post("/v1/modules/gateway/stream", b'{"input": "wait"}'))
+    assert leaf.called.wait(10)
+    left = time.monotonic()
+    sock.close()
+    assert leaf.stopped.wait(10)
+    assert leaf.stopped_at - left <= 0.1
+
+
+def test_a_client_that_leaves_a_json_call_stops_it(servers: Any, edges: Edges) -> None:
+    leaf = Leaf()
+    edge = edges.start(servers.modules({"waits": functools.partial(wait_forever, leaf)}))
+    sock = raw_request(edge.port, http_post("/v1/modules/waits", b'{"input": "x"}'))
     assert leaf.called.wait(10)
     left = time.monotonic()
     sock.close()

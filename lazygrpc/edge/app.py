@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from lazygrpc.edge import answers, errors, incoming, openai, upstream
 from lazygrpc.edge.answers import Extras
 from lazygrpc.edge.errors import HTTPProblem
 from lazygrpc.edge.incoming import MAX_TIMEOUT
-from lazygrpc.edge.sse import EventStream, Failure
+from lazygrpc.edge.sse import ClientLeft, EventStream, Failure, until_left
 from lazygrpc.edge.upstream import Catalog, Entry
 
 log = logging.getLogger("lazygrpc.edge")
@@ -261,12 +261,17 @@ class Edge:
             )
         return entry
 
-    async def _whole(self, scope: CallScope, work: Callable[[], Awaitable[Any]]) -> Response:
-        """Await `work()` under `scope`; the JSON answer carries the changed globals."""
+    async def _whole(
+        self, request: Request, scope: CallScope, work: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> Response:
+        """Await `work()` under `scope`, cancelled if the client leaves; the JSON answer
+        carries the changed globals."""
         token = bind_call(scope)
         try:
             with self._slot():
-                body = await work()
+                body = await until_left(work(), request.receive)
+        except ClientLeft:
+            return Response(status_code=499)  # nobody reads it (nginx's "client closed")
         except RemoteError as exc:
             failure = self._remote_failure(exc, scope.method, scope.session.id)
             return JSONResponse(failure.body, failure.status, headers=failure.headers)
@@ -328,7 +333,9 @@ class Edge:
             return self._stream(
                 scope, lambda: answers.openai_stream(entry, ask, reply, scope, extras)
             )
-        return await self._whole(scope, lambda: answers.openai_whole(entry, ask, reply, scope))
+        return await self._whole(
+            request, scope, lambda: answers.openai_whole(entry, ask, reply, scope)
+        )
 
     async def _module_request(
         self, request: Request
@@ -348,7 +355,7 @@ class Edge:
     async def module_call(self, request: Request) -> Response:
         entry, args, kwargs = await self._module_request(request)
         scope = self._scope(request)
-        return await self._whole(scope, lambda: _output(entry, args, kwargs))
+        return await self._whole(request, scope, lambda: _output(entry, args, kwargs))
 
     async def module_stream(self, request: Request) -> Response:
         entry, args, kwargs = await self._module_request(request)

@@ -4,7 +4,8 @@
 pulls the next: a slow reader makes `send` wait (uvicorn's flow control), the edge stops
 reading its gRPC stream, and the gRPC window stops the producers below (docs/streaming.md).
 Nothing is queued in between. A second task waits for the client to leave; when it does,
-the pulling task is cancelled, which cancels the gRPC call and so every hop below it.
+the pulling task is cancelled, which cancels the gRPC call and so every hop below it
+(`until_left`, which a JSON answer's call runs under too).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -26,6 +27,7 @@ SSE_HEADERS = {
     "x-accel-buffering": "no",
 }
 DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
 
 
 def dumps(value: Any) -> str:
@@ -85,14 +87,11 @@ class EventStream(Response):
         self.hold = hold
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.create_task(self._pump(send), context=self.context)
-        watch = asyncio.ensure_future(_client_left(receive))
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            await until_left(self._pump(send), receive, self.context)
+        except ClientLeft:
+            pass  # the pump was cancelled, and with it the gRPC call
         finally:
-            pump.cancel()  # a no-op once it finished; else the client left: stop below
-            watch.cancel()
-            await asyncio.gather(pump, watch, return_exceptions=True)
             self.closed()
 
     async def _start(self, send: Send) -> None:
@@ -135,6 +134,29 @@ def _json_response(failure: Failure) -> Response:
 
 async def _never() -> Any:
     raise RuntimeError("a response does not receive")
+
+
+class ClientLeft(Exception):
+    """The HTTP client disconnected before its answer was complete."""
+
+
+async def until_left(
+    work: Coroutine[Any, Any, T], receive: Receive, context: contextvars.Context | None = None
+) -> T:
+    """`await work` (as a task, in `context`: by default the current one), unless the
+    client leaves first: then `work` is cancelled (its gRPC calls with it) and `ClientLeft`
+    is raised. The request body must have been read already."""
+    task = asyncio.create_task(work, context=context)
+    watch = asyncio.ensure_future(_client_left(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()  # a no-op once it finished
+        watch.cancel()
+        await asyncio.gather(task, watch, return_exceptions=True)
+    if task.cancelled():
+        raise ClientLeft
+    return task.result()
 
 
 async def _client_left(receive: Receive) -> None:

@@ -403,3 +403,29 @@ def test_the_edges_default_timeout_is_the_deadline_without_a_header(
     edge = edges.start(servers.modules({"sleepy": _sleepy}, name="leaf"), request_timeout=0.2)
     r = httpx.post(f"{edge.url}/v1/modules/sleepy", json={"input": "x"}, timeout=10)
     assert r.status_code == 504
+
+
+def test_completions_and_options_are_checked_by_name(
+    model_edge: tuple[str, lazygrpc.Edge],
+) -> None:
+    _, edge = model_edge
+    cases = [
+        ("/v1/completions", {"model": "markov", "prompt": 5}, {}, "prompt"),
+        ("/v1/completions", {"model": "markov", "prompt": "x", "n": 3}, {}, "n"),
+        (
+            "/v1/chat/completions",
+            {"model": "markov", "messages": HELLO, "stream_options": {"include_usage": True}},
+            {},
+            "stream_options",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "markov", "messages": HELLO, "stream": True},
+            {"x-lazy-events": "everything"},
+            "x-lazy-events",
+        ),
+    ]
+    for path, body, headers, param in cases:
+        r = httpx.post(f"{edge.url}{path}", json=body, headers=headers)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == param

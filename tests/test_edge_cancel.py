@@ -40,6 +40,20 @@ ROUTES = {
 }
 
 
+def leave_and_time(port: int, leaf: Leaf, path: str, body: Any, marker: bytes | None) -> float:
+    """Send the request, wait for `marker` in the answer (or for the leaf to be called),
+    close the socket: seconds until the leaf stopped."""
+    sock = raw_request(port, http_post(path, json.dumps(body).encode()))
+    if marker is None:
+        assert leaf.called.wait(10)
+    else:
+        read_until(sock, marker)  # tokens flow through every hop
+    left = time.monotonic()
+    sock.close()
+    assert leaf.stopped.wait(10), "the leaf kept going after its client left"
+    return leaf.stopped_at - left
+
+
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_a_client_that_leaves_stops_the_leaf_three_hops_down_within_100ms(
     servers: Any, edges: Edges, route: str
@@ -47,12 +61,7 @@ def test_a_client_that_leaves_stops_the_leaf_three_hops_down_within_100ms(
     leaf = Leaf()
     edge = edges.start(three_hops(servers, leaf))
     path, body = ROUTES[route]
-    sock = raw_request(edge.port, http_post(path, json.dumps(body).encode()))
-    read_until(sock, b"tok ")  # tokens flow through all three hops
-    left = time.monotonic()
-    sock.close()
-    assert leaf.stopped.wait(10)
-    assert leaf.stopped_at - left <= 0.1, f"leaf stopped {leaf.stopped_at - left:.3f}s after"
+    assert leave_and_time(edge.port, leaf, path, body, b"tok ") <= 0.1
 
 
 def test_a_client_that_leaves_before_the_first_token_stops_the_chain(
@@ -60,23 +69,14 @@ def test_a_client_that_leaves_before_the_first_token_stops_the_chain(
 ) -> None:
     leaf = Leaf()
     edge = edges.start(three_hops(servers, leaf))
-    sock = raw_request(edge.port, http_post("/v1/modules/gateway/stream", b'{"input": "wait"}'))
-    assert leaf.called.wait(10)
-    left = time.monotonic()
-    sock.close()
-    assert leaf.stopped.wait(10)
-    assert leaf.stopped_at - left <= 0.1
+    path, body = "/v1/modules/gateway/stream", {"input": "wait"}
+    assert leave_and_time(edge.port, leaf, path, body, None) <= 0.1
 
 
 def test_a_client_that_leaves_a_json_call_stops_it(servers: Any, edges: Edges) -> None:
     leaf = Leaf()
     edge = edges.start(servers.modules({"waits": functools.partial(wait_forever, leaf)}))
-    sock = raw_request(edge.port, http_post("/v1/modules/waits", b'{"input": "x"}'))
-    assert leaf.called.wait(10)
-    left = time.monotonic()
-    sock.close()
-    assert leaf.stopped.wait(10)
-    assert leaf.stopped_at - left <= 0.1
+    assert leave_and_time(edge.port, leaf, "/v1/modules/waits", {"input": "x"}, None) <= 0.1
 
 
 def _still(leaf: Leaf) -> int:

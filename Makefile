@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 PROTOS  := $(wildcard protos/lazygrpc/v1/*.proto)
 
-.PHONY: all venv install protos check-protos lint demo test bench soak node clean
+.PHONY: all venv install protos check-protos lint demo test bench soak node clean debian
 
 all: test
 
@@ -18,7 +18,7 @@ $(PYTHON):
 # torch first, pinned: the CPU wheel on disk (an unpinned torch pulls GBs of CUDA build).
 $(STAMP): $(PYTHON) pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers]'
+	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers,edge,edge-test]'
 	touch $@
 
 venv install: $(STAMP)
@@ -44,17 +44,24 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m lazygrpc up --demo "How does lazygrpc keep a slow client from filling memory?"
 
-test: $(STAMP) $(NODE_STAMP)
+# Debian tools the edge's tests drive: chromium (through Playwright) and curl.
+debian:
+	command -v chromium >/dev/null && command -v curl >/dev/null \
+		|| (apt-get update -q && apt-get install -y -q chromium curl)
+
+test: $(STAMP) $(NODE_STAMP) debian
 	$(MAKE) --no-print-directory check-protos lint
 	$(PYTHON) -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,otel,bench]'
+	$(BIN)/pip install -q -e '.[dev,otel,edge,edge-test,bench]'
 	command -v callgrind_control >/dev/null || apt-get install -y -q valgrind \
 		|| echo "valgrind (Debian) not installed: make bench skips the instruction counts"
 	command -v cc >/dev/null || apt-get install -y -q gcc \
 		|| echo "gcc (Debian) not installed: make bench skips the first token's path counts"
 	bash benchmarks/lazyllm/setup.sh
+	bash benchmarks/litellm/setup.sh \
+		|| echo "litellm[proxy] not installed: make bench skips the LiteLLM rows"
 	$(PYTHON) -m benchmarks.run_all
 
 soak: $(STAMP)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks import _clients as c
-from benchmarks import bench_broker, bench_instructions, bench_interceptors
+from benchmarks import bench_broker, bench_edge, bench_instructions, bench_interceptors
 from benchmarks._common import (
     ROOT,
     Row,
@@ -550,6 +550,12 @@ def main() -> None:
     add("Issue 5: broker and coalescing relay (quick)", run_fresh(bench_broker.run(quick=True)),
         "`python -m benchmarks.bench_broker --quick`. In quick mode bare grpcio relays 20,000 "
         "tokens (tokens/s is a rate; the full run uses 100,000).")  # fmt: skip
+    add("Issue 16: the HTTP/SSE edge against direct gRPC (quick)",
+        run_fresh(bench_edge.run(quick=True)),
+        "`python -m benchmarks.bench_edge --quick`: `POST /v1/completions` (stream) through "
+        "`lazygrpc edge` in front of the echo model server, read by a minimal keep-alive "
+        "HTTP/1.1 client, against `LLM(url).astream` to the same server; the sides "
+        "alternate in every round. The added row pairs the rounds.")  # fmt: skip
     if bench_instructions.available():
         add("Instructions per call (callgrind)", bench_instructions.run(quick=True),
             "`python -m benchmarks.bench_instructions --quick`: one process of each pair runs "

@@ -23,6 +23,7 @@ _EXPORTS = {
     "BrokerStats": "lazygrpc.broker",
     "ClientInterceptor": "lazygrpc.client.interceptors",
     "DeadlineExceeded": "lazygrpc.core.errors",
+    "Edge": "lazygrpc.edge.app",
     "Event": "lazygrpc.core.events",
     "FailedPrecondition": "lazygrpc.core.errors",
     "GlobalsPolicy": "lazygrpc.core.trust",
@@ -58,7 +59,9 @@ _EXPORTS = {
     "session_id": "lazygrpc.core.context",
 }
 _RENAMED = {"broker_stats": "stats"}
-_LAYERS = ("backends", "broker", "cli", "client", "core", "demo", "server", "telemetry", "v1")
+_LAYERS = (
+    "backends", "broker", "cli", "client", "core", "demo", "edge", "server", "telemetry", "v1",
+)
 
 __all__ = [
     "LLM",
@@ -66,6 +69,7 @@ __all__ = [
     "BrokerStats",
     "ClientInterceptor",
     "DeadlineExceeded",
+    "Edge",
     "Event",
     "FailedPrecondition",
     "GlobalsPolicy",
@@ -156,6 +160,7 @@ if TYPE_CHECKING:
     from lazygrpc.core.events import Event
     from lazygrpc.core.session import Session
     from lazygrpc.core.trust import GlobalsPolicy
+    from lazygrpc.edge.app import Edge
     from lazygrpc.server.builder import Server
     from lazygrpc.server.interceptors import (
         AioServerInterceptor,

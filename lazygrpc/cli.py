@@ -1,4 +1,4 @@
-"""The `lazygrpc` command: serve-model, serve, call, list, health, stats, up, protos."""
+"""The `lazygrpc` command: serve-model, serve, call, list, health, stats, up, protos, edge."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lazygrpc.client import channels
 from lazygrpc.commands import call, serving
 from lazygrpc.commands.common import EXIT_CODES, FAILED, USAGE, Failed, UsageError
 from lazygrpc.commands.common import key_values as _key_values
+from lazygrpc.edge import command as edge_command
 from lazygrpc.version import __version__
 
 
@@ -271,6 +272,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("protos", help="print the folder of the installed .proto files")
     p.set_defaults(fn=cmd_protos)
+    p = sub.add_parser("edge", help="serve OpenAI's HTTP API and a chat page in front of servers")
+    edge_command.add_arguments(p)
+    p.set_defaults(fn=edge_command.run)
     return top
 
 

@@ -112,7 +112,7 @@ def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
         if line.startswith("Ctrl-C stops the mesh"):
             break
     children = psutil.Process(proc.pid).children(recursive=True)
-    assert len(children) == 3
+    assert len(children) == 4  # model, retriever, gateway, edge
     gateway = next(line.split()[1] for line in lines if line.strip().startswith("gateway"))
     # While the mesh runs it offers commands for its own live ports.
     assert any(f"call {gateway} 'What is a session?'" in line for line in lines)

@@ -20,12 +20,13 @@ ALLOWED = {
     "telemetry": {"core", "server", "version"},
     "backends": set(),
     "version": set(),
+    "edge": {"core", "client"},  # an HTTP front that is a lazygrpc client: never the server
     "demo": {"", "core", "client", "server", "broker", "backends", "version"},
     "logs": {"server"},  # the CLI's logging configuration: formats the server's records
     "commands": {"", "core", "client", "server", "backends", "demo", "commands"},
-    "cli": {"core", "client", "server", "backends", "demo", "commands", "logs", "version"},
+    "cli": {"core", "client", "server", "backends", "demo", "commands", "logs", "version", "edge"},
     "__main__": {"cli"},
-    "": {"core", "client", "server", "broker", "backends", "version"},  # the public API
+    "": {"core", "client", "server", "broker", "backends", "edge", "version"},  # the public API
 }
 
 

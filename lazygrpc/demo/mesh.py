@@ -1,7 +1,9 @@
-"""`lazygrpc up`: a local demo mesh (model, retriever, gateway) as subprocesses."""
+"""`lazygrpc up`: a local demo mesh (model, retriever, gateway, and the HTTP edge in front)
+as subprocesses."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -133,10 +135,20 @@ def start_mesh(
         )
         for c in children:
             _wait_serving(c)
+        if edge_available():
+            # The edge prints `listening on` once it accepts: ready like the others.
+            upstreams = [f"--upstream=grpc://{c.address}" for c in reversed(children)]
+            args = ["edge", *upstreams, "--port", port(3), "--expose-tracebacks"]
+            children.append(_spawn("edge", args, {}))
     except BaseException:
         _stop(children)
         raise
     return children
+
+
+def edge_available() -> bool:
+    """Whether the `edge` extra (starlette, uvicorn) is installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("starlette", "uvicorn"))
 
 
 def ask(gateway: str, question: str) -> int:
@@ -189,11 +201,17 @@ def run_mesh(
     log_args: Sequence[str] = (),
 ) -> int:
     children = start_mesh(token_delay, base_port, otel, log_args)
-    model, retriever, gateway = (c.address for c in children)
+    model, retriever, gateway = (c.address for c in children[:3])
     print("lazygrpc demo mesh is up:")
     print(f"  model      grpc://{model}        (ModelService, markov backend)")
     print(f"  retriever  grpc://{retriever}/rag")
     print(f"  gateway    grpc://{gateway}/ask")
+    edge = f"http://{children[3].address}" if len(children) > 3 else None
+    if edge:
+        print(f"  edge       {edge}/v1   (OpenAI's API; models: ask, rag, model)")
+        print(f"  chat page  {edge}/")
+    else:
+        print("  (no HTTP edge: pip install 'lazygrpc[edge]' adds it and the chat page)")
     lazy = _command("lazygrpc")
     code = 0
     try:
@@ -201,7 +219,7 @@ def run_mesh(
             code = ask(gateway, question)
         else:
             # Commands to try only for a mesh that stays up: the ports are live until Ctrl-C.
-            _print_try(lazy, _command("grpcurl"), gateway)
+            _print_try(lazy, _command("grpcurl"), gateway, edge)
             print("Ctrl-C stops the mesh.", flush=True)
             signal.sigwait({signal.SIGINT, signal.SIGTERM}) if _block_signals() else None
     except KeyboardInterrupt:
@@ -215,7 +233,7 @@ def run_mesh(
     return code
 
 
-def _print_try(lazy: str, grpcurl: str, gateway: str) -> None:
+def _print_try(lazy: str, grpcurl: str, gateway: str, edge: str | None = None) -> None:
     print("try:")
     print(f"  {lazy} call grpc://{gateway}/ask 'What is a session?' --stream")
     print(f"  {lazy} call grpc://{gateway}/ask 'please explode' --stream   # an exception chain")
@@ -224,6 +242,12 @@ def _print_try(lazy: str, grpcurl: str, gateway: str) -> None:
         f"""'{{"module": "ask", "input": "How do deadlines work?"}}' """
         f"{gateway} lazygrpc.v1.ModuleService/Stream"
     )
+    if edge:
+        print(
+            f"  curl -N {edge}/v1/chat/completions -H 'content-type: application/json' "
+            """-d '{"model": "ask", "stream": true, """
+            """"messages": [{"role": "user", "content": "What is a session?"}]}'"""
+        )
 
 
 def _block_signals() -> bool:

@@ -41,6 +41,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         "--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown"
     )
     p.add_argument(
+        "--drain-notice",
+        type=float,
+        default=None,
+        help="seconds a draining server still admits calls after NOT_SERVING (default 0.2)",
+    )
+    p.add_argument(
         "--expose-tracebacks",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -56,7 +62,11 @@ def _build_server(args: argparse.Namespace) -> Any:
 
     topic = {
         k: v
-        for k, v in (("topic_events", args.topic_events), ("topic_bytes", args.topic_bytes))
+        for k, v in (
+            ("topic_events", args.topic_events),
+            ("topic_bytes", args.topic_bytes),
+            ("drain_notice", args.drain_notice),
+        )
         if v is not None
     }
     return Server(

@@ -31,6 +31,10 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+#: Seconds a draining server still admits new calls after it says NOT_SERVING: the time
+#: a client's health watch (grpc's client-side health checking) needs to take it out of its
+#: round_robin, so that no call lands on it in between (docs/deployment.md, "Draining").
+DRAIN_NOTICE = 0.2
 #: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
 _HEALTH_GRACE = 0.1
 
@@ -53,6 +57,7 @@ class Server:
         interceptors: Sequence[Any] = (),
         options: Sequence[tuple[str, Any]] = (),
         grace: float = 5.0,
+        drain_notice: float = DRAIN_NOTICE,
         topic_events: int = broker.DEFAULT_TOPIC_EVENTS,
         topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
@@ -63,6 +68,7 @@ class Server:
         self.requested_port = port
         self.port = 0
         self.grace = grace
+        self.drain_notice = drain_notice
         # Tracebacks leave a server only where it opted in; loopback servers default to on.
         self.expose_tracebacks = (
             host in ("127.0.0.1", "localhost", "::1")
@@ -155,8 +161,8 @@ class Server:
         return f"{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: health NOT_SERVING, refuse new calls, let in-flight calls
-        finish within `grace` seconds, then cancel what is left.
+        """Graceful shutdown: health NOT_SERVING, refuse new calls after `drain_notice`
+        seconds, let in-flight calls finish within `grace` seconds, then cancel what is left.
 
         While draining, health and reflection still answer (health says NOT_SERVING).
         """
@@ -169,6 +175,8 @@ class Server:
         if inspect.isawaitable(result):
             await result
         if self._started and grace > 0:
+            if self.drain_notice > 0:
+                await asyncio.sleep(min(self.drain_notice, grace))
             self._gate.draining = True
             await self._gate.wait_idle(grace)
         # Once lazygrpc's calls have drained, what is left are health and reflection calls:

@@ -55,6 +55,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (extra `otel`)")
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), under a supervisor (default 1)",
+    )
+    p.add_argument("--worker-socket", help=argparse.SUPPRESS)  # set by the supervisor
 
 
 def _build_server(args: argparse.Namespace) -> Any:
@@ -76,8 +83,24 @@ def _build_server(args: argparse.Namespace) -> Any:
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
         telemetry=args.otel,
+        reuse_port=args.worker_socket is not None,
+        also_listen=[args.worker_socket] if args.worker_socket else [],
         **topic,
     )
+
+
+def _as_workers(args: argparse.Namespace) -> int | None:
+    """With `--workers N` (N > 1): this command run as N workers, its exit code."""
+    if args.workers < 1:
+        raise SystemExit("lazygrpc: --workers must be 1 or more")
+    if args.workers == 1:
+        return None
+    from lazygrpc.workers import run_workers
+
+    try:
+        return run_workers(args.argv, args.workers, args.host, args.port, args.grace)
+    except OSError as exc:
+        raise SystemExit(f"lazygrpc: {exc}") from None
 
 
 async def _serve(server: Any) -> int:
@@ -88,6 +111,8 @@ async def _serve(server: Any) -> int:
 
 
 def cmd_serve_model(args: argparse.Namespace) -> int:
+    if (code := _as_workers(args)) is not None:
+        return code
     from lazygrpc.backends import make_backend
     from lazygrpc.server.model import KNOWN_PARAMS, ModelConfig, presets_from
 
@@ -110,6 +135,8 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if (code := _as_workers(args)) is not None:
+        return code
     from lazygrpc.server.module_spec import load_target
 
     sys.path.insert(0, ".")
@@ -260,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what workers run again
     try:
         return int(args.fn(args))
     except KeyboardInterrupt:

@@ -21,7 +21,9 @@ ALLOWED = {
     "backends": set(),
     "version": set(),
     "demo": {"", "core", "client", "server", "broker", "backends", "version"},
-    "cli": {"core", "client", "server", "backends", "demo"},
+    "cli": {"core", "client", "server", "backends", "demo", "supervisor", "workers"},
+    "supervisor": set(),  # child processes: argv, env, a health target; nothing of ours
+    "workers": {"supervisor"},
     "__main__": {"cli"},
     "": {"core", "client", "server", "broker", "backends", "version"},  # the public API
 }

@@ -62,12 +62,15 @@ class Server:
         topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
         telemetry: bool = False,
+        reuse_port: bool = False,
+        also_listen: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
         self.port = 0
         self.grace = grace
+        self.also_listen = tuple(also_listen)
         self.drain_notice = drain_notice
         # Tracebacks leave a server only where it opted in; loopback servers default to on.
         self.expose_tracebacks = (
@@ -90,8 +93,12 @@ class Server:
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
         # handler to every call. Interceptors passed in still run, before ours.
+        # SO_REUSEPORT is off unless asked for (`--workers`): grpc turns it on by default on
+        # Linux, and then a second server on a port in use would start without an error.
+        reuse = [("grpc.so_reuseport", 1)] if reuse_port else []
+        base = [o for o in SERVER_OPTIONS if not (reuse and o[0] == "grpc.so_reuseport")]
         self._server = grpc.aio.server(
-            interceptors=list(interceptors) or None, options=[*SERVER_OPTIONS, *options]
+            interceptors=list(interceptors) or None, options=[*base, *reuse, *options]
         )
         self._handlers = _Handlers(self._wrap_method)
         self._server.add_generic_rpc_handlers((self._handlers,))
@@ -150,6 +157,9 @@ class Server:
         self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
         if not self.port:
             raise OSError(f"could not bind {self.host}:{self.requested_port}")
+        for address in self.also_listen:  # e.g. a worker's private unix socket
+            if not self._server.add_insecure_port(address):
+                raise OSError(f"could not bind {address}")
         await self._server.start()
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 PROTOS  := $(wildcard protos/lazygrpc/v1/*.proto)
 
-.PHONY: all venv install protos check-protos lint demo test bench soak node clean
+.PHONY: all venv install protos check-protos lint demo test bench soak node clean system-deps
 
 all: test
 
@@ -16,7 +16,7 @@ $(PYTHON):
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(PYTHON) pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,otel]'
+	$(BIN)/pip install -q -e '.[dev,otel,redis,deploy]'
 	touch $@
 
 venv install: $(STAMP)
@@ -42,7 +42,13 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m lazygrpc up --demo "How does lazygrpc keep a slow client from filling memory?"
 
-test: $(STAMP) $(NODE_STAMP)
+# Debian packages the tests run for real: redis-server (the Redis broker), iproute2 (the
+# multi-host test's network namespaces).
+system-deps:
+	@command -v redis-server >/dev/null && command -v ip >/dev/null || \
+		(apt-get update -q && apt-get install -y -q redis-server iproute2)
+
+test: $(STAMP) $(NODE_STAMP) system-deps
 	$(MAKE) --no-print-directory check-protos lint
 	$(PYTHON) -m pytest -q
 

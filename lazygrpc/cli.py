@@ -61,6 +61,11 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="server processes sharing the port (SO_REUSEPORT), under a supervisor (default 1)",
     )
+    p.add_argument(
+        "--broker",
+        metavar="redis://HOST:PORT/DB",
+        help="BrokerService topics in Redis Streams, shared across hosts (default: in-process)",
+    )
     p.add_argument("--worker-socket", help=argparse.SUPPRESS)  # set by the supervisor
 
 
@@ -85,6 +90,7 @@ def _build_server(args: argparse.Namespace) -> Any:
         telemetry=args.otel,
         reuse_port=args.worker_socket is not None,
         also_listen=[args.worker_socket] if args.worker_socket else [],
+        broker_url=args.broker,
         **topic,
     )
 
@@ -104,7 +110,10 @@ def _as_workers(args: argparse.Namespace) -> int | None:
 
 
 async def _serve(server: Any) -> int:
-    port = await server.start()
+    try:
+        port = await server.start()
+    except ConnectionError as exc:  # the Redis broker is not reachable
+        raise SystemExit(f"lazygrpc: {exc} (check --broker)") from None
     print(f"listening on {server.host}:{port}", flush=True)
     await server.wait()
     return 0

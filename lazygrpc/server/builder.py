@@ -64,6 +64,7 @@ class Server:
         telemetry: bool = False,
         reuse_port: bool = False,
         also_listen: Sequence[str] = (),
+        broker_url: str | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -71,6 +72,9 @@ class Server:
         self.port = 0
         self.grace = grace
         self.also_listen = tuple(also_listen)
+        #: `redis://HOST:PORT/DB`: BrokerService's named topics live there (cross-host).
+        self.broker_url = broker_url
+        self._redis: Any = None
         self.drain_notice = drain_notice
         # Tracebacks leave a server only where it opted in; loopback servers default to on.
         self.expose_tracebacks = (
@@ -145,10 +149,15 @@ class Server:
 
     async def start(self) -> int:
         """Bind, start serving and mark every service SERVING; returns the bound port."""
+        if self.broker_url is not None:
+            from lazygrpc.broker.redis_streams import RedisTopics
+
+            self._redis = RedisTopics(self.broker_url, **self.topic_options)
+            await self._redis.check()
         self.add_service(
             broker_service.SERVICE_NAME,
             broker_service.add_to_server,
-            broker_service.BrokerServicer(self.topic_options),
+            broker_service.BrokerServicer(self.topic_options, self._redis),
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer([*self.service_names, reflection.SERVICE_NAME]),
@@ -197,6 +206,8 @@ class Server:
         if self._started and not self._gate.active:
             left = min(left, _HEALTH_GRACE)
         await self._server.stop(max(0.0, left))
+        if self._redis is not None:
+            await self._redis.aclose()
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 PROTOS  := $(wildcard protos/lazygrpc/v1/*.proto)
 
-.PHONY: all venv install protos check-protos lint demo test bench soak node clean system-deps
+.PHONY: all venv install protos check-protos lint demo test bench soak node clean system-deps image
 
 all: test
 
@@ -63,6 +63,11 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PYTHON) -m pytest -q -m soak tests/soak
+
+# The image servers/k8s/mesh.yaml names (needs a container engine; none runs in CI here).
+IMAGE ?= lazygrpc:latest
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) clients/node/node_modules

@@ -66,6 +66,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         metavar="redis://HOST:PORT/DB",
         help="BrokerService topics in Redis Streams, shared across hosts (default: in-process)",
     )
+    p.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="another address to serve on, e.g. unix:/run/lazygrpc.sock (repeatable)",
+    )
     p.add_argument("--worker-socket", help=argparse.SUPPRESS)  # set by the supervisor
 
 
@@ -89,7 +96,7 @@ def _build_server(args: argparse.Namespace) -> Any:
         expose_tracebacks=args.expose_tracebacks,
         telemetry=args.otel,
         reuse_port=args.worker_socket is not None,
-        also_listen=[args.worker_socket] if args.worker_socket else [],
+        also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],
         broker_url=args.broker,
         **topic,
     )

@@ -82,13 +82,15 @@ def test_urls_set_the_policy_and_bad_options_are_named() -> None:
     )
     e = channels.parse_endpoint("ipv4:10.0.0.1:5,10.0.0.2:5/who")
     assert e.target == "ipv4:10.0.0.1:5,10.0.0.2:5" and e.policy.lb_for(e.target) == "round_robin"
-    e = channels.parse_endpoint("grpc://h:1/who?health=0&attempts=1")
-    assert (e.policy.health_check, e.policy.max_attempts) == (False, 1)
+    e = channels.parse_endpoint("grpc://h:1/who?health=0&attempts=1&keepalive=2.5")
+    assert (e.policy.health_check, e.policy.max_attempts, e.policy.keepalive) == (False, 1, 2.5)
+    assert ("grpc.keepalive_time_ms", 2500) in channels.options_for(e.target, e.policy)
     for bad, what in [
         ("grpc://h:1/who?lb=random", "lb='random'"),
         ("grpc://h:1/who?colour=red", "unknown option colour='red'"),
         ("grpc://h:1/who?idempotent=maybe", "idempotent='maybe'"),
         ("grpc://h:1/who?attempts=9", "max_attempts=9"),
+        ("grpc://h:1/who?keepalive=0.1", "keepalive=0.1"),
     ]:
         with pytest.raises(ValueError, match="invalid lazygrpc URL") as info:
             lazygrpc.connect(bad)

@@ -28,6 +28,9 @@ def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 16 << 20),
         ("grpc.so_reuseport", 0),
+        # A replica back from a restart or a broken link is connected again within 5 s
+        # (grpc's default backoff grows to 120 s).
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
 
 
@@ -90,7 +93,11 @@ def _module(url: str, module: str) -> str:
 
 def options_for(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> list[tuple[str, Any]]:
     """`channel_options()` plus the service config `policy` gives a channel to `target`."""
-    return [*channel_options(), ("grpc.service_config", policy.service_config(target))]
+    return [
+        *channel_options(),
+        *policy.keepalive_options(),
+        ("grpc.service_config", policy.service_config(target)),
+    ]
 
 
 _lock = threading.Lock()

@@ -9,6 +9,7 @@ JSON service config handed to the channel as `grpc.service_config`, no router of
 - **Health.** `healthCheckConfig` makes grpc watch `grpc.health.v1.Health` on every
   subchannel (gRFC A17): a replica that says NOT_SERVING (draining) stops being picked
   while its in-flight calls finish. grpc honours it under `round_robin` only.
+- **Keepalive.** Pings every `keepalive` seconds find a replica whose link died silently.
 - **Retries.** UNAVAILABLE is retried (up to `max_attempts`, backing off) for the unary
   methods that change nothing: `GetModelInfo`, `ListModules`, `GetBrokerStats`, health
   `Check`; `ModuleService.Call` only when the caller declares the module idempotent
@@ -38,6 +39,9 @@ IDEMPOTENT_METHODS: tuple[tuple[str, str], ...] = (
 #: Retried too for modules the caller declared idempotent.
 MODULE_CALL = ("lazygrpc.v1.ModuleService", "Call")
 
+#: The shortest keepalive interval lazygrpc servers accept (`SERVER_OPTIONS`).
+MIN_KEEPALIVE = 1.0
+
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -66,12 +70,18 @@ class ChannelPolicy:
     max_attempts: int = 3
     #: Retry `ModuleService.Call` too: only for modules whose calls may run twice.
     idempotent: bool = False
+    #: Seconds between HTTP/2 keepalive pings, and how long one may go unanswered: a peer
+    #: whose link died silently (no RST) is dropped within about twice this, in-flight calls
+    #: to it fail with UNAVAILABLE and the round goes on without it. Servers accept >= 1 s.
+    keepalive: float = 10.0
 
     def __post_init__(self) -> None:
         if self.lb not in (None, ROUND_ROBIN, PICK_FIRST):
             raise ValueError(f"lb={self.lb!r}: expected {ROUND_ROBIN!r} or {PICK_FIRST!r}")
         if not 1 <= self.max_attempts <= 5:
             raise ValueError(f"max_attempts={self.max_attempts!r}: expected 1-5 (grpc's cap)")
+        if not self.keepalive >= MIN_KEEPALIVE:
+            raise ValueError(f"keepalive={self.keepalive!r}: expected >= {MIN_KEEPALIVE} s")
 
     def lb_for(self, target: str) -> str:
         """The balancing policy a channel to `target` uses."""
@@ -79,12 +89,24 @@ class ChannelPolicy:
             return self.lb
         return ROUND_ROBIN if balances(target) else PICK_FIRST
 
+    def keepalive_options(self) -> list[tuple[str, int]]:
+        """Channel options for `keepalive` (pings also on an idle connection: a health
+        watch is a call that sends nothing for long)."""
+        ms = int(self.keepalive * 1000)
+        return [
+            ("grpc.keepalive_time_ms", ms),
+            ("grpc.keepalive_timeout_ms", ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
     def service_config(self, target: str) -> str:
         """The JSON service config of a channel to `target` (`grpc.service_config`)."""
         return _service_config(self, self.lb_for(target))
 
     def with_query(self, query: str, url: str) -> ChannelPolicy:
-        """This policy with a URL's `lb=`, `health=`, `idempotent=`, `attempts=` applied;
+        """This policy with a URL's `lb=`, `health=`, `idempotent=`, `attempts=`,
+        `keepalive=` applied;
         `ValueError` names the URL and the bad key."""
         changes: dict[str, object] = {}
         for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=True):
@@ -96,10 +118,12 @@ class ChannelPolicy:
                 changes["health_check" if key == "health" else key] = _FLAGS[value.lower()]
             elif key == "attempts" and value.isdigit():
                 changes["max_attempts"] = int(value)
+            elif key == "keepalive" and value.replace(".", "", 1).isdigit():
+                changes["keepalive"] = float(value)
             else:
                 raise ValueError(
                     f"invalid lazygrpc URL {url!r}: unknown option {key}={value!r} "
-                    "(expected lb=, health=, idempotent=, attempts=N)"
+                    "(expected lb=, health=, idempotent=, attempts=N, keepalive=S)"
                 )
         try:
             return replace(self, **changes)  # type: ignore[arg-type]

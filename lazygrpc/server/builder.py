@@ -28,6 +28,11 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.absolute_max_metadata_size", 64 << 10),
     ("grpc.max_receive_message_length", 16 << 20),
     ("grpc.max_send_message_length", 64 << 20),
+    # Clients' keepalive pings (ChannelPolicy.keepalive, >= 1 s) are welcome, also on an
+    # idle connection (a health watch): grpc's default answers pings more often than every
+    # 5 min with GOAWAY "too_many_pings".
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"

@@ -195,3 +195,26 @@ async def test_a_subscriber_that_loses_its_connection_resumes_after_its_last_id(
     with pytest.raises(NoSubscriber, match="'resume' has no subscriber"):
         await topics.publish("resume", [("p", to_value(1))])
     await topics.aclose()
+
+
+def test_a_bad_publish_is_invalid_argument_and_the_server_keeps_serving(
+    servers: Servers, redis_url: str
+) -> None:
+    at = _server(servers, redis_url)
+    with grpc.insecure_channel(at) as ch:
+        sub = broker_pb2_grpc.BrokerServiceStub(ch).Subscribe(
+            broker_pb2.SubscribeRequest(topic="bad"), timeout=20
+        )
+        sub.initial_metadata()
+        with pytest.raises(grpc.RpcError) as info:
+            broker_pb2_grpc.BrokerServiceStub(ch).Publish(
+                iter([broker_pb2.PublishRequest(topic="bad", value=to_value(1)),
+                      broker_pb2.PublishRequest(topic="bad")]),
+                timeout=10,
+            )  # fmt: skip
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "value: missing"
+        assert from_value(next(sub).intermediate) == 1  # what came before it went through
+        assert _publish(at, "bad", [2]) == 1
+        assert from_value(next(sub).intermediate) == 2
+        sub.cancel()

@@ -151,7 +151,12 @@ class Supervisor:
 
     async def _all_ready(self, watchers: list[asyncio.Task[None]]) -> None:
         """Return once every child is ready; a watcher's GaveUp (or the timeout) raises."""
-        ready: asyncio.Future[Any] = asyncio.gather(*(r.ready.wait() for r in self._running))
+
+        async def every_one() -> None:
+            for r in self._running:
+                await r.ready.wait()
+
+        ready: asyncio.Future[Any] = asyncio.ensure_future(every_one())
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
         waits: list[asyncio.Future[Any]] = [ready, stop, *watchers]
         try:
@@ -174,12 +179,15 @@ class Supervisor:
         delay = policy.backoff
         while not self._stopping.is_set():
             started = time.monotonic()
-            running.proc = await asyncio.create_subprocess_exec(
-                *child.argv,
-                env={**os.environ, **child.env},
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=None if child.stdout else asyncio.subprocess.DEVNULL,
-            )
+            try:
+                running.proc = await asyncio.create_subprocess_exec(
+                    *child.argv,
+                    env={**os.environ, **child.env},
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=None if child.stdout else asyncio.subprocess.DEVNULL,
+                )
+            except OSError as exc:  # no such program, too many processes
+                raise GaveUp(f"cannot start {child.name} ({child.argv[0]!r}): {exc}") from None
             _log.info("started %s (pid %d)", child.name, running.proc.pid)
             ready = asyncio.create_task(self._wait_ready(running))
             code = await running.proc.wait()

@@ -120,3 +120,8 @@ async def test_the_supervisor_gives_up_on_a_child_that_keeps_dying(tmp_path: obj
     assert time.monotonic() - t0 < 30
     assert supervisor.pids() == {}  # every child stopped and reaped
     assert not [p for p in psutil.Process(os.getpid()).children() if p.status() != "zombie"]
+
+
+async def test_a_child_that_cannot_start_gives_up_with_exit_one() -> None:
+    supervisor = Supervisor([Child("ghost", ["/nonexistent/lazygrpc-child"])], stop_timeout=5)
+    assert await asyncio.wait_for(supervisor.arun(), 30) == 1

@@ -85,6 +85,10 @@ def test_urls_set_the_policy_and_bad_options_are_named() -> None:
     e = channels.parse_endpoint("grpc://h:1/who?health=0&attempts=1&keepalive=2.5")
     assert (e.policy.health_check, e.policy.max_attempts, e.policy.keepalive) == (False, 1, 2.5)
     assert ("grpc.keepalive_time_ms", 2500) in channels.options_for(e.target, e.policy)
+    # Keepalive by default only towards replica sets (other gRPC servers refuse fast pings).
+    assert not ChannelPolicy().keepalive_options("h:1")
+    assert ("grpc.keepalive_time_ms", 10_000) in ChannelPolicy().keepalive_options("dns:///m:1")
+    assert not ChannelPolicy(keepalive=0).keepalive_options("dns:///m:1")
     for bad, what in [
         ("grpc://h:1/who?lb=random", "lb='random'"),
         ("grpc://h:1/who?colour=red", "unknown option colour='red'"),

@@ -95,7 +95,7 @@ def options_for(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> list[tup
     """`channel_options()` plus the service config `policy` gives a channel to `target`."""
     return [
         *channel_options(),
-        *policy.keepalive_options(),
+        *policy.keepalive_options(target),
         ("grpc.service_config", policy.service_config(target)),
     ]
 

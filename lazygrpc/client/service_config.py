@@ -9,7 +9,10 @@ JSON service config handed to the channel as `grpc.service_config`, no router of
 - **Health.** `healthCheckConfig` makes grpc watch `grpc.health.v1.Health` on every
   subchannel (gRFC A17): a replica that says NOT_SERVING (draining) stops being picked
   while its in-flight calls finish. grpc honours it under `round_robin` only.
-- **Keepalive.** Pings every `keepalive` seconds find a replica whose link died silently.
+- **Keepalive.** Pings every `keepalive` seconds find a replica whose link died silently
+  (on by default for replica sets only: a gRPC server that is not lazygrpc's answers pings
+  more often than every 5 minutes with GOAWAY "too_many_pings" unless configured to accept
+  them).
 - **Retries.** UNAVAILABLE is retried (up to `max_attempts`, backing off) for the unary
   methods that change nothing: `GetModelInfo`, `ListModules`, `GetBrokerStats`, health
   `Check`; `ModuleService.Call` only when the caller declares the module idempotent
@@ -41,6 +44,8 @@ MODULE_CALL = ("lazygrpc.v1.ModuleService", "Call")
 
 #: The shortest keepalive interval lazygrpc servers accept (`SERVER_OPTIONS`).
 MIN_KEEPALIVE = 1.0
+#: Seconds between keepalive pings on channels to replica sets, unless told otherwise.
+DEFAULT_KEEPALIVE = 10.0
 
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
@@ -72,16 +77,17 @@ class ChannelPolicy:
     idempotent: bool = False
     #: Seconds between HTTP/2 keepalive pings, and how long one may go unanswered: a peer
     #: whose link died silently (no RST) is dropped within about twice this, in-flight calls
-    #: to it fail with UNAVAILABLE and the round goes on without it. Servers accept >= 1 s.
-    keepalive: float = 10.0
+    #: to it fail with UNAVAILABLE and the round goes on without it. lazygrpc servers accept
+    #: >= 1 s. None: `DEFAULT_KEEPALIVE` for targets of several replicas, off for one; 0: off.
+    keepalive: float | None = None
 
     def __post_init__(self) -> None:
         if self.lb not in (None, ROUND_ROBIN, PICK_FIRST):
             raise ValueError(f"lb={self.lb!r}: expected {ROUND_ROBIN!r} or {PICK_FIRST!r}")
         if not 1 <= self.max_attempts <= 5:
             raise ValueError(f"max_attempts={self.max_attempts!r}: expected 1-5 (grpc's cap)")
-        if not self.keepalive >= MIN_KEEPALIVE:
-            raise ValueError(f"keepalive={self.keepalive!r}: expected >= {MIN_KEEPALIVE} s")
+        if self.keepalive and not self.keepalive >= MIN_KEEPALIVE:
+            raise ValueError(f"keepalive={self.keepalive!r}: expected 0 (off) or >= 1 s")
 
     def lb_for(self, target: str) -> str:
         """The balancing policy a channel to `target` uses."""
@@ -89,10 +95,15 @@ class ChannelPolicy:
             return self.lb
         return ROUND_ROBIN if balances(target) else PICK_FIRST
 
-    def keepalive_options(self) -> list[tuple[str, int]]:
+    def keepalive_options(self, target: str) -> list[tuple[str, int]]:
         """Channel options for `keepalive` (pings also on an idle connection: a health
         watch is a call that sends nothing for long)."""
-        ms = int(self.keepalive * 1000)
+        seconds = self.keepalive
+        if seconds is None:
+            seconds = DEFAULT_KEEPALIVE if balances(target) else 0
+        if not seconds:
+            return []
+        ms = int(seconds * 1000)
         return [
             ("grpc.keepalive_time_ms", ms),
             ("grpc.keepalive_timeout_ms", ms),

@@ -19,8 +19,9 @@ WORKDIR /home/lazygrpc
 
 EXPOSE 50051
 # Every service in servers/k8s listens on 50051; Kubernetes uses its own gRPC probes.
+# `lazygrpc health` exits 2 when the call fails; Docker reserves 2, so anything but 0 is 1.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["lazygrpc", "health", "grpc://127.0.0.1:50051", "--timeout", "2"]
+    CMD lazygrpc health grpc://127.0.0.1:50051 --timeout 2 || exit 1
 
 ENTRYPOINT ["lazygrpc"]
 CMD ["serve-model", "--backend", "markov", "--host", "0.0.0.0", "--port", "50051"]

@@ -85,7 +85,10 @@ def test_the_images_commands_parse_with_the_cli() -> None:
     args = parser().parse_args(cmd)
     assert (args.host, args.port) == ("0.0.0.0", 50051)
     (check,) = [rest for op, rest in ops if op == "HEALTHCHECK"]
-    argv = _exec_form(check.split(" CMD ", 1)[1].strip())
+    command = check.split(" CMD ", 1)[1].strip()
+    # Shell form: Docker reserves exit code 2, which `lazygrpc health` uses for a failed call.
+    assert command.endswith(" || exit 1"), command
+    argv = shlex.split(command.removesuffix(" || exit 1"))
     assert argv[:2] == ["lazygrpc", "health"]
     health = parser().parse_args(argv[1:])
     assert channels.parse_url(health.url) == ("127.0.0.1:50051", "")

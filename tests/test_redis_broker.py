@@ -38,7 +38,7 @@ def _server(servers: Servers, redis_url: str, **options: Any) -> str:
 
 
 def test_a_subscriber_on_one_server_gets_what_another_server_publishes(
-    servers: Servers, redis_url: str
+    redis_url: str, servers: Servers
 ) -> None:
     sub_at, pub_at = _server(servers, redis_url), _server(servers, redis_url)
     with grpc.insecure_channel(sub_at) as ch:
@@ -60,7 +60,7 @@ def test_a_subscriber_on_one_server_gets_what_another_server_publishes(
     assert redis_cli(redis_url, "KEYS", "lazygrpc:*") == ""
 
 
-def test_one_subscriber_per_name_across_servers(servers: Servers, redis_url: str) -> None:
+def test_one_subscriber_per_name_across_servers(redis_url: str, servers: Servers) -> None:
     a, b = _server(servers, redis_url), _server(servers, redis_url)
     with grpc.insecure_channel(a) as cha, grpc.insecure_channel(b) as chb:
         first = broker_pb2_grpc.BrokerServiceStub(cha).Subscribe(
@@ -77,7 +77,7 @@ def test_one_subscriber_per_name_across_servers(servers: Servers, redis_url: str
         first.cancel()
 
 
-def test_cross_process_publish_through_a_cli_server(servers: Servers, redis_url: str) -> None:
+def test_cross_process_publish_through_a_cli_server(redis_url: str, servers: Servers) -> None:
     proc, sub_at = start_cli("serve", "tests/fixtures/cli_modules.py:whoami", "--broker", redis_url)
     try:
         with grpc.insecure_channel(sub_at) as ch:
@@ -198,7 +198,7 @@ async def test_a_subscriber_that_loses_its_connection_resumes_after_its_last_id(
 
 
 def test_a_bad_publish_is_invalid_argument_and_the_server_keeps_serving(
-    servers: Servers, redis_url: str
+    redis_url: str, servers: Servers
 ) -> None:
     at = _server(servers, redis_url)
     with grpc.insecure_channel(at) as ch:

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 NODE_STAMP := clients/node/node_modules/.installed
 PROTOS  := $(wildcard protos/lazygrpc/v1/*.proto)
 
-.PHONY: all venv install protos check-protos lint demo test bench soak node clean debian
+.PHONY: all venv install protos check-protos lint demo test bench soak node clean system-deps image
 
 all: test
 
@@ -18,7 +18,7 @@ $(PYTHON):
 # torch first, pinned: the CPU wheel on disk (an unpinned torch pulls GBs of CUDA build).
 $(STAMP): $(PYTHON) pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers,edge,edge-test]'
+	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers,edge,edge-test,redis,deploy]'
 	touch $@
 
 venv install: $(STAMP)
@@ -44,12 +44,14 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m lazygrpc up --demo "How does lazygrpc keep a slow client from filling memory?"
 
-# Debian tools the edge's tests drive: chromium (through Playwright) and curl.
-debian:
-	command -v chromium >/dev/null && command -v curl >/dev/null \
-		|| (apt-get update -q && apt-get install -y -q chromium curl)
+# Debian packages the tests run for real: redis-server (the Redis broker), iproute2 (the
+# multi-host tests' network namespaces), chromium (the chat page, through Playwright), curl.
+system-deps:
+	@command -v redis-server >/dev/null && command -v ip >/dev/null \
+		&& command -v chromium >/dev/null && command -v curl >/dev/null || \
+		(apt-get update -q && apt-get install -y -q redis-server iproute2 chromium curl)
 
-test: $(STAMP) $(NODE_STAMP) debian
+test: $(STAMP) $(NODE_STAMP) system-deps
 	$(MAKE) --no-print-directory check-protos lint
 	$(PYTHON) -m pytest -q
 
@@ -66,6 +68,11 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PYTHON) -m pytest -q -m soak tests/soak
+
+# The image servers/k8s/mesh.yaml names (needs a container engine; none runs in CI here).
+IMAGE ?= lazygrpc:latest
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) clients/node/node_modules

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks import _clients as c
-from benchmarks import bench_broker, bench_edge, bench_instructions, bench_interceptors
+from benchmarks import (
+    bench_broker,
+    bench_edge,
+    bench_instructions,
+    bench_interceptors,
+    bench_scale,
+)
 from benchmarks._common import (
     ROOT,
     Row,
@@ -556,6 +562,12 @@ def main() -> None:
         "`lazygrpc edge` in front of the echo model server, read by a minimal keep-alive "
         "HTTP/1.1 client, against `LLM(url).astream` to the same server; the sides "
         "alternate in every round. The added row pairs the rounds.")  # fmt: skip
+    add("Issue 18: past one process (quick)", bench_scale.run(quick=True),
+        "`python -m benchmarks.bench_scale --quick`: `lazygrpc serve --workers 2` against "
+        "`--workers 1` from 8 connections (the kernel spreads connections, not calls), and "
+        "the Redis broker (a real redis-server) between two processes, alone and through "
+        "two servers' BrokerService (one gRPC message per event, capped near a single "
+        "stream's messages/s).")  # fmt: skip
     if bench_instructions.available():
         add("Instructions per call (callgrind)", bench_instructions.run(quick=True),
             "`python -m benchmarks.bench_instructions --quick`: one process of each pair runs "

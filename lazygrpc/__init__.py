@@ -21,6 +21,7 @@ from lazygrpc.version import __version__ as __version__
 _EXPORTS = {
     "AioServerInterceptor": "lazygrpc.server.interceptors",
     "BrokerStats": "lazygrpc.broker",
+    "ChannelPolicy": "lazygrpc.client.service_config",
     "ClientInterceptor": "lazygrpc.client.interceptors",
     "DeadlineExceeded": "lazygrpc.core.errors",
     "Edge": "lazygrpc.edge.app",
@@ -67,6 +68,7 @@ __all__ = [
     "LLM",
     "AioServerInterceptor",
     "BrokerStats",
+    "ChannelPolicy",
     "ClientInterceptor",
     "DeadlineExceeded",
     "Edge",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:
     )
     from lazygrpc.client.llm import LLM
     from lazygrpc.client.remote import RemoteModule, connect
+    from lazygrpc.client.service_config import ChannelPolicy
     from lazygrpc.core.chain import remote_error_from_rpc
     from lazygrpc.core.context import (
         ThreadPoolExecutor,

@@ -29,6 +29,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         "--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown"
     )
     p.add_argument(
+        "--drain-notice",
+        type=float,
+        default=None,
+        help="seconds a draining server still admits calls after NOT_SERVING (default 0.2)",
+    )
+    p.add_argument(
         "--expose-tracebacks",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -44,6 +50,25 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
     logs.add_arguments(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), under a supervisor (default 1)",
+    )
+    p.add_argument(
+        "--broker",
+        metavar="redis://HOST:PORT/DB",
+        help="BrokerService topics in Redis Streams, shared across hosts (default: in-process)",
+    )
+    p.add_argument(
+        "--also-listen",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="another address to serve on, e.g. unix:/run/lazygrpc.sock (repeatable)",
+    )
+    p.add_argument("--worker-socket", help=argparse.SUPPRESS)  # set by the supervisor
 
 
 def _build_server(args: argparse.Namespace) -> Any:
@@ -51,7 +76,11 @@ def _build_server(args: argparse.Namespace) -> Any:
 
     topic = {
         k: v
-        for k, v in (("topic_events", args.topic_events), ("topic_bytes", args.topic_bytes))
+        for k, v in (
+            ("topic_events", args.topic_events),
+            ("topic_bytes", args.topic_bytes),
+            ("drain_notice", args.drain_notice),
+        )
         if v is not None
     }
     return Server(
@@ -61,6 +90,9 @@ def _build_server(args: argparse.Namespace) -> Any:
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
         telemetry=args.otel or _traces_asked_by_env(),
+        reuse_port=args.worker_socket is not None,
+        also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],
+        broker_url=args.broker,
         **topic,
     )
 
@@ -96,7 +128,23 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _as_workers(args: argparse.Namespace) -> int | None:
+    """With `--workers N` (N > 1): this command run as N workers, its exit code."""
+    if args.workers < 1:
+        raise SystemExit("lazygrpc: --workers must be 1 or more")
+    if args.workers == 1:
+        return None
+    from lazygrpc.workers import run_workers
+
+    try:
+        return run_workers(args.argv, args.workers, args.host, args.port, args.grace)
+    except OSError as exc:
+        raise SystemExit(f"lazygrpc: {exc}") from None
+
+
 def cmd_serve_model(args: argparse.Namespace) -> int:
+    if (code := _as_workers(args)) is not None:
+        return code
     from lazygrpc.backends import make_backend
     from lazygrpc.server.model import KNOWN_PARAMS, ModelConfig, presets_from
 
@@ -124,6 +172,8 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if (code := _as_workers(args)) is not None:
+        return code
     modules = serving.load_modules(args.targets)
     return serving.run_server(lambda: _build_server(args), lambda s: s.add_modules(modules))
 
@@ -282,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if hasattr(args, "log_level"):
         logs.configure(args.log_level, args.log_format)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what workers run again
     try:
         return int(args.fn(args))
     except UsageError as exc:

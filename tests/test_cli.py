@@ -158,9 +158,11 @@ def test_serve_bad_spec_exits_nonzero_naming_it(spec: str, expected: str) -> Non
 
 
 def test_sigterm_drains_active_stream_then_exits_zero() -> None:
+    # No drain notice: the refusal of new work once NOT_SERVING is under test.
     proc, address = start_cli(
-        "serve-model", "--backend", "echo", "--token-delay", "0.05", "--grace", "5"
-    )
+        "serve-model", "--backend", "echo", "--token-delay", "0.05", "--grace", "5",
+        "--drain-notice", "0",
+    )  # fmt: skip
     words = [f"w{i}" for i in range(40)]  # 40 tokens x 50 ms: ~2 s of stream left to drain
     stream_channel = grpc.insecure_channel(address)
     probe_channel = grpc.insecure_channel(address)

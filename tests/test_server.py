@@ -75,7 +75,8 @@ def test_graceful_stop_drains_streams_and_flips_health(server_loop: Any) -> None
             yield f"t{i} "
 
     async def build() -> lazygrpc.Server:
-        s = lazygrpc.Server(name="drain", grace=5)
+        # No notice period: the refusal of a call that comes after NOT_SERVING is under test.
+        s = lazygrpc.Server(name="drain", grace=5, drain_notice=0)
         s.add_modules({"slow": slow})
         await s.start()
         return s

@@ -24,7 +24,21 @@ ALLOWED = {
     "demo": {"", "core", "client", "server", "broker", "backends", "version"},
     "logs": {"server"},  # the CLI's logging configuration: formats the server's records
     "commands": {"", "core", "client", "server", "backends", "demo", "commands"},
-    "cli": {"core", "client", "server", "backends", "demo", "commands", "logs", "version", "edge"},
+    "cli": {
+        "core",
+        "client",
+        "server",
+        "backends",
+        "demo",
+        "commands",
+        "logs",
+        "version",
+        "edge",
+        "supervisor",
+        "workers",
+    },
+    "supervisor": set(),  # child processes: argv, env, a health target; nothing of ours
+    "workers": {"supervisor"},
     "__main__": {"cli"},
     "": {"core", "client", "server", "broker", "backends", "edge", "version"},  # the public API
 }

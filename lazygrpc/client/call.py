@@ -83,7 +83,7 @@ class OutgoingCall:
             if isinstance(exc, grpc.RpcError):
                 trailing = exc.trailing_metadata()
                 if self.error is not None:
-                    raise self.error(exc) from exc
+                    raise _with_peer(self.error(exc), self.call) from exc
         finally:
             self.call.cancel()  # a no-op once the call ended
             self.finish(self.call, trailing)
@@ -114,6 +114,21 @@ class OutgoingCall:
         except Exception:
             trailing = None
         self.finish(call, trailing)
+
+
+def _with_peer(error: Exception, call: Any) -> Exception:
+    """A failure with no chain from the other side (the connection broke, the peer is no
+    lazygrpc server) names the address the call went to, in its one frame's `host`: behind
+    a replica set (`dns:///`, `ipv4:a,b`) the target alone does not say which one failed."""
+    chain = getattr(error, "chain", None)
+    if chain and len(chain) == 1 and not chain[0].host:
+        try:
+            peer = call.peer()
+        except Exception:  # no peer known (never connected)
+            peer = None
+        if peer:
+            chain[0].host = peer
+    return error
 
 
 #: Trailer merges waiting for a coroutine (kept referenced until they ran).

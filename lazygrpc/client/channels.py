@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
+
+from lazygrpc.client.service_config import DEFAULT_POLICY, ChannelPolicy
 
 
 def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
@@ -26,22 +28,50 @@ def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 16 << 20),
         ("grpc.so_reuseport", 0),
+        # A replica back from a restart or a broken link is connected again within 5 s
+        # (grpc's default backoff grows to 120 s).
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
+
+
+class Endpoint(NamedTuple):
+    """What a lazygrpc URL names: the grpc target, the module (or ""), the channel policy."""
+
+    target: str
+    module: str
+    policy: ChannelPolicy
 
 
 def parse_url(url: str) -> tuple[str, str]:
     """`grpc://host:port/module` → (`host:port`, `module`); `ValueError` names a bad URL."""
+    endpoint = parse_endpoint(url)
+    return endpoint.target, endpoint.module
+
+
+def parse_endpoint(url: str, policy: ChannelPolicy | None = None) -> Endpoint:
+    """A URL's target, module and channel policy (`policy` with the URL's query applied).
+
+    Forms: `grpc://HOST:PORT[/MODULE]`, `dns:///HOST:PORT[/MODULE]` (every address the
+    name resolves to), `ipv4:A:P,B:Q[/MODULE]` / `ipv6:[A]:P,…` (a replica set by address);
+    each may end in `?lb=pick_first|round_robin&health=0|1&idempotent=0|1&attempts=N`.
+    """
     if not isinstance(url, str):
         raise ValueError(f"invalid lazygrpc URL {url!r}: expected a string")
-    if url.startswith("dns:///"):
-        target, _, module = url[len("dns:///") :].partition("/")
-        if not target:
-            raise ValueError(f"invalid lazygrpc URL {url!r}: no host after dns:///")
-        return f"dns:///{target}", module
-    parts = urlsplit(url)
+    base = policy or DEFAULT_POLICY
+    rest, _, query = url.partition("?")
+    if query:
+        base = base.with_query(query, url)
+    for scheme in ("dns:///", "ipv4:", "ipv6:"):
+        if rest.startswith(scheme):
+            target, _, module = rest[len(scheme) :].partition("/")
+            if not target:
+                raise ValueError(f"invalid lazygrpc URL {url!r}: no address after {scheme}")
+            return Endpoint(f"{scheme}{target}", _module(url, module), base)
+    parts = urlsplit(rest)
     if parts.scheme != "grpc":
         raise ValueError(
-            f"invalid lazygrpc URL {url!r}: expected grpc://HOST:PORT[/MODULE] or dns:///HOST:PORT"
+            f"invalid lazygrpc URL {url!r}: expected grpc://HOST:PORT[/MODULE], "
+            "dns:///HOST:PORT or ipv4:HOST:PORT,HOST:PORT"
         )
     try:
         port = parts.port
@@ -49,18 +79,30 @@ def parse_url(url: str) -> tuple[str, str]:
         raise ValueError(f"invalid lazygrpc URL {url!r}: port is not a number in 1-65535") from None
     if not parts.hostname or port is None or port == 0:
         raise ValueError(f"invalid lazygrpc URL {url!r}: needs a host and a port")
-    if parts.query or parts.fragment:
-        raise ValueError(f"invalid lazygrpc URL {url!r}: unexpected query or fragment")
+    if parts.fragment:
+        raise ValueError(f"invalid lazygrpc URL {url!r}: unexpected fragment")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    module = parts.path.strip("/")
+    return Endpoint(f"{host}:{port}", _module(url, parts.path.strip("/")), base)
+
+
+def _module(url: str, module: str) -> str:
     if "/" in module:
         raise ValueError(f"invalid lazygrpc URL {url!r}: module name {module!r} contains '/'")
-    return f"{host}:{port}", module
+    return module
+
+
+def options_for(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> list[tuple[str, Any]]:
+    """`channel_options()` plus the service config `policy` gives a channel to `target`."""
+    return [
+        *channel_options(),
+        *policy.keepalive_options(target),
+        ("grpc.service_config", policy.service_config(target)),
+    ]
 
 
 _lock = threading.Lock()
-_sync: dict[str, grpc.Channel] = {}
-_stubs: dict[tuple[Any, str], Any] = {}
+_sync: dict[tuple[str, ChannelPolicy], grpc.Channel] = {}
+_stubs: dict[tuple[Any, str, ChannelPolicy], Any] = {}
 
 
 class _LoopShare:
@@ -69,8 +111,8 @@ class _LoopShare:
     __slots__ = ("channels", "stubs")
 
     def __init__(self) -> None:
-        self.channels: dict[str, grpc.aio.Channel] = {}
-        self.stubs: dict[tuple[Any, str], Any] = {}
+        self.channels: dict[tuple[str, ChannelPolicy], grpc.aio.Channel] = {}
+        self.stubs: dict[tuple[Any, str, ChannelPolicy], Any] = {}
 
 
 #: Per event loop, by the loop's id, with a weak reference that tells a live loop from a
@@ -97,23 +139,25 @@ def _share(loop: asyncio.AbstractEventLoop) -> _LoopShare:
         return share
 
 
-def sync_channel(target: str) -> grpc.Channel:
+def sync_channel(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> grpc.Channel:
     """The shared sync channel for `target` (lazygrpc's clients add metadata themselves)."""
+    key = (target, policy)
     with _lock:
-        ch = _sync.get(target)
+        ch = _sync.get(key)
         if ch is None:
-            ch = _sync[target] = grpc.insecure_channel(target, channel_options())
+            ch = _sync[key] = grpc.insecure_channel(target, options_for(target, policy))
         return ch
 
 
-def aio_channel(target: str) -> grpc.aio.Channel:
+def aio_channel(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> grpc.aio.Channel:
     """The shared asyncio channel for `target` on the running event loop."""
     share = _share(asyncio.get_running_loop())
+    key = (target, policy)
     with _lock:
-        ch = share.channels.get(target)
+        ch = share.channels.get(key)
         if ch is None:
-            ch = share.channels[target] = grpc.aio.insecure_channel(
-                target, options=channel_options()
+            ch = share.channels[key] = grpc.aio.insecure_channel(
+                target, options=options_for(target, policy)
             )
         return ch
 
@@ -139,20 +183,20 @@ async def aclose_all() -> None:
         await ch.close()
 
 
-def stub(cls: Any, target: str) -> Any:
+def stub(cls: Any, target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> Any:
     """A cached stub of `cls` on the shared sync channel for `target`."""
-    key = (cls, target)
+    key = (cls, target, policy)
     s = _stubs.get(key)
     if s is None:
-        s = _stubs[key] = cls(sync_channel(target))
+        s = _stubs[key] = cls(sync_channel(target, policy))
     return s
 
 
-def astub(cls: Any, target: str) -> Any:
+def astub(cls: Any, target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> Any:
     """A cached stub of `cls` on the running loop's shared channel for `target`."""
     stubs = _share(asyncio.get_running_loop()).stubs
-    key = (cls, target)
+    key = (cls, target, policy)
     s = stubs.get(key)
     if s is None:
-        s = stubs[key] = cls(aio_channel(target))
+        s = stubs[key] = cls(aio_channel(target, policy))
     return s

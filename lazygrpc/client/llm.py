@@ -7,6 +7,7 @@ from functools import partial
 from typing import Any
 
 from lazygrpc.client import call, channels
+from lazygrpc.client.service_config import ChannelPolicy
 from lazygrpc.core import chain
 from lazygrpc.core.events import async_stream
 from lazygrpc.v1 import model_pb2, model_pb2_grpc
@@ -39,10 +40,16 @@ class LLM:
     """
 
     def __init__(
-        self, url: str, *, prompt: str | None = None, timeout: float | None = None, **params: Any
+        self,
+        url: str,
+        *,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        policy: ChannelPolicy | None = None,
+        **params: Any,
     ) -> None:
         self.url = url
-        self.target, path = channels.parse_url(url)
+        self.target, path, self.policy = channels.parse_endpoint(url, policy)
         if path:
             raise ValueError(f"invalid lazygrpc URL {url!r}: a model URL has no path")
         self.prompt = prompt
@@ -64,6 +71,7 @@ class LLM:
             self.url,
             prompt=self.prompt if prompt is None else prompt,
             timeout=self.timeout,
+            policy=self.policy,
             **{**self.params, **params},
         )
 
@@ -81,7 +89,10 @@ class LLM:
         return request
 
     def _stub(self) -> Any:
-        return channels.stub(model_pb2_grpc.ModelServiceStub, self.target)
+        return channels.stub(model_pb2_grpc.ModelServiceStub, self.target, self.policy)
+
+    def _astub(self) -> Any:
+        return channels.astub(model_pb2_grpc.ModelServiceStub, self.target, self.policy)
 
     def __call__(self, text: str, **params: Any) -> str:
         """The whole answer (`Complete`)."""

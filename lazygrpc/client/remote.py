@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import grpc
 
 from lazygrpc import broker
 from lazygrpc.client import call, channels
+from lazygrpc.client.service_config import DEFAULT_POLICY, ChannelPolicy
 from lazygrpc.core import chain
 from lazygrpc.core.events import Event, relay_source
 from lazygrpc.core.values import fill_list, fill_struct, fill_value, from_value
@@ -45,9 +47,18 @@ class RemoteModule:
     events from below into the current stream, so progress from any depth reaches the entry.
     """
 
-    def __init__(self, url: str, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        policy: ChannelPolicy | None = None,
+        idempotent: bool | None = None,
+    ) -> None:
         self.url = url
-        self.target, self.module = channels.parse_url(url)
+        if idempotent is not None:
+            policy = replace(policy or DEFAULT_POLICY, idempotent=idempotent)
+        self.target, self.module, self.policy = channels.parse_endpoint(url, policy)
         if not self.module:
             raise ValueError(
                 f"invalid lazygrpc URL {url!r}: no module name (grpc://HOST:PORT/MODULE)"
@@ -82,7 +93,7 @@ class RemoteModule:
         if broker.current_topic() is not None:
             # Read to the end, not just to the result: the trailers (globals) come after it.
             return _result_of(self.module, self._stream(request))
-        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
         response = call.unary(stub.Call, request, self.timeout, self._error)
         return from_value(response.output, where="output")
 
@@ -96,7 +107,7 @@ class RemoteModule:
 
     def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
         topic = broker.current_topic()
-        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
         for ev in call.stream(stub.Stream, request, self.timeout, self._error):
             if topic is not None and ev.HasField("intermediate"):
                 topic.put(self._relayed(ev))
@@ -105,7 +116,7 @@ class RemoteModule:
 
     def list_modules(self) -> list[dict[str, Any]]:
         """The modules the server exposes: name, streaming, doc."""
-        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
+        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
         request = module_pb2.ListModulesRequest()
         response = call.unary(stub.ListModules, request, self.timeout, self._error)
         return [{"name": m.name, "streaming": m.streaming, "doc": m.doc} for m in response.modules]
@@ -117,7 +128,7 @@ class RemoteModule:
         request = self._request(args, kwargs)
         if broker.current_topic() is not None:
             return await _aresult_of(self.module, self._astream(request))
-        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
+        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
         response = await call.aunary(stub.Call, request, self.timeout, self._error)
         return from_value(response.output, where="output")
 
@@ -127,7 +138,7 @@ class RemoteModule:
 
     async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
         topic = broker.current_topic()
-        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
+        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
         async for ev in call.astream(stub.Stream, request, self.timeout, self._error):
             if topic is not None and ev.HasField("intermediate"):
                 await broker.aput_from_anywhere(topic, self._relayed(ev))
@@ -135,6 +146,17 @@ class RemoteModule:
                 yield Event.from_pb(ev)
 
 
-def connect(url: str, *, timeout: float | None = None) -> RemoteModule:
-    """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`."""
-    return RemoteModule(url, timeout=timeout)
+def connect(
+    url: str,
+    *,
+    timeout: float | None = None,
+    policy: ChannelPolicy | None = None,
+    idempotent: bool | None = None,
+) -> RemoteModule:
+    """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`.
+
+    `policy` sets balancing, health checks and retries (`ChannelPolicy`; a URL's
+    `?lb=…` applies on top); `idempotent=True` lets grpc retry `Call` on UNAVAILABLE,
+    for a module whose calls may safely run twice.
+    """
+    return RemoteModule(url, timeout=timeout, policy=policy, idempotent=idempotent)

@@ -70,7 +70,7 @@ class CallScope:
         policy: GlobalsPolicy | None = None,
     ) -> None:
         """A scope with `session`, or (None) with the session that its session id and
-        `baggage` header, as the server lifecycle checked them, make when code first asks for it:
+        `baggage` header, as `check_arrival` checked them, make when code first asks for it:
         a call whose code never touches its session makes none."""
         self._session = session
         self._sid = sid

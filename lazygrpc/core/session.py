@@ -27,6 +27,18 @@ def new_session_id() -> str:
     return os.urandom(16).hex()
 
 
+def check_arrival(id: str | None, header: str | None) -> bool:
+    """Check an incoming call's session id and `baggage` header (`ValueError` names what is
+    wrong), for every entry point (a server's calls, the HTTP edge's requests): whether the
+    header holds flat globals only, which `Session.arrived` keeps as it came."""
+    if id is not None:
+        baggage.check_session_id(id)
+    flat = not header or baggage.is_flat_header(header)
+    if not flat:
+        baggage.parse_baggage(header, defer=True)  # type: ignore[arg-type]  # raises
+    return flat
+
+
 class _Global:
     """One global: its value (`Undecoded` until first read), and what is known of it.
 
@@ -80,7 +92,7 @@ class Session:
         checked: bool = False,
     ) -> None:
         """A session with `values` as its starting globals (not counted as changed);
-        `checked=True`: `id` was checked already (the server lifecycle's arrival check)."""
+        `checked=True`: `id` was checked already (`check_arrival`)."""
         if id is None:
             id = new_session_id()
         elif not checked:
@@ -100,8 +112,8 @@ class Session:
 
     @classmethod
     def arrived(cls, id: str | None, header: str | None, flat: bool) -> Session:
-        """The session of an incoming call from its headers, as the server lifecycle checked
-        them: `flat` says the header holds flat globals only (`baggage.is_flat_header`).
+        """The session of an incoming call from its headers, as `check_arrival` checked them
+        (`flat` is what it said).
 
         A header of flat globals only (the common case) is taken apart when code first
         touches a global, and a hop that never does forwards it as it came."""

@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from lazygrpc.core import baggage
 from lazygrpc.core.context import CallScope
-from lazygrpc.core.session import Arrival
+from lazygrpc.core.session import check_arrival
 from lazygrpc.edge.errors import HTTPProblem
 
 MAX_TIMEOUT = 24 * 3600.0
@@ -68,7 +68,7 @@ def call_scope(request: Request, service: str, default_timeout: float) -> CallSc
     sid = next((v for h in SESSION_HEADERS if (v := request.headers.get(h))), None)
     header = request.headers.get(baggage.BAGGAGE_HEADER)
     try:
-        arrival = Arrival.check(sid, header)
+        flat = check_arrival(sid, header)
     except ValueError as exc:
         message = str(exc)
         param = baggage.SESSION_HEADER if message.startswith(baggage.SESSION_HEADER) else "baggage"
@@ -86,7 +86,7 @@ def call_scope(request: Request, service: str, default_timeout: float) -> CallSc
                 f"{TIMEOUT_HEADER}: {raw[:40]!r} is not a number of seconds in (0, 86400]",
                 param=TIMEOUT_HEADER,
             )
-    return CallScope(None, service, request.url.path, timeout, arrival)
+    return CallScope(None, service, request.url.path, timeout, sid, header, flat)
 
 
 def module_body(body: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

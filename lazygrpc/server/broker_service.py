@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 from typing import Any
 
 import grpc
 
 from lazygrpc import broker
+from lazygrpc.broker.redis_streams import BATCH, NoSubscriber, RedisTopics
 from lazygrpc.broker.topic import INTERMEDIATE, Item
 from lazygrpc.core.errors import InvalidArgument, NotFound
 from lazygrpc.core.values import to_value
@@ -30,19 +34,24 @@ def stats_message(stats: broker.BrokerStats) -> broker_pb2.BrokerStats:
 class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     """Implementation of `lazygrpc.v1.BrokerService` over the process-wide broker."""
 
-    def __init__(self, topic_options: dict[str, Any]) -> None:
+    def __init__(self, topic_options: dict[str, Any], redis: RedisTopics | None = None) -> None:
         self.topic_options = topic_options
+        #: Named topics live in Redis when set (`--broker redis://…`), else in this process.
+        self.redis = redis
 
     async def Publish(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> broker_pb2.PublishResponse:
+        if self.redis is not None:
+            return broker_pb2.PublishResponse(
+                accepted=await _publish_to_redis(self.redis, request_iterator)
+            )
         accepted = 0
         async for request in request_iterator:
             topic = broker.BROKER.named(request.topic)
             if topic is None:
                 raise NotFound(f"topic {request.topic!r} has no subscriber")
-            if not request.HasField("value"):
-                raise InvalidArgument("value: missing")
+            _check_value(request)
             await topic.aput(Item.encoded(INTERMEDIATE, request.source, request.value))
             accepted += 1
         return broker_pb2.PublishResponse(accepted=accepted)
@@ -52,6 +61,10 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     ) -> Any:
         if not request.topic or len(request.topic) > 256:
             raise InvalidArgument(f"topic: {request.topic[:40]!r} must be 1-256 characters")
+        if self.redis is not None:
+            async for event in _subscribe_to_redis(self.redis, request.topic, context):
+                yield event
+            return
         try:
             topic = broker.BROKER.open_named(request.topic, **self.topic_options)
         except ValueError as exc:
@@ -74,3 +87,68 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         self, request: broker_pb2.GetBrokerStatsRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.BrokerStats:
         return stats_message(broker.BROKER.stats())
+
+
+def _check_value(request: broker_pb2.PublishRequest) -> None:
+    if not request.HasField("value"):
+        raise InvalidArgument("value: missing")
+
+
+async def _subscribe_to_redis(
+    redis: RedisTopics, name: str, context: grpc.aio.ServicerContext
+) -> Any:
+    try:
+        subscription = await redis.subscribe(name)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    try:
+        await context.send_initial_metadata(())  # the topic is claimed: publishing works
+        seq = 0
+        async with contextlib.aclosing(subscription.events()) as events:
+            async for source, value in events:
+                yield module_pb2.Event(seq=seq, source=source, intermediate=value)
+                seq += 1
+    finally:
+        await subscription.close()
+
+
+async def _publish_to_redis(redis: RedisTopics, request_iterator: Any) -> int:
+    """Publish a client's stream into Redis in batches: what has arrived while the last batch
+    was on its way goes in the next one (one round trip each), at most `BATCH` read ahead."""
+    queue: asyncio.Queue[broker_pb2.PublishRequest | None] = asyncio.Queue(BATCH)
+
+    async def read() -> None:
+        async for request in request_iterator:
+            _check_value(request)
+            await queue.put(request)
+        await queue.put(None)
+
+    reader = asyncio.create_task(read())
+    accepted = 0
+    try:
+        done = False
+        while not done:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait([getter, reader], return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():  # the reader ended (or failed) with nothing queued
+                getter.cancel()
+                reader.result()
+                continue
+            batch = [getter.result()]
+            while not queue.empty() and len(batch) < BATCH:
+                batch.append(queue.get_nowait())
+            if batch[-1] is None:
+                done = True
+                batch.pop()
+            for topic, run in itertools.groupby(batch, key=lambda r: r.topic):  # type: ignore[union-attr]
+                items = [(r.source, r.value) for r in run]  # type: ignore[union-attr]
+                try:
+                    await redis.publish(topic, items)
+                except NoSubscriber as exc:
+                    raise NotFound(str(exc)) from None
+                accepted += len(items)
+        return accepted
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader

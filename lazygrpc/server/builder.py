@@ -31,10 +31,20 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.absolute_max_metadata_size", 64 << 10),
     ("grpc.max_receive_message_length", 16 << 20),
     ("grpc.max_send_message_length", 64 << 20),
+    # Clients' keepalive pings (ChannelPolicy.keepalive, >= 1 s) are welcome, also on an
+    # idle connection (a health watch): grpc's default answers pings more often than every
+    # 5 min with GOAWAY "too_many_pings".
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 _LOG = logging.getLogger("lazygrpc.server")
+
+#: Seconds a draining server still admits new calls after it says NOT_SERVING: the time
+#: a client's health watch (grpc's client-side health checking) needs to take it out of its
+#: round_robin, so that no call lands on it in between (docs/deployment.md, "Draining").
+DRAIN_NOTICE = 0.2
 #: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
 _HEALTH_GRACE = 0.1
 
@@ -57,17 +67,26 @@ class Server:
         interceptors: Sequence[Any] = (),
         options: Sequence[tuple[str, Any]] = (),
         grace: float = 5.0,
+        drain_notice: float = DRAIN_NOTICE,
         topic_events: int = broker.DEFAULT_TOPIC_EVENTS,
         topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
         telemetry: bool = False,
         globals_policy: GlobalsPolicy | None = None,
+        reuse_port: bool = False,
+        also_listen: Sequence[str] = (),
+        broker_url: str | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self.requested_port = port
         self.port = 0
         self.grace = grace
+        self.also_listen = tuple(also_listen)
+        #: `redis://HOST:PORT/DB`: BrokerService's named topics live there (cross-host).
+        self.broker_url = broker_url
+        self._redis: Any = None
+        self.drain_notice = drain_notice
         # Tracebacks leave a server only where it opted in; loopback servers default to on.
         self.expose_tracebacks = (
             host in ("127.0.0.1", "localhost", "::1")
@@ -96,7 +115,11 @@ class Server:
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
         # handler to every call. Interceptors passed in still run, before ours.
-        self._options = [*SERVER_OPTIONS, *options]
+        # SO_REUSEPORT is off unless asked for (`--workers`): grpc turns it on by default on
+        # Linux, and then a second server on a port in use would start without an error.
+        reuse = [("grpc.so_reuseport", 1)] if reuse_port else []
+        base = [o for o in SERVER_OPTIONS if not (reuse and o[0] == "grpc.so_reuseport")]
+        self._options = [*base, *reuse, *options]
         self._server = grpc.aio.server(
             interceptors=list(interceptors) or None, options=self._options
         )
@@ -149,10 +172,15 @@ class Server:
 
     async def start(self) -> int:
         """Bind, start serving and mark every service SERVING; returns the bound port."""
+        if self.broker_url is not None:
+            from lazygrpc.broker.redis_streams import RedisTopics
+
+            self._redis = RedisTopics(self.broker_url, **self.topic_options)
+            await self._redis.check()
         self.add_service(
             broker_service.SERVICE_NAME,
             broker_service.add_to_server,
-            broker_service.BrokerServicer(self.topic_options),
+            broker_service.BrokerServicer(self.topic_options, self._redis),
         )
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer([*self.service_names, reflection.SERVICE_NAME]),
@@ -169,6 +197,9 @@ class Server:
             self.port = 0
         if not self.port:
             raise OSError(_cannot_listen(address, "the port is in use"))
+        for address in self.also_listen:  # e.g. a worker's private unix socket
+            if not self._server.add_insecure_port(address):
+                raise OSError(f"could not bind {address}")
         if self._tracing is not None:
             from lazygrpc.telemetry import install_provider, service_name
 
@@ -197,8 +228,8 @@ class Server:
         return f"{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: health NOT_SERVING, refuse new calls, let in-flight calls
-        finish within `grace` seconds, then cancel what is left.
+        """Graceful shutdown: health NOT_SERVING, refuse new calls after `drain_notice`
+        seconds, let in-flight calls finish within `grace` seconds, then cancel what is left.
 
         While draining, health and reflection still answer (health says NOT_SERVING).
         """
@@ -211,6 +242,8 @@ class Server:
         if inspect.isawaitable(result):
             await result
         if self._started and grace > 0:
+            if self.drain_notice > 0:
+                await asyncio.sleep(min(self.drain_notice, grace))
             self._gate.draining = True
             await self._gate.wait_idle(grace)
         # Once lazygrpc's calls have drained, what is left are health and reflection calls:
@@ -222,6 +255,8 @@ class Server:
             left = min(left, _HEALTH_GRACE)
         cancelled = self._gate.active
         await self._server.stop(max(0.0, left))
+        if self._redis is not None:
+            await self._redis.aclose()
         if self._provider is not None:  # the last spans out before the process ends
             from lazygrpc.telemetry import shutdown_provider
 

@@ -28,7 +28,7 @@ import grpc
 from lazygrpc.core import baggage, chain
 from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
-from lazygrpc.core.session import Session
+from lazygrpc.core.session import Session, check_arrival
 from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server import calllog
 from lazygrpc.server.dispatch import Refused, aborted_by_handler
@@ -124,13 +124,7 @@ def incoming_scope(
     if policy is not None:
         header = policy.incoming(header)
     try:
-        if sid is not None:
-            baggage.check_session_id(sid)
-        # A header of flat globals only is kept as it came (`Session.arrived`); any other
-        # is parsed now, so that a bad one refuses the call.
-        flat = not header or baggage.is_flat_header(header)
-        if not flat:
-            baggage.parse_baggage(header, defer=True)  # type: ignore[arg-type]
+        flat = check_arrival(sid, header)
     except ValueError as exc:  # a bad baggage header or session id, named
         raise InvalidArgument(str(exc)) from None
     scope = CallScope(None, service, method, time_remaining, sid, header, flat, policy)

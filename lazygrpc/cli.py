@@ -44,7 +44,14 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         "--expose-tracebacks",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="send tracebacks in error chains (default: only when bound to loopback)",
+        help="send tracebacks, hosts and exception text in error chains "
+        "(default: only to callers on loopback)",
+    )
+    p.add_argument(
+        "--redact",
+        choices=("short", "drop"),
+        default="short",
+        help="what callers not trusted see of messages from below (default: short)",
     )
     p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (extra `otel`)")
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
@@ -65,6 +72,7 @@ def _build_server(args: argparse.Namespace) -> Any:
         port=args.port,
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
+        redact=args.redact,
         telemetry=args.otel,
         **topic,
     )

@@ -165,7 +165,7 @@ def merge_trailers(s: Session, trailing: Any) -> None:
     try:
         # Flat values stay undecoded until code reads them: a hop that only passes `usage`
         # on never decodes it (checked here all the same).
-        update = baggage.parse_baggage(value, defer=True)
+        update = baggage.parse_baggage(value, defer=True, update=True)
     except (ValueError, RecursionError):
         return  # a peer's broken trailer must not fail a call that succeeded
     try:

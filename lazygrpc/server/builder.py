@@ -50,6 +50,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         expose_tracebacks: bool | None = None,
+        redact: str = "short",
         interceptors: Sequence[Any] = (),
         options: Sequence[tuple[str, Any]] = (),
         grace: float = 5.0,
@@ -63,19 +64,18 @@ class Server:
         self.requested_port = port
         self.port = 0
         self.grace = grace
-        # Tracebacks leave a server only where it opted in; loopback servers default to on.
-        self.expose_tracebacks = (
-            host in ("127.0.0.1", "localhost", "::1")
-            if expose_tracebacks is None
-            else expose_tracebacks
-        )
+        # Tracebacks leave a server only for callers it trusts: None decides per call, by
+        # whether the caller is on loopback (docs/errors.md "Redaction").
+        self.expose_tracebacks = expose_tracebacks
         self.topic_options = {
             "max_events": topic_events,
             "max_bytes": topic_bytes,
             "coalesce_bytes": coalesce_bytes,
         }
         self._gate = DrainGate()
-        self._lifecycle = Lifecycle(name, expose_tracebacks=self.expose_tracebacks, gate=self._gate)
+        self._lifecycle = Lifecycle(
+            name, expose_tracebacks=expose_tracebacks, redact=redact, gate=self._gate
+        )
         self._tracing: Any = None
         if telemetry:
             from lazygrpc.telemetry import server_interceptor

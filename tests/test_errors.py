@@ -132,7 +132,7 @@ def test_redacted_chain_keeps_types_and_path_but_no_exception_text(servers: Any)
     assert all(f.traceback == "" for f in err.chain)
     assert all(f.host == "" and f.pid == 0 for f in err.chain)
     assert err.chain[-1].error_type == "ValueError"
-    # The plain internal error of docs/errors.md "Redaction": no exception text anywhere.
+    # The plain internal error of docs/errors.md "Redaction by trust": no exception text.
     assert err.code == grpc.StatusCode.INTERNAL
     assert str(err) == "hop1.run → hop2.run → hop3.run: ValueError: internal error"
     assert "fail-redacted" not in err.report()

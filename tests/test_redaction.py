@@ -1,4 +1,4 @@
-"""Redaction by the caller's trust (docs/errors.md "Redaction"), and the error trailer budget.
+"""Redaction by the caller's trust (docs/errors.md "Redaction by trust"); the trailer budget.
 
 A caller outside this host is a real one: a client process in a network namespace of the
 test's own, reaching the server over a veth pair (10.233.x.0/24, inside that namespace only).
@@ -114,7 +114,7 @@ class Outside:
 
 @pytest.fixture(scope="module")
 def outside() -> Iterator[Outside]:
-    # Root makes the namespace (the test machines run as root: docs/errors.md "Redaction").
+    # Making a namespace and a veth pair needs root (CAP_NET_ADMIN), as the test machines have.
     o = Outside()
     yield o
     o.close()

@@ -1,4 +1,4 @@
-"""What an error chain may show a caller, by trust: pure functions (docs/errors.md "Redaction").
+"""What an error chain may show a caller it does not trust (docs/errors.md "Redaction by trust").
 
 A server trusts a caller on loopback (`is_loopback_peer`) unless told otherwise. To a caller
 it does not trust it sends no traceback, host name or pid in any frame (its own or those it

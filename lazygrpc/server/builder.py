@@ -65,7 +65,7 @@ class Server:
         self.port = 0
         self.grace = grace
         # Tracebacks leave a server only for callers it trusts: None decides per call, by
-        # whether the caller is on loopback (docs/errors.md "Redaction").
+        # whether the caller is on loopback (docs/errors.md "Redaction by trust").
         self.expose_tracebacks = expose_tracebacks
         self.topic_options = {
             "max_events": topic_events,

@@ -91,8 +91,8 @@ def server_interceptors(
     """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
 
     `expose_tracebacks` None trusts callers on loopback only; `redact` is what a caller not
-    trusted sees of the chain (docs/errors.md "Redaction"). `telemetry=True` adds a span per
-    call (extra `otel`; see `lazygrpc.telemetry`).
+    trusted sees of the chain (docs/errors.md "Redaction by trust"). `telemetry=True` adds a
+    span per call (extra `otel`; see `lazygrpc.telemetry`).
     """
     cls = AioServerInterceptor if aio else ServerInterceptor
     interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks, redact=redact)]

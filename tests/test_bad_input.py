@@ -160,3 +160,17 @@ def test_deleted_in_an_update_trailer_still_deletes(servers: Any) -> None:
         lazygrpc.globals["user"] = "ada"
         lazygrpc.connect(f"{url}/forget")()
         assert "user" not in lazygrpc.globals
+
+
+def test_garbage_bytes_on_a_sync_server_with_lazygrpc_interceptors() -> None:
+    from tests.hops import start_sync_server
+
+    server, url = start_sync_server("sync-bad", {"echo": lambda x: x})
+    try:
+        target = url.removeprefix("grpc://")
+        err = _raw_call(target, "/lazygrpc.v1.ModuleService/Call", b"\x0a\xff\xff")
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid lazygrpc.v1.CallRequest" in (err.details() or "")
+        assert lazygrpc.connect(f"{url}/echo")("still serving") == "still serving"
+    finally:
+        server.stop(0)

@@ -292,3 +292,41 @@ def test_a_failing_call_leaves_out_a_globals_update_past_the_budget(servers: Any
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             keys = [k for k, _ in info.value.trailing_metadata()]
             assert ("lazy-globals-update" in keys) is sent
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        ("ipv4:127.0.0.1:5000", True),
+        ("ipv4:127.0.0.2:5000", True),
+        ("ipv6:[::1]:5000", True),
+        ("ipv6:%5B::1%5D:5000", True),
+        ("ipv6:[::ffff:127.0.0.1]:5000", True),
+        ("unix:/tmp/lazygrpc.sock", True),
+        ("unix-abstract:lazygrpc", True),
+        ("ipv4:10.233.1.2:5000", False),
+        ("ipv4:0.0.0.0:5000", False),
+        ("ipv6:[2001:db8::1]:5000", False),
+        ("ipv6:%5B2001:db8::1%5D:5000", False),
+        ("ipv6:[::ffff:10.0.0.1]:5000", False),
+        ("ipv4:localhost:5000", False),
+        ("", False),
+        ("garbage", False),
+    ],
+)
+def test_which_peers_are_on_loopback(peer: str, trusted: bool) -> None:
+    assert redaction.is_loopback_peer(peer) is trusted
+
+
+@pytest.mark.parametrize("host", ["[::1]", "127.0.0.2"])
+def test_every_loopback_address_is_trusted_whatever_the_server_binds(
+    servers: Any, host: str
+) -> None:
+    def leak(x: str) -> str:
+        raise ValueError(SECRET)
+
+    url = servers.modules({"leak": leak}, name="lo", host=host)
+    port = url.rpartition(":")[2]
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        lazygrpc.connect(f"grpc://{host}:{port}/leak")("x")
+    assert SECRET in info.value.message and "Traceback" in info.value.chain[0].traceback

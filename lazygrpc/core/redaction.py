@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Literal
+from urllib.parse import unquote
 
 from lazygrpc.core.errors import RemoteError, StatusError
 from lazygrpc.v1 import chain_pb2
@@ -26,8 +27,11 @@ PLAIN_INTERNAL = "internal error"
 
 def is_loopback_peer(peer: str) -> bool:
     """Whether a grpc peer string (`context.peer()`) is this host: `ipv4:127.x.x.x:port`,
-    `ipv6:[::1]:port` (or an IPv4-mapped loopback), or a unix socket."""
+    `ipv6:[::1]:port` (or an IPv4-mapped loopback), or a unix socket. grpc writes peers as
+    URIs: the brackets may come percent-encoded (`ipv6:%5B::1%5D:port`)."""
     kind, _, rest = peer.partition(":")
+    if "%" in rest:
+        rest = unquote(rest)
     if kind in ("unix", "unix-abstract"):
         return True
     if kind == "ipv4":

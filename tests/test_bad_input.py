@@ -174,3 +174,12 @@ def test_garbage_bytes_on_a_sync_server_with_lazygrpc_interceptors() -> None:
         assert lazygrpc.connect(f"{url}/echo")("still serving") == "still serving"
     finally:
         server.stop(0)
+
+
+def test_garbage_in_a_request_stream_is_invalid_argument(target: str) -> None:
+    with grpc.insecure_channel(target) as ch:
+        publish = ch.stream_unary("/lazygrpc.v1.BrokerService/Publish")
+        with pytest.raises(grpc.RpcError) as info:
+            publish(iter([b"\xff\xff\xff"]), timeout=20)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid lazygrpc.v1.PublishRequest" in (info.value.details() or "")

@@ -77,8 +77,12 @@ class Undecodable(NamedTuple):
         )
 
 
-def checked_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """`deserialize` returning an `Undecodable` for bytes it cannot parse, instead of raising."""
+def checked_deserializer(
+    deserialize: Callable[[bytes], Any], *, streaming: bool = False
+) -> Callable[[bytes], Any]:
+    """`deserialize` returning an `Undecodable` for bytes it cannot parse, instead of raising;
+    for a request stream (`streaming`), raising its `InvalidArgument`: a streamed request is
+    deserialized as the handler reads it, so the error escapes the handler like its own."""
     cls = getattr(deserialize, "__self__", None)
     descriptor = getattr(cls, "DESCRIPTOR", None)
     type_name = getattr(descriptor, "full_name", None) or "request message"
@@ -87,7 +91,10 @@ def checked_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes
         try:
             return deserialize(data)
         except Exception as exc:  # protobuf's DecodeError, or whatever a custom one raises
-            return Undecodable(type_name, str(exc)[:200] or type(exc).__name__)
+            bad = Undecodable(type_name, str(exc)[:200] or type(exc).__name__)
+            if streaming:
+                raise bad.error() from None
+            return bad
 
     checked.checks = True  # type: ignore[attr-defined]
     return checked
@@ -95,20 +102,18 @@ def checked_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes
 
 def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:
     """`handler` (a `grpc.RpcMethodHandler`) with each behavior replaced by
-    `wrap(behavior, response_streaming)`, and a unary request's deserializer by
-    `checked_deserializer`'s (the wrapped behavior answers bad bytes)."""
+    `wrap(behavior, response_streaming)`, and its request deserializer by
+    `checked_deserializer`'s (bad bytes get INVALID_ARGUMENT)."""
     changes = {}
     for field in _FIELDS:
         behavior = getattr(handler, field)
         if behavior is not None:
             changes[field] = wrap(behavior, handler.response_streaming)
     deserialize = handler.request_deserializer
-    if (
-        not handler.request_streaming
-        and deserialize is not None
-        and not getattr(deserialize, "checks", False)
-    ):
-        changes["request_deserializer"] = checked_deserializer(deserialize)
+    if deserialize is not None and not getattr(deserialize, "checks", False):
+        changes["request_deserializer"] = checked_deserializer(
+            deserialize, streaming=handler.request_streaming
+        )
     return handler._replace(**changes)
 
 

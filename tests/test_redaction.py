@@ -330,3 +330,48 @@ def test_every_loopback_address_is_trusted_whatever_the_server_binds(
     with pytest.raises(lazygrpc.RemoteError) as info:
         lazygrpc.connect(f"grpc://{host}:{port}/leak")("x")
     assert SECRET in info.value.message and "Traceback" in info.value.chain[0].traceback
+
+
+def _status_for(exc: BaseException, redact: Any) -> tuple[grpc.StatusCode, str, Any]:
+    c = chain.failure_chain(exc, service="s", method="m", expose_traceback=redact is None)
+    status = chain.to_grpc_status(exc, c, service="s", method="m", session_id="", redact=redact)
+    return status.code, status.details, c
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "message"),
+    [
+        (ValueError(SECRET), grpc.StatusCode.INTERNAL, "internal error"),
+        (TimeoutError(SECRET), grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
+        (lazygrpc.NotFound("no model 'x'"), grpc.StatusCode.NOT_FOUND, "no model 'x'"),
+    ],
+)
+def test_the_status_an_untrusted_caller_gets(
+    exc: BaseException, code: grpc.StatusCode, message: str
+) -> None:
+    got_code, got_message, c = _status_for(exc, "short")
+    assert (got_code, got_message) == (code, message)
+    assert all(f.host == "" and f.pid == 0 and f.traceback == "" for f in c.frames)
+
+
+def test_a_relayed_peer_error_is_clipped_whatever_its_size() -> None:
+    huge = "é" * 20000
+    frame = chain_pb2.CallFrame(
+        service=huge, method=huge, host=huge, error_type=huge, message=huge, traceback=huge
+    )
+    below = lazygrpc.RemoteError(
+        grpc.StatusCode.ABORTED, huge, remote_type=huge, chain=[frame] * 40, session_id=huge
+    )
+    for redact in (None, "short", "drop"):
+        code, message, _ = _status_for(below, redact)
+        status = chain.to_grpc_status(
+            below,
+            chain.failure_chain(below, service="s", method="m"),
+            service="s",
+            method="m",
+            session_id=huge,
+            redact=redact,
+        )
+        assert code == grpc.StatusCode.ABORTED
+        assert chain.fits_trailer_budget(status.trailing_metadata)
+        assert len(message.encode()) <= chain.MAX_STATUS_MESSAGE_BYTES

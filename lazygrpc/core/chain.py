@@ -193,9 +193,9 @@ def to_grpc_status(
     message = status_message(exc)
     if redact is not None:
         redaction.redact_chain(chain, exc, redact)
-        message = redaction.status_line(exc, message, redact)
         if code == grpc.StatusCode.UNKNOWN and not redaction.exposed(exc):
             code = grpc.StatusCode.INTERNAL
+        message = redaction.status_line(exc, message, redact, code)
     reason = (exc.remote_type if isinstance(exc, RemoteError) else "") or type(exc).__name__
     metadata = {"session_id": session_id, "service": service, "method": method}
     info = error_details_pb2.ErrorInfo(

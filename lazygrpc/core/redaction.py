@@ -15,6 +15,8 @@ import ipaddress
 from typing import Literal
 from urllib.parse import unquote
 
+import grpc
+
 from lazygrpc.core.errors import RemoteError, StatusError
 from lazygrpc.v1 import chain_pb2
 
@@ -84,13 +86,15 @@ def redact_chain(chain: chain_pb2.CallChain, exc: BaseException, mode: Redact) -
             frame.message = short(frame.message) if mode == "short" else ""
 
 
-def status_line(exc: BaseException, message: str, mode: Redact) -> str:
+def status_line(exc: BaseException, message: str, mode: Redact, code: grpc.StatusCode) -> str:
     """The status line message for a caller not trusted, from the one a trusted caller
-    would read."""
+    would read; `code` is the status the call ends with."""
     if isinstance(exc, StatusError):
         return message
     if isinstance(exc, RemoteError):
         if mode == "short":
             return short(message)
         return f"{exc.remote_type or exc.code.name} (details withheld)"
-    return PLAIN_INTERNAL
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        return PLAIN_INTERNAL
+    return code.name.lower().replace("_", " ")  # e.g. a TimeoutError: "deadline exceeded"

@@ -97,4 +97,5 @@ def status_line(exc: BaseException, message: str, mode: Redact, code: grpc.Statu
         return f"{exc.remote_type or exc.code.name} (details withheld)"
     if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
         return PLAIN_INTERNAL
-    return code.name.lower().replace("_", " ")  # e.g. a TimeoutError: "deadline exceeded"
+    name: str = code.name
+    return name.lower().replace("_", " ")  # e.g. a TimeoutError: "deadline exceeded"

@@ -38,7 +38,14 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         "--expose-tracebacks",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="send tracebacks in error chains (default: only when bound to loopback)",
+        help="send tracebacks, hosts and exception text in error chains "
+        "(default: only to callers on loopback)",
+    )
+    p.add_argument(
+        "--redact",
+        choices=("short", "drop"),
+        default="short",
+        help="what callers not trusted see of messages from below (default: short)",
     )
     p.add_argument(
         "--otel",
@@ -89,6 +96,7 @@ def _build_server(args: argparse.Namespace) -> Any:
         port=args.port,
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
+        redact=args.redact,
         telemetry=args.otel or _traces_asked_by_env(),
         reuse_port=args.worker_socket is not None,
         also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],

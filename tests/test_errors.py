@@ -118,7 +118,7 @@ def test_details_trailer_decodes_with_plain_grpc_status(mesh: Mesh) -> None:
     assert [f.service for f in chain.frames] == ["hop1", "hop2", "hop3"]
 
 
-def test_redacted_chain_keeps_types_messages_and_path(servers: Any) -> None:
+def test_redacted_chain_keeps_types_and_path_but_no_exception_text(servers: Any) -> None:
     from tests.hops import Record, make_modules
 
     record = Record()
@@ -130,13 +130,19 @@ def test_redacted_chain_keeps_types_messages_and_path(servers: Any) -> None:
     err = info.value
     assert [f.service for f in err.chain] == ["hop1", "hop2", "hop3"]
     assert all(f.traceback == "" for f in err.chain)
+    assert all(f.host == "" and f.pid == 0 for f in err.chain)
     assert err.chain[-1].error_type == "ValueError"
-    assert "Traceback" not in str(err) and "hop3 failed" in str(err)
+    # The plain internal error of docs/errors.md "Redaction by trust": no exception text.
+    assert err.code == grpc.StatusCode.INTERNAL
+    assert str(err) == "hop1.run → hop2.run → hop3.run: ValueError: internal error"
+    assert "fail-redacted" not in err.report()
 
 
-async def test_public_address_redacts_by_default() -> None:
-    assert lazygrpc.Server(host="0.0.0.0").expose_tracebacks is False
-    assert lazygrpc.Server(host="127.0.0.1").expose_tracebacks is True
+async def test_tracebacks_are_decided_per_call_unless_set() -> None:
+    assert lazygrpc.Server(host="0.0.0.0").expose_tracebacks is None
+    assert lazygrpc.Server(host="127.0.0.1", expose_tracebacks=False).expose_tracebacks is False
+    with pytest.raises(ValueError, match="redact='some'"):
+        lazygrpc.Server(redact="some")
 
 
 def test_bare_grpcio_hop_that_raises_still_yields_a_frame(servers: Any) -> None:

@@ -42,7 +42,7 @@ def _update(values: dict[str, Any], deleted: Any = ()) -> str:
 
 def _read_update(update: str) -> tuple[dict[str, Any], set[str]]:
     """(set values, deleted keys) of a `lazy-globals-update` value."""
-    parsed = metadata.parse_baggage(update)
+    parsed = metadata.parse_baggage(update, update=True)
     return parsed.values, parsed.deleted
 
 

@@ -185,7 +185,7 @@ def merge_trailers(s: Session, trailing: Any, policy: GlobalsPolicy | None = Non
     try:
         # Flat values stay undecoded until code reads them: a hop that only passes `usage`
         # on never decodes it (checked here all the same).
-        update = baggage.parse_baggage(value, defer=True)
+        update = baggage.parse_baggage(value, defer=True, update=True)
     except (ValueError, RecursionError) as exc:
         # A peer's broken trailer must not fail a call that succeeded.
         _log.warning("a callee's %s was not merged: %s", baggage.UPDATE_TRAILER, exc)

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
+from lazygrpc.core.values import check_depth
+
 SESSION_HEADER = "lazy-session-id"
 BAGGAGE_HEADER = "baggage"
 UPDATE_TRAILER = "lazy-globals-update"
@@ -288,7 +290,10 @@ def trace_headers(traceparent: str | None, tracestate: str | None) -> tuple[tupl
 
 
 def encode_json(key: str, value: Any) -> str:
-    """JSON-encode a global's value; `TypeError` names the key when it is not JSON."""
+    """JSON-encode a global's value; `TypeError` names the key when it is not JSON (or
+    nests deeper than `values.MAX_DEPTH`)."""
+    if isinstance(value, dict | list | tuple):
+        check_depth(value, f"session global {key!r}")
     try:
         text = _ENCODER.encode(value)
         if not text.isascii():
@@ -336,9 +341,11 @@ class ParsedBaggage(NamedTuple):
     deleted: set[str]  #: keys marked `deleted` (in a `lazy-globals-update`)
 
 
-def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
+def parse_baggage(header: str, *, defer: bool = False, update: bool = False) -> ParsedBaggage:
     """Parse a baggage header; `ValueError` names the header and the bad entry.
 
+    Only a `lazy-globals-update` trailer (`update=True`) may mark a global `deleted`: in a
+    request's `baggage` it is refused, never taken as "drop this global".
     With `defer=True` a flat JSON value (the common case) is validated but not decoded: its
     `values` item is `Undecoded`, and it has an `entries` item but no `texts` one.
     """
@@ -380,6 +387,11 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
         if not key:
             raise ValueError(f"{BAGGAGE_HEADER}: entry {entry[:60]!r} has an empty global name")
         if semi and DELETED in (p.strip() for p in props.split(";")):
+            if not update:
+                raise ValueError(
+                    f"{BAGGAGE_HEADER}: entry {entry[:60]!r} is marked {DELETED!r}, which only "
+                    f"a {UPDATE_TRAILER} trailer may do"
+                )
             deleted.add(key)
             continue
         raw_value = raw_value.strip()
@@ -390,10 +402,15 @@ def parse_baggage(header: str, *, defer: bool = False) -> ParsedBaggage:
             continue
         try:
             text = _unquote(raw_value)
-            values[key] = decode_json(text)
+            values[key] = value = decode_json(text)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             why = str(exc) if "surrogate" in str(exc) else "does not hold percent-encoded JSON"
             raise ValueError(f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r}: {why}") from None
+        if isinstance(value, dict | list):
+            try:
+                check_depth(value, f"{BAGGAGE_HEADER}: entry {raw_key[:40]!r}")
+            except TypeError as exc:
+                raise ValueError(str(exc)) from None
         texts[key] = text
         if _WIRE_VALUE.fullmatch(raw_value):
             entries[key] = f"{raw_key}={raw_value}"

@@ -2,7 +2,8 @@
 
 The failing service writes the first `CallFrame`; every service above it that lets the
 `RemoteError` escape prepends its own, so a chain reads entry → failure point. Limits keep
-the trailer inside gRPC's 8 KiB default metadata budget of any receiving client.
+the trailer inside gRPC's 8 KiB default metadata budget of any receiving client, whatever a
+peer below sent: the hop that relays a chain clips every field of it (`TRAILER_BUDGET_BYTES`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from lazygrpc.core import redaction
 from lazygrpc.core.errors import RemoteError, StatusError, status_code_of
 from lazygrpc.v1 import chain_pb2
 
@@ -27,11 +29,28 @@ DOMAIN = "lazygrpc"
 MAX_TRACEBACK_BYTES = 2048
 MAX_FRAMES = 32
 MAX_MESSAGE_CHARS = 1024
-#: Serialized `google.rpc.Status` budget: base64 makes it 4/3 larger, and the whole trailer
-#: block must stay under the 8 KiB `grpc.max_metadata_size` default of external clients.
-STATUS_BUDGET_BYTES = 4800
+#: Any other string of a frame or of the `ErrorInfo` (types, names, ids, metadata values).
+MAX_FIELD_BYTES = 128
+#: The status line message (`grpc-message`), percent-encoded as grpc sends it.
+MAX_STATUS_MESSAGE_BYTES = 512
+#: Serialized `google.rpc.Status` budget: 4 KiB once base64-encoded in the trailer.
+STATUS_BUDGET_BYTES = 3072
+#: Everything an error sends in trailers (`grpc-status-details-bin`, `grpc-message`,
+#: `lazy-globals-update`), names and grpc's 32 bytes per entry included: well inside the
+#: 8 KiB `grpc.max_metadata_size` default of any client.
+TRAILER_BUDGET_BYTES = 6144
 
 _HOST = socket.gethostname()
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to at most `limit` UTF-8 bytes (a cut one ends in "…")."""
+    if len(text) <= limit // 4:
+        return text
+    data = text.encode(errors="replace")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
 
 
 def _clip_tail(text: str, limit: int) -> str:
@@ -60,8 +79,8 @@ def make_frame(
         method=method,
         host=_HOST,
         pid=os.getpid(),
-        error_type=error_type,
-        message=message[:MAX_MESSAGE_CHARS],
+        error_type=clip(error_type, MAX_FIELD_BYTES),
+        message=clip(message, MAX_MESSAGE_CHARS),
         session_id=session_id,
         trace_id=trace_id,
     )
@@ -100,17 +119,13 @@ def extend_chain(
     return chain_pb2.CallChain(frames=frames, elided_frames=elided)
 
 
-_FIELD_CHARS = 256
-
-
 def _clipped(frame: chain_pb2.CallFrame) -> chain_pb2.CallFrame:
     """A peer's frame with every field within our limits (peers are not trusted)."""
     for name in ("service", "method", "host", "error_type", "session_id", "trace_id"):
         value = getattr(frame, name)
-        if len(value) > _FIELD_CHARS:
-            setattr(frame, name, value[:_FIELD_CHARS])
-    if len(frame.message) > MAX_MESSAGE_CHARS:
-        frame.message = frame.message[:MAX_MESSAGE_CHARS]
+        if len(value) > MAX_FIELD_BYTES // 4:
+            setattr(frame, name, clip(value, MAX_FIELD_BYTES))
+    frame.message = clip(frame.message, MAX_MESSAGE_CHARS)
     if len(frame.traceback.encode()) > MAX_TRACEBACK_BYTES:
         frame.traceback = _clip_tail(frame.traceback, MAX_TRACEBACK_BYTES)
     return frame
@@ -131,6 +146,9 @@ def _fit(status: status_pb2.Status, chain: chain_pb2.CallChain, pack: Any) -> No
             chain.elided_frames += 1
         elif len(status.message) > 80:
             status.message = status.message[: len(status.message) // 2] + "…"
+        elif len(chain.frames) > 1:  # a last resort: the failure point alone
+            chain.elided_frames += len(chain.frames) - 1
+            del chain.frames[:-1]
         else:
             return
         pack(chain)
@@ -145,21 +163,47 @@ def status_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
 
 
+def _grpc_message(text: str) -> str:
+    """`text` cut so that grpc's percent-encoding of it (`grpc-message`: bytes outside
+    0x20-0x7E and "%" take three) fits `MAX_STATUS_MESSAGE_BYTES`."""
+    size = 0
+    for i, ch in enumerate(text):
+        size += 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode(errors="replace"))
+        if size > MAX_STATUS_MESSAGE_BYTES - 9:  # room for the "…" (three bytes, encoded)
+            return text[:i] + "…"
+    return text
+
+
 def to_grpc_status(
-    exc: BaseException, chain: chain_pb2.CallChain, *, service: str, method: str, session_id: str
+    exc: BaseException,
+    chain: chain_pb2.CallChain,
+    *,
+    service: str,
+    method: str,
+    session_id: str,
+    redact: redaction.Redact | None = None,
 ) -> grpc.Status:
-    """Build the `grpc.Status` (code, message, details trailer) for an escaping exception."""
+    """Build the `grpc.Status` (code, message, details trailer) for an escaping exception.
+
+    `redact` (a mode) is for a caller this server does not trust: `chain` is redacted in
+    place, and an exception not meant to be shown answers a plain INTERNAL error."""
     code = status_code_of(exc)
     if code == grpc.StatusCode.OK:
         code = grpc.StatusCode.UNKNOWN
     message = status_message(exc)
+    if redact is not None:
+        redaction.redact_chain(chain, exc, redact)
+        if code == grpc.StatusCode.UNKNOWN and not redaction.exposed(exc):
+            code = grpc.StatusCode.INTERNAL
+        message = redaction.status_line(exc, message, redact, code)
     reason = (exc.remote_type if isinstance(exc, RemoteError) else "") or type(exc).__name__
+    metadata = {"session_id": session_id, "service": service, "method": method}
     info = error_details_pb2.ErrorInfo(
-        reason=reason,
+        reason=clip(reason, MAX_FIELD_BYTES),
         domain=DOMAIN,
-        metadata={"session_id": session_id, "service": service, "method": method},
+        metadata={key: clip(value, MAX_FIELD_BYTES) for key, value in metadata.items()},
     )
-    status = status_pb2.Status(code=code.value[0], message=message)
+    status = status_pb2.Status(code=code.value[0], message=_grpc_message(message))
     any_info = any_pb2.Any()
     any_info.Pack(info)
     any_chain = any_pb2.Any()
@@ -171,6 +215,17 @@ def to_grpc_status(
 
     _fit(status, chain, pack)
     return rpc_status.to_status(status)
+
+
+def fits_trailer_budget(metadata: Iterable[tuple[str, str | bytes]]) -> bool:
+    """Whether an error's trailers `metadata`, with the `grpc-status` and `grpc-message`
+    grpc adds, stay within `TRAILER_BUDGET_BYTES` as a client counts them: each entry's
+    name and value (a `-bin` value base64-encoded) plus 32 bytes (HPACK's entry overhead)."""
+    total = len("grpc-status") + 2 + len("grpc-message") + MAX_STATUS_MESSAGE_BYTES + 64
+    for key, value in metadata:
+        size = len(value) * 4 // 3 + 4 if isinstance(value, bytes) else len(value.encode())
+        total += len(key) + size + 32
+    return total <= TRAILER_BUDGET_BYTES
 
 
 def remote_error_from(

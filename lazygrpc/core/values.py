@@ -12,6 +12,11 @@ from lazygrpc.core.errors import InvalidArgument
 
 #: Integers beyond this lose precision as a double, so they are refused instead.
 MAX_SAFE_INT = 2**53
+#: Lists and objects nest at most this deep in any value lazygrpc carries: call input and
+#: output, events, session globals (docs/wire-contract.md "Values"). protobuf's decoder stops
+#: at 100 message levels, which an object (3 levels) or a list (2) reaches past 33 deep: a
+#: value within the limit decodes in every message that holds one.
+MAX_DEPTH = 32
 
 JSON = None | bool | int | float | str | list["JSON"] | dict[str, "JSON"]
 
@@ -19,30 +24,34 @@ JSON = None | bool | int | float | str | list["JSON"] | dict[str, "JSON"]
 def to_value(obj: Any, *, where: str = "value") -> struct_pb2.Value:
     """Convert JSON-like Python data to a `Value`; `TypeError` names what cannot be converted."""
     v = struct_pb2.Value()
-    _fill(v, obj, where)
+    _fill(v, obj, where, 0)
     return v
 
 
 def fill_value(v: struct_pb2.Value, obj: Any, *, where: str = "value") -> None:
     """`to_value` into an existing `Value` (a message's field: no copy)."""
-    _fill(v, obj, where)
+    _fill(v, obj, where, 0)
 
 
 def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], *, where: str = "kwargs") -> None:
     """A str-keyed mapping into an existing `Struct`."""
     for key, item in obj.items():
-        _fill(s.fields[key], item, f"{where}[{key!r}]")
+        _fill(s.fields[key], item, f"{where}[{key!r}]", 0)
 
 
 def fill_list(values: struct_pb2.ListValue, obj: Sequence[Any], *, where: str = "args") -> None:
-    """A sequence into an existing `ListValue`."""
+    """A sequence into an existing `ListValue` (several positional arguments)."""
     for i, item in enumerate(obj):
-        _fill(values.values.add(), item, f"{where}[{i}]")
+        _fill(values.values.add(), item, f"{where}[{i}]", 0)
     if not obj:
         values.SetInParent()
 
 
-def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
+def _too_deep(where: str) -> str:
+    return f"{where}: lists and objects nested deeper than {MAX_DEPTH} levels"
+
+
+def _fill(v: struct_pb2.Value, obj: Any, where: str, depth: int) -> None:
     if type(obj) is str:  # the common case first
         v.string_value = obj
     elif obj is None:
@@ -60,15 +69,23 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
     elif isinstance(obj, str):
         v.string_value = obj
     elif isinstance(obj, Mapping):
+        if depth == MAX_DEPTH:
+            raise TypeError(_too_deep(where))
         fields = v.struct_value.fields
         for key, item in obj.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: dict key {key!r} is not a string")
-            _fill(fields[key], item, f"{where}[{key!r}]")
+            _fill(fields[key], item, f"{where}[{key!r}]", depth + 1)
         if not obj:
             v.struct_value.SetInParent()
     elif isinstance(obj, list | tuple):
-        fill_list(v.list_value, obj, where=where)
+        if depth == MAX_DEPTH:
+            raise TypeError(_too_deep(where))
+        values = v.list_value.values
+        for i, item in enumerate(obj):
+            _fill(values.add(), item, f"{where}[{i}]", depth + 1)
+        if not obj:
+            v.list_value.SetInParent()
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-like (got {obj!r:.60})")
 
@@ -76,30 +93,58 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str) -> None:
 def from_value(v: struct_pb2.Value, *, where: str = "value") -> Any:
     """Convert a `Value` to Python. Integral numbers come back as `int`, like JSON in JS.
 
-    A `Value` with no kind set is malformed: `InvalidArgument` names where it is.
+    A malformed `Value` (no kind set, NaN or ±Infinity, nested deeper than `MAX_DEPTH`)
+    raises `InvalidArgument` naming where it is.
     """
+    return _read(v, where, 0)
+
+
+def from_struct(s: struct_pb2.Struct, *, where: str = "kwargs") -> dict[str, Any]:
+    """Convert a `Struct` to a dict."""
+    return {k: _read(x, f"{where}[{k!r}]", 0) for k, x in s.fields.items()}
+
+
+def from_list(values: struct_pb2.ListValue, *, where: str = "args") -> list[Any]:
+    """Convert a `ListValue` to a list."""
+    return [_read(x, f"{where}[{i}]", 0) for i, x in enumerate(values.values)]
+
+
+def _read(v: struct_pb2.Value, where: str, depth: int) -> Any:
     kind = v.WhichOneof("kind")
     if kind == "string_value":
         return v.string_value
     if kind == "number_value":
         n = v.number_value
-        return int(n) if n.is_integer() and abs(n) <= MAX_SAFE_INT else n
+        if n.is_integer():
+            return int(n) if abs(n) <= MAX_SAFE_INT else n
+        if not math.isfinite(n):  # a double can hold them, JSON cannot
+            raise InvalidArgument(f"{where}: {n!r} is not a JSON number")
+        return n
     if kind == "bool_value":
         return v.bool_value
     if kind == "null_value":
         return None
-    if kind == "struct_value":
-        return from_struct(v.struct_value, where=where)
-    if kind == "list_value":
-        return from_list(v.list_value, where=where)
+    if kind == "struct_value" or kind == "list_value":
+        if depth == MAX_DEPTH:
+            raise InvalidArgument(_too_deep(where))
+        if kind == "list_value":
+            values = v.list_value.values
+            return [_read(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(values)]
+        fields = v.struct_value.fields
+        return {k: _read(x, f"{where}[{k!r}]", depth + 1) for k, x in fields.items()}
     raise InvalidArgument(f"{where}: google.protobuf.Value has no kind set")
 
 
-def from_list(values: struct_pb2.ListValue, *, where: str = "args") -> list[Any]:
-    """Convert a `ListValue` to a list."""
-    return [from_value(x, where=f"{where}[{i}]") for i, x in enumerate(values.values)]
-
-
-def from_struct(s: struct_pb2.Struct, *, where: str = "kwargs") -> dict[str, Any]:
-    """Convert a `Struct` to a dict."""
-    return {k: from_value(x, where=f"{where}[{k!r}]") for k, x in s.fields.items()}
+def check_depth(obj: Any, where: str) -> None:
+    """`TypeError` when lists and dicts in `obj` nest deeper than `MAX_DEPTH`."""
+    level = [obj]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            item
+            for x in level
+            if isinstance(x, dict | list | tuple)
+            for item in (x.values() if isinstance(x, dict) else x)
+        ]
+        if not level:
+            return
+    raise TypeError(_too_deep(where))

@@ -64,6 +64,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         expose_tracebacks: bool | None = None,
+        redact: str = "short",
         interceptors: Sequence[Any] = (),
         options: Sequence[tuple[str, Any]] = (),
         grace: float = 5.0,
@@ -87,12 +88,9 @@ class Server:
         self.broker_url = broker_url
         self._redis: Any = None
         self.drain_notice = drain_notice
-        # Tracebacks leave a server only where it opted in; loopback servers default to on.
-        self.expose_tracebacks = (
-            host in ("127.0.0.1", "localhost", "::1")
-            if expose_tracebacks is None
-            else expose_tracebacks
-        )
+        # Tracebacks leave a server only for callers it trusts: None decides per call, by
+        # whether the caller is on loopback (docs/errors.md "Redaction by trust").
+        self.expose_tracebacks = expose_tracebacks
         self.topic_options = {
             "max_events": topic_events,
             "max_bytes": topic_bytes,
@@ -100,7 +98,11 @@ class Server:
         }
         self._gate = DrainGate()
         self._lifecycle = Lifecycle(
-            name, expose_tracebacks=self.expose_tracebacks, gate=self._gate, policy=globals_policy
+            name,
+            expose_tracebacks=expose_tracebacks,
+            redact=redact,
+            gate=self._gate,
+            policy=globals_policy,
         )
         self._tracing: Any = None
         self._explicit_name = name

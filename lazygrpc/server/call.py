@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from lazygrpc.core import baggage, chain
+from lazygrpc.core import baggage, chain, redaction
 from lazygrpc.core.context import CallScope, bind_call
 from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
 from lazygrpc.core.session import Session, check_arrival
@@ -139,15 +139,20 @@ class Lifecycle:
     """lazygrpc's call lifecycle for one server: its name, its traceback policy, its gate.
 
     `service` names this server in call chains (None: each method's service name, until
-    `Server` learns its name). `sync=True` is for a sync `grpc.server`, where the end of a
-    call is seen through `context.add_callback` rather than as a cancelled task.
+    `Server` learns its name). `expose_tracebacks` says whether callers are trusted with
+    tracebacks, host names, pids and exception text: None (the default) trusts a call's
+    peer when it is on loopback (`lazygrpc.core.redaction`); a caller not trusted gets its
+    chain redacted by `redact` ("short" or "drop"). `sync=True` is for a sync
+    `grpc.server`, where the end of a call is seen through `context.add_callback` rather
+    than as a cancelled task.
     """
 
     def __init__(
         self,
         service: str | None = None,
         *,
-        expose_tracebacks: bool = False,
+        expose_tracebacks: bool | None = None,
+        redact: str = "short",
         gate: DrainGate | None = None,
         sync: bool = False,
         policy: GlobalsPolicy | None = None,
@@ -155,40 +160,62 @@ class Lifecycle:
         self.service = service
         self.policy = policy
         self.expose_tracebacks = expose_tracebacks
+        self.redact = redaction.check_mode(redact)
         self.gate = gate
         self.sync = sync
+
+    def trusts(self, context: Any) -> bool:
+        """Whether the caller of a call (its `ServicerContext`; None: unknown) is trusted."""
+        if self.expose_tracebacks is not None:
+            return self.expose_tracebacks
+        try:
+            peer = context.peer()
+        except Exception:  # no context, or one without a peer: not trusted
+            return False
+        return isinstance(peer, str) and redaction.is_loopback_peer(peer)
 
     def hooks(self, full_method: str) -> MethodCalls:
         """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`)."""
         return MethodCalls(self, *chain.split_method(full_method))
 
-    def failure(self, scope: CallScope, exc: BaseException) -> grpc.Status:
-        """Status (code, message, details and globals trailers) for an escaping exception."""
+    def failure(self, scope: CallScope, exc: BaseException, context: Any = None) -> grpc.Status:
+        """Status (code, message, details and globals trailers) for an escaping exception,
+        redacted unless the caller (`context`'s peer) is trusted."""
         if isinstance(exc, grpc.RpcError):  # a child call made with a raw stub failed
             exc = chain.remote_error_from_rpc(exc)
+        trusted = self.trusts(context)
         call_chain = chain.failure_chain(
             exc,
             service=scope.service,
             method=scope.method,
             session_id=scope.session.id,
             trace_id=scope.trace_id,
-            expose_traceback=self.expose_tracebacks,
+            expose_traceback=trusted,
         )
         status = chain.to_grpc_status(
-            exc, call_chain, service=scope.service, method=scope.method, session_id=scope.session.id
+            exc,
+            call_chain,
+            service=scope.service,
+            method=scope.method,
+            session_id=scope.session.id,
+            redact=None if trusted else self.redact,
         )
         return _Status(status.code, status.details, trailers(scope, status.trailing_metadata))
 
 
 def trailers(scope: CallScope, existing: Sequence[tuple[str, Any]] = ()) -> tuple[Any, ...]:
-    """`existing` plus the globals update; on a failing call an oversize update is left out
-    (the error matters more, and the caller keeps the globals it had)."""
+    """`existing` plus the globals update; on a failing call an update that would take the
+    trailers past `chain.TRAILER_BUDGET_BYTES` is left out (the error matters more, and the
+    caller keeps the globals it had)."""
     try:
         update = scope.update_trailer()
     except (ResourceExhausted, TypeError, ValueError):
         update = ""
     extra = ((baggage.UPDATE_TRAILER, update),) if update else ()
-    return (*tuple(existing or ()), *extra)
+    out = (*tuple(existing or ()), *extra)
+    if extra and not chain.fits_trailer_budget(out):
+        return out[: -len(extra)]
+    return out
 
 
 class MethodCalls:
@@ -223,7 +250,7 @@ class MethodCalls:
             if not isinstance(exc, InvalidArgument):
                 exc = InvalidArgument(f"request metadata: {exc}")
             scope = CallScope(Session(), service, self.method, None)
-            status = life.failure(scope, exc)
+            status = life.failure(scope, exc, context)
             calllog.failed(scope, context, status, exc)
             return Refused(status)
         # In aio the wrapper and the handler share one task, so the binding holds for the
@@ -253,7 +280,7 @@ class MethodCalls:
                 return None
             # A CancelledError the RPC did not get (a task the handler awaited was
             # cancelled): re-raising it would leave the client waiting (grpc #29248).
-        status = self.lifecycle.failure(scope, exc)
+        status = self.lifecycle.failure(scope, exc, context)
         calllog.failed(scope, context, status, exc)
         return status
 
@@ -267,7 +294,7 @@ class MethodCalls:
         try:
             update = scope.update_trailer()
         except (ResourceExhausted, TypeError) as exc:  # too large, or changed into non-JSON
-            status = self.lifecycle.failure(scope, exc)
+            status = self.lifecycle.failure(scope, exc, context)
             calllog.failed(scope, context, status, exc)
             return status
         if update:

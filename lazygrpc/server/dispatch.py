@@ -23,6 +23,9 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 import grpc.aio
 
+from lazygrpc.core.errors import InvalidArgument
+from lazygrpc.core.values import MAX_DEPTH
+
 #: What the wrappers catch; KeyboardInterrupt and SystemExit are left alone.
 HANDLED = (Exception, asyncio.CancelledError, GeneratorExit)
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -59,14 +62,58 @@ def aborted_by_handler(exc: BaseException, context: Any, *, sync: bool) -> bool:
     return sync and type(exc) is Exception and context.code() is not None
 
 
+class Undecodable(NamedTuple):
+    """A request whose bytes did not parse: what `checked_deserializer` hands the behavior,
+    which answers INVALID_ARGUMENT (grpc itself would answer UNKNOWN "Unexpected
+    DecodeError" and log a traceback)."""
+
+    type_name: str
+    reason: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"request is not a valid {self.type_name} ({self.reason}; values nest at most "
+            f"{MAX_DEPTH} levels)"
+        )
+
+
+def checked_deserializer(
+    deserialize: Callable[[bytes], Any], *, streaming: bool = False
+) -> Callable[[bytes], Any]:
+    """`deserialize` returning an `Undecodable` for bytes it cannot parse, instead of raising;
+    for a request stream (`streaming`), raising its `InvalidArgument`: a streamed request is
+    deserialized as the handler reads it, so the error escapes the handler like its own."""
+    cls = getattr(deserialize, "__self__", None)
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", None) or "request message"
+
+    def checked(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, or whatever a custom one raises
+            bad = Undecodable(type_name, str(exc)[:200] or type(exc).__name__)
+            if streaming:
+                raise bad.error() from None
+            return bad
+
+    checked.checks = True  # type: ignore[attr-defined]
+    return checked
+
+
 def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:
     """`handler` (a `grpc.RpcMethodHandler`) with each behavior replaced by
-    `wrap(behavior, response_streaming)`."""
+    `wrap(behavior, response_streaming)`, and its request deserializer by
+    `checked_deserializer`'s (bad bytes get INVALID_ARGUMENT)."""
     changes = {}
     for field in _FIELDS:
         behavior = getattr(handler, field)
         if behavior is not None:
             changes[field] = wrap(behavior, handler.response_streaming)
+    deserialize = handler.request_deserializer
+    if deserialize is not None and not getattr(deserialize, "checks", False):
+        changes["request_deserializer"] = checked_deserializer(
+            deserialize, streaming=handler.request_streaming
+        )
     return handler._replace(**changes)
 
 
@@ -105,6 +152,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
                 await _abort(context, state.status)  # raises
                 return
             try:
+                if type(request) is Undecodable:
+                    raise request.error()
                 inner = behavior(request, context)
                 try:
                     async for item in inner:
@@ -130,6 +179,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
                 return await _abort(context, state.status)  # raises
             response = None
             try:
+                if type(request) is Undecodable:
+                    raise request.error()
                 response = await behavior(request, context)
             except BaseException as exc:
                 status = _failed(hooks, state, context, exc)
@@ -211,6 +262,8 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
             state = started(context, ctx)
             response = None
             try:
+                if type(request) is Undecodable:
+                    raise request.error()
                 response = ctx.run(behavior, request, context)
             except BaseException as exc:
                 status = _failed(hooks, state, context, exc)
@@ -228,6 +281,8 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
         state = started(context, ctx)
         done = object()
         try:
+            if type(request) is Undecodable:
+                raise request.error()
             iterator = ctx.run(behavior, request, context)
             try:
                 while (item := ctx.run(next, iterator, done)) is not done:

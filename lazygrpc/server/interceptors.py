@@ -21,8 +21,16 @@ from lazygrpc.server.dispatch import aio_behavior, sync_behavior, wrap_handler
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """lazygrpc's interceptor for a sync `grpc.server`."""
 
-    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
-        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, sync=True)
+    def __init__(
+        self,
+        service: str | None = None,
+        *,
+        expose_tracebacks: bool | None = None,
+        redact: str = "short",
+    ) -> None:
+        self.lifecycle = Lifecycle(
+            service, expose_tracebacks=expose_tracebacks, redact=redact, sync=True
+        )
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
@@ -42,12 +50,15 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self,
         service: str | None = None,
         *,
-        expose_tracebacks: bool = False,
+        expose_tracebacks: bool | None = None,
+        redact: str = "short",
         gate: DrainGate | None = None,
     ) -> None:
         #: Counts the calls in flight; set `gate.draining` to refuse new ones (UNAVAILABLE).
         self.gate = gate or DrainGate()
-        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, gate=self.gate)
+        self.lifecycle = Lifecycle(
+            service, expose_tracebacks=expose_tracebacks, redact=redact, gate=self.gate
+        )
         # grpc.aio asks the interceptor for every call: a method's wrapped handler is kept.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
@@ -73,15 +84,18 @@ def server_interceptors(
     service: str | None = None,
     *,
     aio: bool = True,
-    expose_tracebacks: bool = False,
+    expose_tracebacks: bool | None = None,
+    redact: str = "short",
     telemetry: bool = False,
 ) -> list[Any]:
     """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
 
-    `telemetry=True` adds a span per call (extra `otel`; see `lazygrpc.telemetry`).
+    `expose_tracebacks` None trusts callers on loopback only; `redact` is what a caller not
+    trusted sees of the chain (docs/errors.md "Redaction by trust"). `telemetry=True` adds a
+    span per call (extra `otel`; see `lazygrpc.telemetry`).
     """
     cls = AioServerInterceptor if aio else ServerInterceptor
-    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks)]
+    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks, redact=redact)]
     if telemetry:
         from lazygrpc.telemetry import server_interceptor
 

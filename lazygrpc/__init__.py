@@ -31,6 +31,7 @@ _EXPORTS = {
     "Internal": "lazygrpc.core.errors",
     "InvalidArgument": "lazygrpc.core.errors",
     "LLM": "lazygrpc.client.llm",
+    "Limits": "lazygrpc.server.admission",
     "LazyGrpcError": "lazygrpc.core.errors",
     "ModelConfig": "lazygrpc.server.model",
     "NotFound": "lazygrpc.core.errors",
@@ -78,6 +79,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "LazyGrpcError",
+    "Limits",
     "ModelConfig",
     "NotFound",
     "PermissionDenied",
@@ -164,6 +166,7 @@ if TYPE_CHECKING:
     from lazygrpc.core.session import Session
     from lazygrpc.core.trust import GlobalsPolicy
     from lazygrpc.edge.app import Edge
+    from lazygrpc.server.admission import Limits
     from lazygrpc.server.builder import Server
     from lazygrpc.server.interceptors import (
         AioServerInterceptor,

@@ -28,6 +28,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown"
     )
+    for flag, kind, what in (
+        ("--max-calls", int, "calls in flight past which new ones get RESOURCE_EXHAUSTED"),
+        ("--max-streams", int, "streams in flight past which new ones get RESOURCE_EXHAUSTED"),
+        ("--default-deadline", float, "seconds: the deadline of a call that came without one"),
+        ("--max-deadline", float, "seconds: the longest deadline the calls below a call get"),
+    ):
+        p.add_argument(flag, type=kind, default=None, help=f"{what} (default: none)")
     p.add_argument(
         "--drain-notice",
         type=float,
@@ -101,8 +108,26 @@ def _build_server(args: argparse.Namespace) -> Any:
         reuse_port=args.worker_socket is not None,
         also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],
         broker_url=args.broker,
+        limits=_limits(args),
         **topic,
     )
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    """`Server(limits=...)` from the admission flags (None: none given)."""
+    from lazygrpc.server.admission import Limits
+
+    given = {
+        name: getattr(args, name)
+        for name in ("max_calls", "max_streams", "default_deadline", "max_deadline")
+        if getattr(args, name) is not None
+    }
+    if not given:
+        return None
+    try:
+        return Limits(**given)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("Limits.", "--").replace("_", "-")) from None
 
 
 def _traces_asked_by_env() -> bool:

@@ -8,6 +8,7 @@ peer below sent: the hop that relays a chain clips every field of it (`TRAILER_B
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -209,6 +210,12 @@ def to_grpc_status(
     any_chain = any_pb2.Any()
     any_chain.Pack(chain)
     status.details.extend([any_info, any_chain])
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # a refusal that says when to try again
+        any_retry = status.details.add()
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(datetime.timedelta(seconds=retry_after))
+        any_retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
     def pack(c: chain_pb2.CallChain) -> None:
         status.details[1].Pack(c)

@@ -57,7 +57,14 @@ class PermissionDenied(StatusError):
 
 
 class ResourceExhausted(StatusError):
+    """Too much of something; `retry_after` (seconds) goes to the caller as a
+    `google.rpc.RetryInfo` detail: when to try again."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class FailedPrecondition(StatusError):

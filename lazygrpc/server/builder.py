@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from lazygrpc import broker
 from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server import broker_service, calllog, model, modules
+from lazygrpc.server.admission import Limits
 from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
 
@@ -74,6 +75,7 @@ class Server:
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
         telemetry: bool = False,
         globals_policy: GlobalsPolicy | None = None,
+        limits: Limits | None = None,
         reuse_port: bool = False,
         also_listen: Sequence[str] = (),
         broker_url: str | None = None,
@@ -103,6 +105,7 @@ class Server:
             redact=redact,
             gate=self._gate,
             policy=globals_policy,
+            limits=limits,
         )
         self._tracing: Any = None
         self._explicit_name = name
@@ -148,8 +151,11 @@ class Server:
             return handler
         if self._tracing is not None:
             handler = self._tracing.wrap(handler, full_method)
-        hooks = self._lifecycle.hooks(full_method)
-        return wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
+        life = self._lifecycle
+        return wrap_handler(
+            handler,
+            lambda behavior, streaming: aio_behavior(behavior, life.hooks(full_method, streaming)),
+        )
 
     def add_modules(self, callables: Any) -> modules.ModuleServicer:
         """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""

@@ -31,6 +31,7 @@ from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
 from lazygrpc.core.session import Session, check_arrival
 from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server import calllog
+from lazygrpc.server.admission import Limits
 from lazygrpc.server.dispatch import Refused, aborted_by_handler
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -69,10 +70,13 @@ class DrainGate:
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
+        self.streams = 0  # of them, server-streaming calls (`Limits.max_streams`)
         self._idle: asyncio.Event | None = None  # made only while a drain waits
 
-    def leave(self) -> None:
+    def leave(self, streaming: bool = False) -> None:
         self.active -= 1
+        if streaming:
+            self.streams -= 1
         if self._idle is not None and not self.active:
             self._idle.set()
 
@@ -156,9 +160,12 @@ class Lifecycle:
         gate: DrainGate | None = None,
         sync: bool = False,
         policy: GlobalsPolicy | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.service = service
         self.policy = policy
+        #: Admission limits, counted in `gate` (`lazygrpc.server.admission`).
+        self.limits = limits
         self.expose_tracebacks = expose_tracebacks
         self.redact = redaction.check_mode(redact)
         self.gate = gate
@@ -174,9 +181,10 @@ class Lifecycle:
             return False
         return isinstance(peer, str) and redaction.is_loopback_peer(peer)
 
-    def hooks(self, full_method: str) -> MethodCalls:
-        """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`)."""
-        return MethodCalls(self, *chain.split_method(full_method))
+    def hooks(self, full_method: str, streaming: bool = False) -> MethodCalls:
+        """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`);
+        `streaming`: its responses stream."""
+        return MethodCalls(self, *chain.split_method(full_method), streaming)
 
     def failure(self, scope: CallScope, exc: BaseException, context: Any = None) -> grpc.Status:
         """Status (code, message, details and globals trailers) for an escaping exception,
@@ -221,38 +229,46 @@ def trailers(scope: CallScope, existing: Sequence[tuple[str, Any]] = ()) -> tupl
 class MethodCalls:
     """The lifecycle's steps for the calls of one method."""
 
-    __slots__ = ("lifecycle", "method", "service")
+    __slots__ = ("lifecycle", "method", "service", "streaming")
 
-    def __init__(self, lifecycle: Lifecycle, service: str, method: str) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, service: str, method: str, streaming: bool = False
+    ) -> None:
         self.lifecycle = lifecycle
         self.service = service.rsplit(".", 1)[-1]  # `ModuleService` until the server is named
         self.method = method
+        self.streaming = streaming
 
     def start(self, context: Any) -> CallScope | Refused:
         """Admit the call and bind its scope, or the status that refuses it."""
-        life = self.lifecycle
-        if life.gate is not None:  # the gate counts the call in
-            if life.gate.draining:
+        life, gate, limits = self.lifecycle, self.lifecycle.gate, self.lifecycle.limits
+        remaining = context.time_remaining()
+        if gate is not None:  # the gate counts the call in
+            if gate.draining:
                 return _SHUTTING_DOWN
-            life.gate.active += 1
-        service = life.service or self.service
+            if limits is not None:
+                busy = limits.refusal(gate.active, gate.streams, self.streaming)
+                if busy is not None:
+                    return self._refused(context, busy)
+            gate.active += 1
+            if self.streaming:
+                gate.streams += 1
+        if limits is not None:
+            remaining = limits.deadline(remaining)
         try:
             scope = incoming_scope(
-                service,
+                life.service or self.service,
                 self.method,
                 context.invocation_metadata(),
-                context.time_remaining(),
+                remaining,
                 life.policy,
             )
         except Exception as exc:
-            if life.gate is not None:
-                life.gate.leave()
+            if gate is not None:
+                gate.leave(self.streaming)
             if not isinstance(exc, InvalidArgument):
                 exc = InvalidArgument(f"request metadata: {exc}")
-            scope = CallScope(Session(), service, self.method, None)
-            status = life.failure(scope, exc, context)
-            calllog.failed(scope, context, status, exc)
-            return Refused(status)
+            return self._refused(context, exc)
         # In aio the wrapper and the handler share one task, so the binding holds for the
         # whole call, across every await and every yield; on a sync server this runs in the
         # call's own copied context.
@@ -262,6 +278,13 @@ class MethodCalls:
         if life.sync:
             context.add_callback(scope.cancel)
         return scope
+
+    def _refused(self, context: Any, exc: Exception) -> Refused:
+        """A call refused before its handler runs: its status, logged."""
+        scope = CallScope(Session(), self.lifecycle.service or self.service, self.method, None)
+        status = self.lifecycle.failure(scope, exc, context)
+        calllog.failed(scope, context, status, exc)
+        return Refused(status)
 
     def error(self, scope: CallScope, context: Any, exc: BaseException) -> grpc.Status | None:
         """Re-raise what must propagate (None); answer anything else with its status."""
@@ -286,7 +309,7 @@ class MethodCalls:
 
     def leave(self, scope: CallScope) -> None:
         if self.lifecycle.gate is not None:
-            self.lifecycle.gate.leave()
+            self.lifecycle.gate.leave(self.streaming)
 
     def done(self, scope: CallScope, context: Any) -> grpc.Status | None:
         """Add `lazy-globals-update` to the trailers when the call changed a global; the

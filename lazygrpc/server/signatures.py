@@ -104,9 +104,7 @@ def schemas(fn: Callable[..., Any], streaming: bool) -> tuple[str, str, str]:
         sig = inspect.signature(fn, eval_str=True)
     except Exception:  # no signature, or annotations that do not evaluate
         return _text({"$schema": DIALECT, "type": "object"}), "{}", "{}" if streaming else ""
-    params = [
-        p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     extra = next((p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD), None)
     annotations: dict[str, Any] = {p.name: p.annotation for p in params}
     if extra is not None:

@@ -1,0 +1,134 @@
+"""Admission control through real servers: past a limit a new call is refused with
+RESOURCE_EXHAUSTED and a RetryInfo delay before its handler runs; calls already admitted
+finish; a server's default and maximum deadline reach the calls it makes (issue 17, item 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+import lazygrpc
+from lazygrpc.core.values import to_value
+from lazygrpc.v1 import module_pb2, module_pb2_grpc
+
+
+def _retry_delay(err: grpc.RpcError) -> float | None:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def test_calls_past_max_calls_are_refused_with_retry_info_and_admitted_ones_finish(
+    servers: Any,
+) -> None:
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def hold(x: Any) -> str:
+        entered.release()
+        release.wait(30)
+        return "held"
+
+    def quick(x: Any) -> str:
+        return "quick"
+
+    url = servers.modules(
+        {"hold": hold, "quick": quick}, limits=lazygrpc.Limits(max_calls=2, retry_after=0.5)
+    )
+    target = url.removeprefix("grpc://")
+    with grpc.insecure_channel(target) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        held = [
+            stub.Call.future(module_pb2.CallRequest(module="hold", input=to_value(i)), timeout=30)
+            for i in range(2)
+        ]
+        for _ in held:
+            assert entered.acquire(timeout=10)  # both admitted and running
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Call(module_pb2.CallRequest(module="quick", input=to_value(1)), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_calls" in info.value.details()
+        assert _retry_delay(info.value) == 0.5
+        release.set()
+        assert [f.result().output.string_value for f in held] == ["held", "held"]
+        reply = stub.Call(module_pb2.CallRequest(module="quick", input=to_value(1)), timeout=10)
+        assert reply.output.string_value == "quick"  # admitted again once they finished
+
+
+def test_streams_past_max_streams_are_refused_while_unary_calls_go_on(servers: Any) -> None:
+    release = asyncio.Event()
+    started = threading.Event()
+
+    async def slow_stream(x: Any) -> Any:
+        yield "first"
+        started.set()
+        await release.wait()
+        yield "last"
+
+    def quick(x: Any) -> str:
+        return "quick"
+
+    url = servers.modules(
+        {"slow_stream": slow_stream, "quick": quick}, limits=lazygrpc.Limits(max_streams=1)
+    )
+    slow = lazygrpc.connect(f"{url}/slow_stream")
+    events = slow.stream("a")
+    assert next(events).value == "first"
+    assert started.wait(10)
+    with pytest.raises(lazygrpc.RemoteError) as info:
+        list(lazygrpc.connect(f"{url}/slow_stream").stream("b"))
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert lazygrpc.connect(f"{url}/quick")("x") == "quick"
+    servers.lt.loop.call_soon_threadsafe(release.set)
+    assert [ev.value for ev in events][0] == "last"
+    assert [ev.value for ev in lazygrpc.connect(f"{url}/slow_stream").stream("c")][0] == "first"
+
+
+def test_a_servers_default_and_maximum_deadline_reach_the_calls_it_makes(servers: Any) -> None:
+    def remaining(x: Any) -> float:
+        scope = lazygrpc.core.context.current_call()
+        assert scope is not None
+        left = scope.time_remaining()
+        return -1.0 if left is None else left
+
+    leaf = servers.modules({"remaining": remaining})
+
+    def gateway(x: Any) -> float:
+        return lazygrpc.connect(f"{leaf}/remaining")(x)
+
+    capped = servers.modules(
+        {"gateway": gateway}, limits=lazygrpc.Limits(default_deadline=5, max_deadline=20)
+    )
+    no_deadline = lazygrpc.connect(f"{capped}/gateway")("x")
+    assert 0 < no_deadline <= 5 * 1.03  # grpc rounds the timeout it writes up a little
+    long = lazygrpc.connect(f"{capped}/gateway", timeout=600)("x")
+    assert 5 * 1.03 < long <= 20 * 1.03
+    assert lazygrpc.connect(f"{leaf}/remaining")("x") == -1.0  # no limits: no deadline
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_calls"):
+        lazygrpc.Limits(max_calls=0)
+
+
+def test_a_bad_admission_flag_is_one_usage_line() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lazygrpc", "serve", "lazygrpc.demo.modules:ask", "--max-calls", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["lazygrpc: --max-calls must be positive, got 0"]

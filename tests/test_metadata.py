@@ -163,13 +163,13 @@ def test_every_ascii_character_is_quoted_as_urllib_does() -> None:
 def test_a_value_set_as_owned_is_sent_as_it_was_when_set() -> None:
     s = Session("s1")
     usage = {"calls": 1}
-    s.set("usage", usage, owned=True)
+    s.set("docs", usage, owned=True)
     header = s.baggage()
     usage["calls"] = 2  # breaks the promise: not seen, the encoding made at set() stands
-    assert s.baggage() == header == "lazy.usage={%22calls%22:1}"
-    assert _read_update(s.update_trailer())[0] == {"usage": {"calls": 1}}
-    s.get("usage")["calls"] = 3  # handed out again by get(): changes in place count again
-    assert _read_update(s.update_trailer())[0] == {"usage": {"calls": 3}}
+    assert s.baggage() == header == "lazy.docs={%22calls%22:1}"
+    assert _read_update(s.update_trailer())[0] == {"docs": {"calls": 1}}
+    s.get("docs")["calls"] = 3  # handed out again by get(): changes in place count again
+    assert _read_update(s.update_trailer())[0] == {"docs": {"calls": 3}}
 
 
 def test_a_hop_forwards_the_header_it_came_with_until_a_global_changes() -> None:
@@ -717,10 +717,10 @@ def test_known_headers_change_no_answer_of_the_check(header: str) -> None:
 
 def test_an_entry_this_process_wrote_is_known_and_reads_back() -> None:
     metadata.KNOWN_FLAT.clear()
-    entry = metadata.encode_entry("usage", metadata.encode_json("usage", {"calls": 1}))
+    entry = metadata.encode_entry("docs", metadata.encode_json("docs", {"calls": 1}))
     assert entry in metadata.KNOWN_FLAT and metadata.is_flat_header(entry)
     s = Session.arrived("s1", entry, metadata.is_flat_header(entry))
-    assert s.get("usage") == {"calls": 1} and s.baggage() == entry
+    assert s.get("docs") == {"calls": 1} and s.baggage() == entry
 
 
 def test_known_headers_stay_within_their_bound() -> None:

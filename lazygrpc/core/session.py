@@ -155,10 +155,8 @@ class Session:
             if type(total) is Undecoded:
                 total = total.decode()[0]
             value = usage.added(total, pending)
-            entry = baggage.encode_entry(usage.USAGE, baggage.encode_json(usage.USAGE, value))
-            self._table[usage.USAGE] = _Global(value, None, entry, dirty=True)
+            self._table[usage.USAGE] = _Global(value, None, None, dirty=True)
             self._deleted.discard(usage.USAGE)
-            self._header = None
 
     def _read(self, key: str) -> Any:
         """The value of `key` (`_MISSING` if unset), decoded and marked handed out."""
@@ -273,15 +271,14 @@ class Session:
     def add_usage(self, counts: dict[str, int]) -> None:
         """Add `counts` (checked: `usage.counts_of`) to the `usage` global; what goes back to
         this call's caller is what was added, which it adds to its own (`lazygrpc.core.usage`)."""
-        with self._lock:  # the total is made when it is read or sent (`_settle`)
+        with self._lock:  # the total is made when code reads it (`_settle`)
             self._added = usage.added(self._added, counts)
             self._pending = usage.added(self._pending, counts)
-            self._header = None
 
     def _check_fits(self, table: dict[str, _Global], doing: str, keys: Iterable[str]) -> None:
         """`ValueError` naming `keys` when `table`'s globals would not fit one header (under
         the lock)."""
-        parts = [*self.foreign_baggage, *(self._entry(k, g) for k, g in table.items())]
+        parts = [*self.foreign_baggage, *self._entries(table)]
         size = len(",".join(parts))
         if size > baggage.MAX_BAGGAGE_BYTES or len(parts) > baggage.MAX_BAGGAGE_ENTRIES:
             raise ValueError(
@@ -294,7 +291,9 @@ class Session:
         """The `baggage` header from the entries as they are, when every global has a current
         one (else None: `baggage()` encodes what it must)."""
         parts = list(self.foreign_baggage)
-        for g in self._table.values():
+        for key, g in self._table.items():
+            if key == usage.USAGE:
+                continue  # flows up only (`_entries`)
             if g.entry is None or g.exposed:
                 return None
             parts.append(g.entry)
@@ -302,6 +301,12 @@ class Session:
         if len(header) > baggage.MAX_BAGGAGE_BYTES or len(parts) > baggage.MAX_BAGGAGE_ENTRIES:
             return None  # `baggage()` raises, naming the limit
         return header
+
+    def _entries(self, table: dict[str, _Global]) -> list[str]:
+        """The entries of the `baggage` header calls made under this session send (under the
+        lock): every global but `usage`, which flows only upstream: no server adds to a
+        usage it was sent (`lazygrpc.core.usage`), so sending it down is only bytes."""
+        return [self._entry(k, g) for k, g in table.items() if k != usage.USAGE]
 
     def _entry(self, key: str, g: _Global) -> str:
         """The current baggage entry of a global (under the lock)."""
@@ -319,9 +324,9 @@ class Session:
             return header  # unchanged since it arrived (parsed or not) or was last built
         table = self._globals()
         with self._lock:
-            parts = [*self.foreign_baggage, *(self._entry(k, g) for k, g in table.items())]
+            parts = [*self.foreign_baggage, *self._entries(table)]
             header = baggage.join_baggage(parts)  # raises, naming the limit
-            if not any(g.exposed for g in table.values()):
+            if not any(g.exposed for k, g in table.items() if k != usage.USAGE):
                 self._header = header
         return header
 

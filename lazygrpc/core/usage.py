@@ -3,7 +3,8 @@
 A model adds what it counted for one call (`Session.add_usage`). What goes back upstream in
 `lazy-globals-update` is what the call below added, not a total: each caller adds it to
 its own `usage`. So an incoming `usage` (a header anyone can write) is never a count that
-a server adds to; a forged one only changes what its sender reads back. Counts are
+a server adds to; a forged one only changes what its sender reads back, and clients leave `usage` out of the
+headers they send down (`Session.baggage`): it flows only upstream. Counts are
 non-negative integers under `MAX_COUNT`, at most `MAX_KEYS` of them (docs/sessions.md).
 """
 

@@ -268,6 +268,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    log_args = ["--log-level", args.log_level, "--log-format", args.log_format]
+    if args.file:
+        from lazygrpc.meshfile import MeshFileError, run
+
+        try:
+            return run(args.file, log_args)
+        except MeshFileError as exc:
+            raise Failed(str(exc)) from None
     from lazygrpc.demo.mesh import run_mesh
 
     return run_mesh(
@@ -275,7 +283,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         token_delay=args.token_delay,
         base_port=args.port,
         otel=args.otel,
-        log_args=["--log-level", args.log_level, "--log-format", args.log_format],
+        log_args=log_args,
     )
 
 
@@ -343,7 +351,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(fn=cmd_stats)
 
-    p = sub.add_parser("up", help="start the local demo mesh (Ctrl-C stops it)")
+    p = sub.add_parser("up", help="start a mesh: yours (-f FILE) or the demo (Ctrl-C stops it)")
+    p.add_argument(
+        "-f", "--file", metavar="MESH.yaml", help="run the services of a mesh file (see docs)"
+    )
     p.add_argument("--demo", metavar="QUESTION", help="ask one question, print the answer, stop")
     p.add_argument("--token-delay", type=float, default=0.02, help="model's seconds per token")
     p.add_argument("--port", type=int, default=0, help="first port (default: free ports)")

@@ -50,6 +50,8 @@ class Child:
     health_target: str | None = None
     #: Keep the child's stdout (True) or drop it (its lines would mix with ours).
     stdout: bool = True
+    #: Names of the children that must be ready before this one first starts.
+    after: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class Supervisor:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self._running = [_Running(c) for c in children]
+        unknown = sorted({a for c in children for a in c.after} - set(names))
+        if unknown:
+            raise ValueError(f"children wait for unknown children: {unknown!r}")
         self._stopping = asyncio.Event()
 
     def run(self) -> int:
@@ -177,6 +182,9 @@ class Supervisor:
         """Start the child, watch it, start it again when it dies; GaveUp past the limit."""
         child, policy = running.child, self.restarts
         delay = policy.backoff
+        for before in self._running:  # started in dependency order (`Child.after`)
+            if before.child.name in child.after:
+                await before.ready.wait()
         while not self._stopping.is_set():
             started = time.monotonic()
             try:

@@ -91,8 +91,8 @@ def test_streams_past_max_streams_are_refused_while_unary_calls_go_on(servers: A
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert lazygrpc.connect(f"{url}/quick")("x") == "quick"
     servers.lt.loop.call_soon_threadsafe(release.set)
-    assert [ev.value for ev in events][0] == "last"
-    assert [ev.value for ev in lazygrpc.connect(f"{url}/slow_stream").stream("c")][0] == "first"
+    assert next(ev.value for ev in events) == "last"
+    assert next(ev.value for ev in lazygrpc.connect(f"{url}/slow_stream").stream("c")) == "first"
 
 
 def test_a_servers_default_and_maximum_deadline_reach_the_calls_it_makes(servers: Any) -> None:

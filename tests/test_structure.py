@@ -36,9 +36,11 @@ ALLOWED = {
         "edge",
         "supervisor",
         "workers",
+        "meshfile",
     },
     "supervisor": set(),  # child processes: argv, env, a health target; nothing of ours
     "workers": {"supervisor"},
+    "meshfile": {"supervisor"},  # `up -f`: a mesh file's services as the supervisor's children
     "__main__": {"cli"},
     "": {"core", "client", "server", "broker", "backends", "edge", "version"},  # the public API
 }

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
-from lazygrpc.core.values import check_depth
+from lazygrpc.core.values import check_depth, check_text
 
 SESSION_HEADER = "lazy-session-id"
 BAGGAGE_HEADER = "baggage"
@@ -205,26 +205,8 @@ def decode_json(text: str) -> Any:
     if end != len(text) and text[end:].strip(" \t\n\r"):
         raise ValueError(f"extra data after the JSON value at {end}")
     if "\\u" in text:  # only an escape can make a lone surrogate, which is not text
-        _check_text(value)
+        check_text(value)
     return value
-
-
-def _check_text(value: Any) -> None:
-    """`ValueError` when a string in `value` (a key too) is not valid Unicode text: a lone
-    UTF-16 surrogate, which JSON's `\\ud800` escapes can make and UTF-8 cannot carry."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if type(v) is list or type(v) is dict:
-            stack.extend(v)
-            stack.extend(v.values() if type(v) is dict else ())
-        elif type(v) is str and not v.isascii():
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(
-                    f"the JSON holds a lone UTF-16 surrogate ({v[:40]!r}): not valid Unicode text"
-                ) from None
 
 
 def _quote(text: str, leftover: re.Pattern[str], safe: str) -> str:
@@ -297,7 +279,7 @@ def encode_json(key: str, value: Any) -> str:
     try:
         text = _ENCODER.encode(value)
         if not text.isascii():
-            _check_text(text)
+            check_text(text)
         return text
     except (TypeError, ValueError) as exc:
         raise TypeError(f"session global {key!r}: value is not JSON-serialisable ({exc})") from None

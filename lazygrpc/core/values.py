@@ -148,3 +148,21 @@ def check_depth(obj: Any, where: str) -> None:
         if not level:
             return
     raise TypeError(_too_deep(where))
+
+
+def check_text(value: Any) -> None:
+    """`ValueError` when a string in `value` (a key too) is not valid Unicode text: a lone
+    UTF-16 surrogate, which JSON's `\\ud800` escapes can make and UTF-8 cannot carry."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is list or type(v) is dict:
+            stack.extend(v)
+            stack.extend(v.values() if type(v) is dict else ())
+        elif type(v) is str and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"the JSON holds a lone UTF-16 surrogate ({v[:40]!r}): not valid Unicode text"
+                ) from None

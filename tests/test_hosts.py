@@ -42,13 +42,14 @@ class Mesh:
         hosts.start(
             "ret", "serve", f"{MODULES}:middle", f"{MODULES}:models", "--name", "retriever",
             "--host", a["ret"], "--port", "50051", "--also-listen", self.sock("retriever"),
-            "--broker", broker,
+            "--broker", broker, "--expose-tracebacks",  # its callers: our own hosts
             env={"LAZYGRPC_MODEL_URL": f"ipv4:{targets}?keepalive={KEEPALIVE}"},
         )  # fmt: skip
         hosts.start(
             "gw", "serve", f"{MODULES}:front", "--name", "gateway",
             "--host", a["gw"], "--port", "50051", "--also-listen", self.sock("gateway"),
-            "--broker", broker, env={"LAZYGRPC_NEXT_URL": f"grpc://{a['ret']}:50051"},
+            "--broker", broker, "--expose-tracebacks",
+            env={"LAZYGRPC_NEXT_URL": f"grpc://{a['ret']}:50051"},
         )  # fmt: skip
 
     def sock(self, name: str) -> str:
@@ -58,7 +59,7 @@ class Mesh:
         return self.hosts.start(
             host, "serve-model", "--backend", "echo", "--model-name", name, "--name", "model",
             "--token-delay", "0.05", "--host", self.model_addresses[name].split(":")[0],
-            "--port", "50052", "--also-listen", self.sock(name),
+            "--port", "50052", "--also-listen", self.sock(name), "--expose-tracebacks",
         )  # fmt: skip
 
     def stub(self, name: str, cls: Any = module_pb2_grpc.ModuleServiceStub) -> Any:

@@ -58,7 +58,7 @@ def test_a_module_that_raises_leaves_one_error_record_with_its_traceback(
 ) -> None:
     proc, address = text_server
     err = call(address, "boom", metadata=(("lazy-session-id", "sess-42"),))
-    assert err.code() == grpc.StatusCode.UNKNOWN
+    assert err.code() == grpc.StatusCode.INTERNAL  # redacted: peers get a plain internal error
     with pytest.raises(lazygrpc.RemoteError):  # NOT an error record: a caller's mistake...
         lazygrpc.connect(f"grpc://{address}/add")(1)
     stderr = stop(proc)
@@ -66,7 +66,7 @@ def test_a_module_that_raises_leaves_one_error_record_with_its_traceback(
     errors = [line for line in records if " ERROR " in line]
     assert len(errors) == 1, stderr
     (error,) = errors
-    for part in ("module=boom", "status=UNKNOWN", "session=sess-42", "peer=ipv4:127.0.0.1:"):
+    for part in ("module=boom", "status=INTERNAL", "session=sess-42", "peer=ipv4:127.0.0.1:"):
         assert part in error
     # The whole traceback, down to the module's own line, though peers get none of it.
     tail = stderr[stderr.index(error) :]

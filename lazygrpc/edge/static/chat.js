@@ -19,6 +19,12 @@ function add(parent, tag, className, text) {
   return el;
 }
 
+function addUsage(total, added) {
+  const out = { ...total };
+  for (const [key, n] of Object.entries(added)) out[key] = (out[key] || 0) + n;
+  return out;
+}
+
 // W3C baggage: the session's globals as lazy.<key>=<percent-encoded JSON>.
 function baggageHeader() {
   return Object.entries(state.globals)
@@ -69,7 +75,10 @@ function handle(msg, answer) {
     add(li, "span", "value", describe(value.value));
   } else if (msg.event === "globals") {
     state.sessionId = value.session_id;
-    Object.assign(state.globals, value.globals);
+    // `usage` comes back as what this answer added: add it (docs/sessions.md).
+    const { usage, ...changed } = value.globals;
+    if (usage) state.globals.usage = addUsage(state.globals.usage || {}, usage);
+    Object.assign(state.globals, changed);
     for (const key of value.deleted) delete state.globals[key];
     showGlobals();
   } else if (msg.event === "error") {

@@ -117,19 +117,34 @@ def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) 
     return handler._replace(**changes)
 
 
-def _failed(hooks: Hooks, state: Any, context: Any, exc: BaseException) -> grpc.Status | None:
-    """A call's behavior raised `exc`: the status to end the call with instead (None: `exc`
-    propagates). Every driver ends a failed call here, and an ended one in `_ended`."""
-    try:
-        return hooks.error(state, context, exc) if isinstance(exc, HANDLED) else None
-    finally:
-        hooks.leave(state)  # however the error hook ends
+class _Call:
+    """One admitted call's run through `hooks`, as a context manager around its behavior,
+    for every driver: leaving the block runs `leave` and decides how the call ends. An
+    exception propagates, or is replaced by `status`, which the driver then sends."""
 
+    __slots__ = ("context", "hooks", "state", "status")
 
-def _ended(hooks: Hooks, state: Any, context: Any) -> grpc.Status | None:
-    """A call's behavior ended well: the status to end the call with instead, if any."""
-    hooks.leave(state)
-    return hooks.done(state, context)
+    def __init__(self, hooks: Hooks, context: Any, state: Any) -> None:
+        self.hooks = hooks
+        self.context = context
+        self.state = state  # what `hooks.start` made of the call
+        self.status: grpc.Status | None = None
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        hooks, state = self.hooks, self.state
+        if exc is None:
+            hooks.leave(state)
+            self.status = hooks.done(state, self.context)
+            return False
+        try:
+            if isinstance(exc, HANDLED):
+                self.status = hooks.error(state, self.context, exc)
+            return self.status is not None  # else `exc` propagates
+        finally:
+            hooks.leave(state)  # however the error hook ends
 
 
 async def _abort(context: Any, status: grpc.Status) -> None:
@@ -151,7 +166,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
             if type(state) is Refused:
                 await _abort(context, state.status)  # raises
                 return
-            try:
+            call = _Call(hooks, context, state)
+            with call:
                 if type(request) is Undecodable:
                     raise request.error()
                 inner = behavior(request, context)
@@ -160,14 +176,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
                         yield item
                 finally:
                     await inner.aclose()  # closed with us, not whenever it is collected
-            except BaseException as exc:
-                status = _failed(hooks, state, context, exc)
-                if status is None:
-                    raise
-            else:
-                status = _ended(hooks, state, context)
-            if status is not None:
-                await _abort(context, status)
+            if call.status is not None:
+                await _abort(context, call.status)
 
         return agen
 
@@ -178,18 +188,13 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
             if type(state) is Refused:
                 return await _abort(context, state.status)  # raises
             response = None
-            try:
+            call = _Call(hooks, context, state)
+            with call:
                 if type(request) is Undecodable:
                     raise request.error()
                 response = await behavior(request, context)
-            except BaseException as exc:
-                status = _failed(hooks, state, context, exc)
-                if status is None:
-                    raise
-            else:
-                status = _ended(hooks, state, context)
-            if status is not None:
-                await _abort(context, status)
+            if call.status is not None:
+                await _abort(context, call.status)
             return response
 
         return coroutine
@@ -245,42 +250,36 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
     sync `grpc.server`, with `hooks` around every call. Each call runs in a context of its
     own, so the hooks' bindings hold for its every step."""
 
-    def started(context: Any, ctx: contextvars.Context) -> Any:
+    def started(context: Any, ctx: contextvars.Context) -> _Call:
         state = ctx.run(hooks.start, context)
         if type(state) is Refused:
             context.abort_with_status(state.status)  # raises
-        return state
+        return _Call(hooks, context, state)
 
-    def end(status: grpc.Status | None, context: Any) -> None:
-        if status is not None:
-            context.abort_with_status(status)  # raises
+    def end(call: _Call) -> None:
+        if call.status is not None:
+            call.context.abort_with_status(call.status)  # raises
 
     if not streaming:
 
         def unary(request: Any, context: Any) -> Any:
             ctx = contextvars.copy_context()
-            state = started(context, ctx)
+            call = started(context, ctx)
             response = None
-            try:
+            with call:
                 if type(request) is Undecodable:
                     raise request.error()
                 response = ctx.run(behavior, request, context)
-            except BaseException as exc:
-                status = _failed(hooks, state, context, exc)
-                if status is None:
-                    raise
-            else:
-                status = _ended(hooks, state, context)
-            end(status, context)
+            end(call)
             return response
 
         return unary
 
     def stream(request: Any, context: Any) -> Any:
         ctx = contextvars.copy_context()
-        state = started(context, ctx)
+        call = started(context, ctx)
         done = object()
-        try:
+        with call:
             if type(request) is Undecodable:
                 raise request.error()
             iterator = ctx.run(behavior, request, context)
@@ -291,12 +290,6 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     ctx.run(close)
-        except BaseException as exc:
-            status = _failed(hooks, state, context, exc)
-            if status is None:
-                raise
-        else:
-            status = _ended(hooks, state, context)
-        end(status, context)
+        end(call)
 
     return stream

@@ -16,7 +16,7 @@ $(PYTHON):
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(PYTHON) pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,otel]'
+	$(BIN)/pip install -q -e '.[dev,otel,metrics]'
 	touch $@
 
 venv install: $(STAMP)
@@ -47,7 +47,7 @@ test: $(STAMP) $(NODE_STAMP)
 	$(PYTHON) -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,otel,bench]'
+	$(BIN)/pip install -q -e '.[dev,otel,metrics,bench]'
 	command -v callgrind_control >/dev/null || apt-get install -y -q valgrind \
 		|| echo "valgrind (Debian) not installed: make bench skips the instruction counts"
 	command -v cc >/dev/null || apt-get install -y -q gcc \

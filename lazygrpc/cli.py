@@ -47,6 +47,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         help="send tracebacks in error chains (default: only when bound to loopback)",
     )
     p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (extra `otel`)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics (0: a free port)"
+    )
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
 
@@ -66,6 +69,7 @@ def _build_server(args: argparse.Namespace) -> Any:
         grace=args.grace,
         expose_tracebacks=args.expose_tracebacks,
         telemetry=args.otel,
+        metrics_port=args.metrics_port,
         **topic,
     )
 
@@ -73,6 +77,8 @@ def _build_server(args: argparse.Namespace) -> Any:
 async def _serve(server: Any) -> int:
     port = await server.start()
     print(f"listening on {server.host}:{port}", flush=True)
+    if server.metrics is not None:
+        print(f"metrics on http://{server.host}:{server.metrics_port}/metrics", flush=True)
     await server.wait()
     return 0
 
@@ -197,7 +203,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lazygrpc.demo.mesh import run_mesh
 
     return run_mesh(
-        question=args.demo, token_delay=args.token_delay, base_port=args.port, otel=args.otel
+        question=args.demo,
+        token_delay=args.token_delay,
+        base_port=args.port,
+        otel=args.otel,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -244,6 +254,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token-delay", type=float, default=0.02, help="model's seconds per token")
     p.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
     p.add_argument("--otel", action="store_true", help="OpenTelemetry spans to stderr")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus /metrics on this port and the next two (0: free ports)",
+    )
     p.set_defaults(fn=cmd_up)
     return top
 

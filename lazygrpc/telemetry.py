@@ -38,9 +38,14 @@ import grpc.aio
 
 from lazygrpc.core import chain
 from lazygrpc.core.context import CallScope, current_call
-from lazygrpc.core.errors import status_code_of
 from lazygrpc.server.call import SKIP_PREFIXES
-from lazygrpc.server.dispatch import aborted_by_handler, aio_behavior, sync_behavior, wrap_handler
+from lazygrpc.server.dispatch import (
+    aborted_by_handler,
+    aio_behavior,
+    end_code,
+    sync_behavior,
+    wrap_handler,
+)
 from lazygrpc.v1 import chain_pb2
 from lazygrpc.version import __version__
 
@@ -63,7 +68,6 @@ SERVER_ERROR_CODES = frozenset(
 )
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 Attributes = dict[str, str | int]
 
@@ -132,13 +136,6 @@ def frame_event(index: int, frame: chain_pb2.CallFrame) -> tuple[Attributes, int
     return attributes, timestamp
 
 
-def _context_code(context: Any) -> grpc.StatusCode | None:
-    code = context.code()
-    if isinstance(code, int):  # grpc.aio keeps the raw integer
-        return _CODES_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
-    return code if isinstance(code, grpc.StatusCode) else None
-
-
 def _context_details(context: Any) -> str:
     details = getattr(context, "details", None)
     value = details() if callable(details) else None
@@ -176,18 +173,12 @@ class HopSpan:
         span = self.span
         try:
             span.set_attributes(end_attributes(self.full_method, self.scope))
-            if exc is None:
-                code = _context_code(context) or grpc.StatusCode.OK
+            code = end_code(context, exc, sync=self.sync)
+            if exc is None or aborted_by_handler(exc, context, sync=self.sync):
                 description = _context_details(context)
             elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                code, description = grpc.StatusCode.CANCELLED, "cancelled"
-            elif aborted_by_handler(exc, context, sync=self.sync):
-                code = _context_code(context) or grpc.StatusCode.UNKNOWN
-                description = _context_details(context)
+                description = "cancelled"
             else:
-                code = status_code_of(exc)
-                if code == grpc.StatusCode.OK:
-                    code = grpc.StatusCode.UNKNOWN
                 description = chain.status_message(exc)
                 self._record_chain(exc)
             span.set_attribute("rpc.grpc.status_code", code.value[0])

@@ -26,6 +26,7 @@ class Child:
     name: str
     proc: subprocess.Popen[str]
     address: str
+    metrics: str = ""  # the /metrics URL when it serves one
 
 
 def _spawn(name: str, args: Sequence[str], env: dict[str, str]) -> Child:
@@ -42,9 +43,12 @@ def _spawn(name: str, args: Sequence[str], env: dict[str, str]) -> Child:
         proc.kill()
         proc.wait()
         raise RuntimeError(f"{name} did not start (printed {line!r})")
+    metrics = ""
+    if "--metrics-port" in args:  # its second line names the endpoint
+        metrics = proc.stdout.readline().split()[-1]
     # Keep draining stdout so the child never blocks on a full pipe.
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return Child(name, proc, line.split()[-1])
+    return Child(name, proc, line.split()[-1], metrics)
 
 
 def _wait_serving(child: Child) -> None:
@@ -69,11 +73,19 @@ def _stop(children: Sequence[Child], grace: float = 5.0) -> None:
             c.proc.wait()
 
 
-def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> list[Child]:
-    """Start model → retriever → gateway, each waiting for the one it calls."""
+def start_mesh(
+    token_delay: float, base_port: int = 0, otel: bool = False, metrics_port: int | None = None
+) -> list[Child]:
+    """Start model → retriever → gateway, each waiting for the one it calls; with
+    `metrics_port`, each serves /metrics on it plus its index (0: free ports)."""
 
     def port(i: int) -> str:
         return str(base_port + i if base_port else 0)
+
+    def metrics(i: int) -> list[str]:
+        if metrics_port is None:
+            return []
+        return ["--metrics-port", str(metrics_port + i if metrics_port else 0)]
 
     extra = ["--expose-tracebacks", *(["--otel"] if otel else [])]
     children: list[Child] = []
@@ -94,6 +106,7 @@ def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> li
                     "--preset",
                     "temperature=0.8",
                     *extra,
+                    *metrics(0),
                 ],
                 {},
             )
@@ -110,6 +123,7 @@ def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> li
                     "--port",
                     port(1),
                     *extra,
+                    *metrics(1),
                 ],
                 {MODEL_URL_ENV: model_url},
             )
@@ -125,6 +139,7 @@ def start_mesh(token_delay: float, base_port: int = 0, otel: bool = False) -> li
                     "--port",
                     port(2),
                     *extra,
+                    *metrics(2),
                 ],
                 {RETRIEVER_URL_ENV: f"grpc://{children[1].address}"},
             )
@@ -180,14 +195,21 @@ def _describe(value: object) -> str:
 
 
 def run_mesh(
-    question: str | None, token_delay: float, base_port: int = 0, otel: bool = False
+    question: str | None,
+    token_delay: float,
+    base_port: int = 0,
+    otel: bool = False,
+    metrics_port: int | None = None,
 ) -> int:
-    children = start_mesh(token_delay, base_port, otel)
+    children = start_mesh(token_delay, base_port, otel, metrics_port)
     model, retriever, gateway = (c.address for c in children)
     print("lazygrpc demo mesh is up:")
     print(f"  model      grpc://{model}        (ModelService, markov backend)")
     print(f"  retriever  grpc://{retriever}/rag")
     print(f"  gateway    grpc://{gateway}/ask")
+    for c in children:
+        if c.metrics:
+            print(f"  {c.name:<10} metrics {c.metrics}")
     lazy, grpcurl = _command("lazygrpc"), _command("grpcurl")
     if question is None:
         print("try:")

@@ -57,6 +57,7 @@ class Server:
         topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
         telemetry: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -81,6 +82,14 @@ class Server:
             from lazygrpc.telemetry import server_interceptor
 
             self._tracing = server_interceptor()
+        #: Prometheus metrics (`lazygrpc.metrics`), served on `metrics_port` once started.
+        self.metrics: Any = None
+        self.requested_metrics_port = metrics_port
+        self.metrics_port = 0
+        if metrics_port is not None:
+            from lazygrpc.metrics import Metrics
+
+            self.metrics = Metrics()
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
         # handler to every call. Interceptors passed in still run, before ours.
@@ -109,7 +118,11 @@ class Server:
         if self._tracing is not None:
             handler = self._tracing.wrap(handler, full_method)
         hooks = self._lifecycle.hooks(full_method)
-        return wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
+        handler = wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
+        if self.metrics is not None:  # outside the lifecycle: it sees the codes callers get
+            counted = self.metrics.hooks(full_method, handler.response_streaming)
+            handler = wrap_handler(handler, lambda behavior, _s: aio_behavior(behavior, counted))
+        return handler
 
     def add_modules(self, callables: Any) -> modules.ModuleServicer:
         """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""
@@ -145,6 +158,8 @@ class Server:
         if not self.port:
             raise OSError(f"could not bind {self.host}:{self.requested_port}")
         await self._server.start()
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.host, self.requested_metrics_port or 0)
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
@@ -179,6 +194,8 @@ class Server:
         if self._started and not self._gate.active:
             left = min(left, _HEALTH_GRACE)
         await self._server.stop(max(0.0, left))
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
 
     async def wait(self) -> None:
         """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""

@@ -55,8 +55,10 @@ bench: $(STAMP)
 	bash benchmarks/lazyllm/setup.sh
 	$(PYTHON) -m benchmarks.run_all
 
+# LAZYGRPC_SOAK_SECONDS (default 600) of mixed load; LAZYGRPC_FUZZ_EXAMPLES per codec property.
 soak: $(STAMP)
-	$(PYTHON) -m pytest -q -m soak tests/soak
+	$(PYTHON) -m pytest -q -s -m soak tests/soak
+	LAZYGRPC_FUZZ_EXAMPLES=$${LAZYGRPC_FUZZ_EXAMPLES:-3000} $(PYTHON) -m pytest -q tests/test_fuzz_codecs.py
 
 clean:
 	rm -rf $(VENV) clients/node/node_modules

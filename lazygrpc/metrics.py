@@ -14,6 +14,7 @@ metrics off nothing is wrapped, so a call costs nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 from bisect import bisect_left
@@ -41,6 +42,7 @@ from lazygrpc import broker
 from lazygrpc.core import chain
 from lazygrpc.core.context import current_call
 from lazygrpc.server.dispatch import context_code, end_code
+from lazygrpc.server.modules import active_producers
 
 PREFIX = "lazygrpc_"
 #: Upper bounds (seconds) of the latency histogram's buckets: from a fast unary call to a
@@ -48,6 +50,7 @@ PREFIX = "lazygrpc_"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
            30.0, 60.0, 120.0, 300.0, math.inf)  # fmt: skip
 _OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 _METHOD_LABELS = ("grpc_service", "grpc_method")
 _CODE_LABELS = (*_METHOD_LABELS, "grpc_code")
 
@@ -82,6 +85,8 @@ class MetricHooks:
 
     def error(self, started: float, context: Any, exc: BaseException) -> None:
         code = end_code(context, exc, sync=False)
+        if code is _CANCELLED and _past_deadline(context):
+            code = grpc.StatusCode.DEADLINE_EXCEEDED  # what the caller got
         if current_call() is None:  # the lifecycle refused it before binding a scope
             refused = self.stats.refused
             refused[code] = refused.get(code, 0) + 1
@@ -103,6 +108,11 @@ class MetricHooks:
         stats.seconds += elapsed
 
 
+def _past_deadline(context: Any) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 class Metrics:
     """One server's metrics: its methods' stats, a registry, and the `/metrics` endpoint."""
 
@@ -110,6 +120,7 @@ class Metrics:
         self.methods: list[MethodStats] = []
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once serving
         self._http: Any = None
         self._thread: threading.Thread | None = None
 
@@ -124,7 +135,9 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
     def serve(self, host: str, port: int) -> int:
-        """Serve `/metrics` on `host:port` (0: a free port) in a thread; the bound port."""
+        """Serve `/metrics` on `host:port` (0: a free port) in a thread; the bound port.
+        Called on the server's event loop, whose tasks it then counts."""
+        self.loop = asyncio.get_running_loop()
         self._http, self._thread = start_http_server(port, host, registry=self.registry)
         return int(self._http.server_port)
 
@@ -181,6 +194,13 @@ class _Collector:
         yield GaugeMetricFamily(
             PREFIX + "server_streams_in_flight", "Response streams in flight.", value=streams
         )
+        yield GaugeMetricFamily(
+            PREFIX + "server_producers", "Module generators running.", value=active_producers()
+        )
+        if self.metrics.loop is not None:
+            tasks = len(asyncio.all_tasks(self.metrics.loop))
+            yield GaugeMetricFamily(PREFIX + "server_tasks", "asyncio tasks of the server's loop.",
+                                    value=tasks)  # fmt: skip
         yield from _broker_families(broker.stats())
 
 

@@ -70,10 +70,14 @@ async def holds(x: Any) -> Any:
     yield "never"
 
 
+async def slow(x: Any) -> Any:
+    await asyncio.sleep(60)
+
+
 @pytest.fixture
 def metered(servers: Any) -> tuple[str, int]:
     url = servers.modules(
-        {"ok": ok, "fails": fails, "counts": counts, "holds": holds}, name="leaf", metrics_port=0
+        {"ok": ok, "fails": fails, "counts": counts, "holds": holds, "slow": slow}, name="leaf", metrics_port=0
     )
     return url, servers.started[-1].metrics_port
 
@@ -114,6 +118,15 @@ def test_calls_are_counted_by_code_timed_and_held_in_flight(metered: tuple[str, 
     assert ("lazygrpc_broker_queued_bytes", ()) in after
     assert ("lazygrpc_broker_blocked_producers", ()) in after
     assert value(after, "lazygrpc_server_refused_total", **unary, grpc_code="OK") == 0
+
+
+def test_a_call_past_its_deadline_counts_as_deadline_exceeded(metered: tuple[str, int]) -> None:
+    url, port = metered
+    with pytest.raises(lazygrpc.RemoteError) as late:
+        lazygrpc.connect(f"{url}/slow", timeout=0.05)(1)
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    labels = {"grpc_service": MODULES, "grpc_method": "Call", "grpc_code": "DEADLINE_EXCEEDED"}
+    until(port, lambda s: value(s, "lazygrpc_server_handled_total", **labels) == 1)
 
 
 def test_calls_the_lifecycle_refuses_are_counted_as_refused(metered: tuple[str, int]) -> None:

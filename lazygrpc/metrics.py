@@ -208,21 +208,21 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(bound)
 
 
+#: The broker's figures: (kind, name, help, `BrokerStats` field).
+_BROKER = (
+    (GaugeMetricFamily, "broker_open_topics", "Open stream topics.", "open_topics"),
+    (GaugeMetricFamily, "broker_queued_events", "Events queued in open topics.", "queued_events"),
+    (GaugeMetricFamily, "broker_queued_bytes", "Bytes queued in open topics.", "queued_bytes"),
+    (GaugeMetricFamily, "broker_blocked_producers", "Producers waiting on a full topic.",
+     "blocked_producers"),
+    (CounterMetricFamily, "broker_published_events", "Events put into topics.",
+     "published_events"),
+    (CounterMetricFamily, "broker_coalesced_events", "Deltas merged into the one before them.",
+     "coalesced_events"),
+)  # fmt: skip
+
+
 def _broker_families(stats: broker.BrokerStats) -> Iterator[Metric]:
     """The process's broker (`lazygrpc stats URL` prints the same numbers)."""
-    gauges = (
-        ("broker_open_topics", "Open stream topics.", stats.open_topics),
-        ("broker_queued_events", "Events queued in open topics.", stats.queued_events),
-        ("broker_queued_bytes", "Bytes queued in open topics.", stats.queued_bytes),
-        ("broker_blocked_producers", "Producers waiting on a full topic.",
-         stats.blocked_producers),
-    )  # fmt: skip
-    for name, doc, value in gauges:
-        yield GaugeMetricFamily(PREFIX + name, doc, value=value)
-    counters = (
-        ("broker_published_events", "Events put into topics.", stats.published_events),
-        ("broker_coalesced_events", "Deltas merged into the one before them.",
-         stats.coalesced_events),
-    )  # fmt: skip
-    for name, doc, value in counters:
-        yield CounterMetricFamily(PREFIX + name, doc, value=value)
+    for kind, name, doc, field in _BROKER:
+        yield kind(PREFIX + name, doc, value=getattr(stats, field))

@@ -4,6 +4,9 @@ the `/metrics` endpoint scraped over HTTP and parsed with prometheus_client's pa
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -12,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import start_cli
+from conftest import ROOT, start_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 import lazygrpc
@@ -168,3 +171,26 @@ def test_the_cli_serves_metrics_on_the_port_it_prints() -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_up_serves_metrics_for_each_of_its_services() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazygrpc", "up", "--token-delay", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        urls = []
+        for line in proc.stdout:
+            if line.strip().startswith("metrics "):
+                urls.append(line.split()[-1])
+            if line.startswith("Ctrl-C stops the mesh"):
+                break
+        assert len(urls) == 3  # model, retriever, gateway
+        for url in urls:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            assert ("lazygrpc_broker_open_topics", ()) in scrape(port)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -209,7 +209,7 @@ def run_mesh(
     print(f"  gateway    grpc://{gateway}/ask")
     for c in children:
         if c.metrics:
-            print(f"  {c.name:<10} metrics {c.metrics}")
+            print(f"  metrics    {c.name}: {c.metrics}")
     lazy, grpcurl = _command("lazygrpc"), _command("grpcurl")
     if question is None:
         print("try:")

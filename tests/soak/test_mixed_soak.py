@@ -281,9 +281,10 @@ def report(
         scraped = s.scrape()
         refused = {k.split()[1]: int(v) for k, v in scraped.items() if k.startswith("refused ")}
         rss = [r["rss"] for r in s.samples]
+        quarters = " ".join(f"{rss[min(len(rss) - 1, i * len(rss) // 4)]:.1f}" for i in range(5))
         print(
             f"  {name}: calls served {int(scraped.get('lazygrpc_server_handled_total', 0))}, "
-            f"refused {refused}; RSS {min(rss):.1f}-{max(rss):.1f} MiB, slope "
+            f"refused {refused}; RSS by quarter {quarters} MiB, slope "
             f"{slope(s.samples, 'rss'):+.2f} MiB/min (bound {RSS_SLOPE}); leaked: topics "
             f"{int(a['lazygrpc_broker_open_topics'])}, producers "
             f"{int(a['lazygrpc_server_producers'])}, tasks "

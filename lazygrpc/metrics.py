@@ -138,7 +138,10 @@ class Metrics:
         """Serve `/metrics` on `host:port` (0: a free port) in a thread; the bound port.
         Called on the server's event loop, whose tasks it then counts."""
         self.loop = asyncio.get_running_loop()
-        self._http, self._thread = start_http_server(port, host, registry=self.registry)
+        try:
+            self._http, self._thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"could not bind the metrics port {host}:{port} ({exc.strerror})") from None
         return int(self._http.server_port)
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -194,3 +195,14 @@ def test_up_serves_metrics_for_each_of_its_services() -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_taken_metrics_port_fails_the_start_naming_it(servers: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = lazygrpc.Server(metrics_port=port)
+        server.add_modules({"ok": ok})
+        with pytest.raises(OSError, match=f"metrics port 127.0.0.1:{port}"):
+            servers.start(server)

@@ -157,9 +157,9 @@ class Server:
         self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
         if not self.port:
             raise OSError(f"could not bind {self.host}:{self.requested_port}")
-        await self._server.start()
         if self.metrics is not None:
             self.metrics_port = self.metrics.serve(self.host, self.requested_metrics_port or 0)
+        await self._server.start()
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True

@@ -202,7 +202,11 @@ def test_a_taken_metrics_port_fails_the_start_naming_it(servers: Any) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = lazygrpc.Server(metrics_port=port)
-        server.add_modules({"ok": ok})
+
+        async def start() -> None:
+            server = lazygrpc.Server(metrics_port=port)
+            server.add_modules({"ok": ok})
+            await server.start()
+
         with pytest.raises(OSError, match=f"metrics port 127.0.0.1:{port}"):
-            servers.start(server)
+            servers.call(start)

@@ -128,11 +128,12 @@ class Load:
                     self.unexpected.append(f"{kind.__name__}: {type(exc).__name__}: {exc}"[:300])
 
     async def burst(self) -> None:
-        """Twice the workers' streams held at once, each with a producer thread blocked on a
-        full topic: module threads are made as needed and kept, so the pool grows to what the
-        mix can use during the warm-up, not during the measured load."""
+        """Four times the workers' streams held at once, each with a producer thread blocked
+        on a full topic: module threads are made as needed and kept (a thread pool makes one
+        whenever no thread is idle at that instant), so the pool grows past what the mix can
+        use here, in the warm-up, not during the measured load."""
         streams = [lazygrpc.connect(f"{self.leaf}/tokens").astream(100_000)
-                   for _ in range(2 * WORKERS)]  # fmt: skip
+                   for _ in range(4 * WORKERS)]  # fmt: skip
         for events in streams:
             await anext(events)
         for events in streams:

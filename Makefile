@@ -18,7 +18,7 @@ $(PYTHON):
 # torch first, pinned: the CPU wheel on disk (an unpinned torch pulls GBs of CUDA build).
 $(STAMP): $(PYTHON) pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers,edge,edge-test,redis,deploy]'
+	$(BIN)/pip install -q -e '.[dev,otel,openai,transformers,edge,edge-test,redis,deploy,metrics]'
 	touch $@
 
 venv install: $(STAMP)
@@ -56,7 +56,7 @@ test: $(STAMP) $(NODE_STAMP) system-deps
 	$(PYTHON) -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,otel,edge,edge-test,bench]'
+	$(BIN)/pip install -q -e '.[dev,otel,edge,edge-test,metrics,bench]'
 	command -v callgrind_control >/dev/null || apt-get install -y -q valgrind \
 		|| echo "valgrind (Debian) not installed: make bench skips the instruction counts"
 	command -v cc >/dev/null || apt-get install -y -q gcc \
@@ -66,8 +66,10 @@ bench: $(STAMP)
 		|| echo "litellm[proxy] not installed: make bench skips the LiteLLM rows"
 	$(PYTHON) -m benchmarks.run_all
 
+# LAZYGRPC_SOAK_SECONDS (default 600) of mixed load; LAZYGRPC_FUZZ_EXAMPLES per codec property.
 soak: $(STAMP)
-	$(PYTHON) -m pytest -q -m soak tests/soak
+	$(PYTHON) -m pytest -q -s -m soak tests/soak
+	LAZYGRPC_FUZZ_EXAMPLES=$${LAZYGRPC_FUZZ_EXAMPLES:-3000} $(PYTHON) -m pytest -q tests/test_fuzz_codecs.py
 
 # The image servers/k8s/mesh.yaml names (needs a container engine; none runs in CI here).
 IMAGE ?= lazygrpc:latest

@@ -208,9 +208,10 @@ async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False)
     await server.wait()
 
 
-async def serve_wrapped(servicer: Any) -> None:
-    """The hand-written servicer on `lazygrpc.Server`: lazygrpc's layer wraps its handlers."""
-    server = lazygrpc.Server(name="bench")
+async def serve_wrapped(servicer: Any, metrics: bool = False) -> None:
+    """The hand-written servicer on `lazygrpc.Server`: lazygrpc's layer wraps its handlers
+    (and Prometheus metrics' hooks with `metrics`)."""
+    server = lazygrpc.Server(name="bench", metrics_port=0 if metrics else None)
     server.add_service(
         "lazygrpc.v1.ModuleService", module_pb2_grpc.add_ModuleServiceServicer_to_server, servicer
     )
@@ -228,6 +229,7 @@ def main() -> None:
     p.add_argument(
         "--wrapped", action="store_true", help="bare-modules on lazygrpc.Server (its own layer)"
     )
+    p.add_argument("--metrics", action="store_true", help="--wrapped with metrics on")
     p.add_argument("--prefix", default="")
     p.add_argument("--downstream", default="")
     p.add_argument(
@@ -245,7 +247,7 @@ def main() -> None:
 
         logs.configure(a.log_level)
     if a.kind == "bare-modules" and a.wrapped:
-        coro = serve_wrapped(BareModules(a.model))
+        coro = serve_wrapped(BareModules(a.model), a.metrics)
     elif a.kind == "bare-modules":
         interceptors: list[Any] = []
         if a.interceptors:

@@ -53,6 +53,7 @@ from benchmarks._common import PYTHON, ROOT, Row, log, print_rows
 SCEN_UNARY = "issue 3: instructions per unary call (callgrind)"
 SCEN_RELAY = "issue 5(c): instructions per one-token stream through the two-hop relay (callgrind)"
 SCEN_SEAMS = "grpc seams: client instructions per unary call, seams on vs their public fallbacks"
+SCEN_METRICS = "metrics: server instructions per unary call, Prometheus metrics on vs off"
 SCEN_PATH = "issue 5(c): the first token's own path per process, cold caches (callgrind)"
 SCEN_LOGS = "issue 21: server instructions per unary call, logging at the CLI's default level"
 
@@ -468,7 +469,17 @@ def run(quick: bool = False) -> list[Row]:
                     baseline="bare grpcio relay",
                     note="lazygrpc's model adds its usage to the `usage` global on every "
                          "call, and the client's session carries it back down"))  # fmt: skip
-    return rows + run_first_token(quick)
+    return rows + run_metrics(quick) + run_first_token(quick)
+
+
+def run_metrics(quick: bool = False) -> list[Row]:
+    """What `Server(metrics_port=...)` adds to a unary call on the server."""
+    calls = 1_000 if quick else 2_000
+    off = _measure([["bare-modules", "--wrapped"]], ["unary-layer", "-"], 0, calls)
+    on = _measure([["bare-modules", "--wrapped", "--metrics"]], ["unary-layer", "-"], 0, calls)
+    log("instructions: unary server with metrics on and off done")
+    return [Row(SCEN_METRICS, "lazygrpc.Server + connect(): server", "instructions", [on],
+                [off], baseline="the same server with metrics off")]  # fmt: skip
 
 
 def main() -> None:
@@ -478,7 +489,7 @@ def main() -> None:
                    help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--serve-marked", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.add_argument("--client-marked", nargs=3, help=argparse.SUPPRESS)
-    p.add_argument("--only", choices=["first-token"], help="run one part")
+    p.add_argument("--only", choices=["first-token", "metrics"], help="run one part")
     a = p.parse_args()
     if a.serve_marked:
         _serve_marked(a.serve_marked)
@@ -489,6 +500,9 @@ def main() -> None:
         return
     if a.only == "first-token":
         print_rows(run_first_token(a.quick), "the first token's path, lazygrpc vs bare")
+        return
+    if a.only == "metrics":
+        print_rows(run_metrics(a.quick), "what metrics add to a unary call (callgrind)")
         return
     if a.client:
         address, kind, arg, calls = a.client

@@ -61,6 +61,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT, or as OTEL_TRACES_EXPORTER says (otlp, console, none); "
         "a set OTEL_TRACES_EXPORTER turns it on too",
     )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics (0: a free port)"
+    )
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
     logs.add_arguments(p)
@@ -109,6 +112,7 @@ def _build_server(args: argparse.Namespace) -> Any:
         also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],
         broker_url=args.broker,
         limits=_limits(args),
+        metrics_port=args.metrics_port,
         **topic,
     )
 
@@ -284,6 +288,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         base_port=args.port,
         otel=args.otel,
         log_args=log_args,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -362,6 +367,12 @@ def parser() -> argparse.ArgumentParser:
         "--otel", action="store_true", help="every service exports spans (see `serve --help`)"
     )
     logs.add_arguments(p)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus /metrics on this port and the next two (0: free ports)",
+    )
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("protos", help="print the folder of the installed .proto files")

@@ -47,10 +47,16 @@ import grpc.aio
 
 from lazygrpc.core import chain
 from lazygrpc.core.context import CallScope, current_call
-from lazygrpc.core.errors import SERVER_FAULT_CODES, status_code_of
+from lazygrpc.core.errors import SERVER_FAULT_CODES
 from lazygrpc.server.call import SKIP_PREFIXES
-from lazygrpc.server.calllog import context_code, context_details
-from lazygrpc.server.dispatch import aborted_by_handler, aio_behavior, sync_behavior, wrap_handler
+from lazygrpc.server.calllog import context_details
+from lazygrpc.server.dispatch import (
+    aborted_by_handler,
+    aio_behavior,
+    end_code,
+    sync_behavior,
+    wrap_handler,
+)
 from lazygrpc.v1 import chain_pb2
 from lazygrpc.version import __version__
 
@@ -165,18 +171,12 @@ class HopSpan:
         span = self.span
         try:
             span.set_attributes(end_attributes(self.full_method, self.scope))
-            if exc is None:
-                code = context_code(context) or grpc.StatusCode.OK
+            code = end_code(context, exc, sync=self.sync)
+            if exc is None or aborted_by_handler(exc, context, sync=self.sync):
                 description = context_details(context)
             elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                code, description = grpc.StatusCode.CANCELLED, "cancelled"
-            elif aborted_by_handler(exc, context, sync=self.sync):
-                code = context_code(context) or grpc.StatusCode.UNKNOWN
-                description = context_details(context)
+                description = "cancelled"
             else:
-                code = status_code_of(exc)
-                if code == grpc.StatusCode.OK:
-                    code = grpc.StatusCode.UNKNOWN
                 description = chain.status_message(exc)
                 self._record_chain(exc)
             span.set_attribute("rpc.grpc.status_code", code.value[0])

@@ -16,8 +16,9 @@ ALLOWED = {
     "core": set(),
     "broker": {"core"},
     "client": {"core", "broker"},
-    "server": {"core", "broker", "backends", "telemetry"},
+    "server": {"core", "broker", "backends", "telemetry", "metrics"},
     "telemetry": {"core", "server", "version"},
+    "metrics": {"core", "broker", "server"},
     "backends": set(),
     "version": set(),
     "edge": {"core", "client"},  # an HTTP front that is a lazygrpc client: never the server

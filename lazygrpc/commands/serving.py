@@ -31,6 +31,8 @@ def run_server(build: Callable[[], Any], add: Callable[[Any], Any]) -> int:
         waiting = asyncio.ensure_future(server.wait())
         await asyncio.sleep(0)  # `wait` has installed its signal handlers: SIGTERM drains
         print(f"listening on {server.host}:{port}", flush=True)
+        if server.metrics is not None:
+            print(f"metrics on http://{server.host}:{server.metrics_port}/metrics", flush=True)
         await waiting
         return OK
 

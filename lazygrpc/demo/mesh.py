@@ -28,6 +28,7 @@ class Child:
     name: str
     proc: subprocess.Popen[str]
     address: str
+    metrics: str = ""  # the /metrics URL when it serves one
 
 
 def _spawn(name: str, args: Sequence[str], env: dict[str, str]) -> Child:
@@ -44,9 +45,12 @@ def _spawn(name: str, args: Sequence[str], env: dict[str, str]) -> Child:
         proc.kill()
         proc.wait()
         raise RuntimeError(f"{name} did not start (printed {line!r})")
+    metrics = ""
+    if "--metrics-port" in args:  # its second line names the endpoint
+        metrics = proc.stdout.readline().split()[-1]
     # Keep draining stdout so the child never blocks on a full pipe.
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return Child(name, proc, line.split()[-1])
+    return Child(name, proc, line.split()[-1], metrics)
 
 
 def _wait_serving(child: Child) -> None:
@@ -72,12 +76,22 @@ def _stop(children: Sequence[Child], grace: float = 5.0) -> None:
 
 
 def start_mesh(
-    token_delay: float, base_port: int = 0, otel: bool = False, log_args: Sequence[str] = ()
+    token_delay: float,
+    base_port: int = 0,
+    otel: bool = False,
+    log_args: Sequence[str] = (),
+    metrics_port: int | None = None,
 ) -> list[Child]:
-    """Start model → retriever → gateway, each waiting for the one it calls."""
+    """Start model → retriever → gateway, each waiting for the one it calls; with
+    `metrics_port`, each serves /metrics on it plus its index (0: free ports)."""
 
     def port(i: int) -> str:
         return str(base_port + i if base_port else 0)
+
+    def metrics(i: int) -> list[str]:
+        if metrics_port is None:
+            return []
+        return ["--metrics-port", str(metrics_port + i if metrics_port else 0)]
 
     extra = ["--expose-tracebacks", *(["--otel"] if otel else []), *log_args]
     children: list[Child] = []
@@ -98,6 +112,7 @@ def start_mesh(
                     "--preset",
                     "temperature=0.8",
                     *extra,
+                    *metrics(0),
                 ],
                 {},
             )
@@ -114,6 +129,7 @@ def start_mesh(
                     "--port",
                     port(1),
                     *extra,
+                    *metrics(1),
                 ],
                 {MODEL_URL_ENV: model_url},
             )
@@ -129,6 +145,7 @@ def start_mesh(
                     "--port",
                     port(2),
                     *extra,
+                    *metrics(2),
                 ],
                 {RETRIEVER_URL_ENV: f"grpc://{children[1].address}"},
             )
@@ -199,8 +216,9 @@ def run_mesh(
     base_port: int = 0,
     otel: bool = False,
     log_args: Sequence[str] = (),
+    metrics_port: int | None = None,
 ) -> int:
-    children = start_mesh(token_delay, base_port, otel, log_args)
+    children = start_mesh(token_delay, base_port, otel, log_args, metrics_port)
     model, retriever, gateway = (c.address for c in children[:3])
     print("lazygrpc demo mesh is up:")
     print(f"  model      grpc://{model}        (ModelService, markov backend)")
@@ -212,6 +230,9 @@ def run_mesh(
         print(f"  chat page  {edge}/")
     else:
         print("  (no HTTP edge: pip install 'lazygrpc[edge]' adds it and the chat page)")
+    for c in children:
+        if c.metrics:
+            print(f"  metrics    {c.name}: {c.metrics}")
     lazy = _command("lazygrpc")
     code = 0
     try:

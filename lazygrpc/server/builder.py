@@ -79,6 +79,7 @@ class Server:
         reuse_port: bool = False,
         also_listen: Sequence[str] = (),
         broker_url: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -117,6 +118,14 @@ class Server:
             # Spans go to the global provider, set up at `start` when the application has
             # none (its name is known only once the services are added).
             self._tracing = server_interceptor()
+        #: Prometheus metrics (`lazygrpc.metrics`), served on `metrics_port` once started.
+        self.metrics: Any = None
+        self.requested_metrics_port = metrics_port
+        self.metrics_port = 0
+        if metrics_port is not None:
+            from lazygrpc.metrics import Metrics
+
+            self.metrics = Metrics()
         # lazygrpc's own layer (and tracing inside it) wraps each service's handlers once, at
         # registration: grpc's aio interceptor pipeline would add a coroutine and a rebuilt
         # handler to every call. Interceptors passed in still run, before ours.
@@ -152,10 +161,14 @@ class Server:
         if self._tracing is not None:
             handler = self._tracing.wrap(handler, full_method)
         life = self._lifecycle
-        return wrap_handler(
+        handler = wrap_handler(
             handler,
             lambda behavior, streaming: aio_behavior(behavior, life.hooks(full_method, streaming)),
         )
+        if self.metrics is not None:  # outside the lifecycle: it sees the codes callers get
+            counted = self.metrics.hooks(full_method, handler.response_streaming)
+            handler = wrap_handler(handler, lambda behavior, _s: aio_behavior(behavior, counted))
+        return handler
 
     def add_modules(self, callables: Any) -> modules.ModuleServicer:
         """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""
@@ -212,6 +225,8 @@ class Server:
             from lazygrpc.telemetry import install_provider, service_name
 
             self._provider = install_provider(service_name(self._explicit_name, self.name))
+        if self.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.host, self.requested_metrics_port or 0)
         await self._server.start()
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -263,6 +278,8 @@ class Server:
             left = min(left, _HEALTH_GRACE)
         cancelled = self._gate.active
         await self._server.stop(max(0.0, left))
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         if self._redis is not None:
             await self._redis.aclose()
         if self._provider is not None:  # the last spans out before the process ends

@@ -32,7 +32,7 @@ from lazygrpc.core.session import Session, check_arrival
 from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server import calllog
 from lazygrpc.server.admission import Limits
-from lazygrpc.server.dispatch import Refused, aborted_by_handler
+from lazygrpc.server.dispatch import Refused, aborted_by_handler, context_code
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _OWN_HEADERS = frozenset(
@@ -289,7 +289,7 @@ class MethodCalls:
     def error(self, scope: CallScope, context: Any, exc: BaseException) -> grpc.Status | None:
         """Re-raise what must propagate (None); answer anything else with its status."""
         if aborted_by_handler(exc, context, sync=self.lifecycle.sync):
-            code = calllog.context_code(context) or grpc.StatusCode.UNKNOWN
+            code = context_code(context) or grpc.StatusCode.UNKNOWN
             calllog.failed(
                 scope, context, _Status(code, calllog.context_details(context), ()), None
             )
@@ -325,7 +325,7 @@ class MethodCalls:
             existing = tuple((getter() if getter else ()) or ())
             context.set_trailing_metadata((*existing, (baggage.UPDATE_TRAILER, update)))
         if _ACCESS_ON(_DEBUG):
-            calllog.access(scope, context, calllog.context_code(context) or grpc.StatusCode.OK)
+            calllog.access(scope, context, context_code(context) or grpc.StatusCode.OK)
         return None
 
 

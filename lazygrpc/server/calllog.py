@@ -85,17 +85,6 @@ def access(scope: CallScope, context: Any, code: grpc.StatusCode) -> None:
     ACCESS_LOG.debug("call %s", _describe(fields), extra={FIELDS: fields})
 
 
-_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def context_code(context: Any) -> grpc.StatusCode | None:
-    """The status code a handler set on its context (None: none set)."""
-    code = context.code()
-    if isinstance(code, int):  # grpc.aio keeps the raw integer
-        return _CODES_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
-    return code if isinstance(code, grpc.StatusCode) else None
-
-
 def context_details(context: Any) -> str:
     """The status message a handler set on its context ("" when none)."""
     details = getattr(context, "details", None)

@@ -23,12 +23,13 @@ from typing import Any, NamedTuple, Protocol
 import grpc
 import grpc.aio
 
-from lazygrpc.core.errors import InvalidArgument
+from lazygrpc.core.errors import InvalidArgument, status_code_of
 from lazygrpc.core.values import MAX_DEPTH
 
 #: What the wrappers catch; KeyboardInterrupt and SystemExit are left alone.
 HANDLED = (Exception, asyncio.CancelledError, GeneratorExit)
 _FIELDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class Refused(NamedTuple):
@@ -98,6 +99,27 @@ def checked_deserializer(
 
     checked.checks = True  # type: ignore[attr-defined]
     return checked
+
+
+def context_code(context: Any) -> grpc.StatusCode | None:
+    """The code set on a call's context so far (None: none yet)."""
+    code = context.code()
+    if isinstance(code, int):  # grpc.aio keeps the raw integer
+        return _CODES_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+def end_code(context: Any, exc: BaseException | None, *, sync: bool) -> grpc.StatusCode:
+    """The code a call ends with, as hooks see it: `exc` is what the behavior raised (None:
+    it ended well), and what an inner lifecycle answered with is on the context."""
+    if exc is None:
+        return context_code(context) or grpc.StatusCode.OK
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED
+    if aborted_by_handler(exc, context, sync=sync):
+        return context_code(context) or grpc.StatusCode.UNKNOWN
+    code = status_code_of(exc)
+    return grpc.StatusCode.UNKNOWN if code == grpc.StatusCode.OK else code
 
 
 def wrap_handler(handler: Any, wrap: Callable[[Callable[..., Any], bool], Any]) -> Any:

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 
+from lazygrpc.client.tls import TLS_PREFIX, channel_credentials
+
 
 def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
     """Options of the channels lazygrpc opens between hops.
@@ -30,7 +32,9 @@ def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """`grpc://host:port/module` → (`host:port`, `module`); `ValueError` names a bad URL."""
+    """`grpc://host:port/module` → (`host:port`, `module`); `ValueError` names a bad URL.
+
+    A `grpcs://` (TLS) URL keeps its scheme in the target: `grpcs://host:port`."""
     if not isinstance(url, str):
         raise ValueError(f"invalid lazygrpc URL {url!r}: expected a string")
     if url.startswith("dns:///"):
@@ -39,9 +43,10 @@ def parse_url(url: str) -> tuple[str, str]:
             raise ValueError(f"invalid lazygrpc URL {url!r}: no host after dns:///")
         return f"dns:///{target}", module
     parts = urlsplit(url)
-    if parts.scheme != "grpc":
+    if parts.scheme not in ("grpc", "grpcs"):
         raise ValueError(
-            f"invalid lazygrpc URL {url!r}: expected grpc://HOST:PORT[/MODULE] or dns:///HOST:PORT"
+            f"invalid lazygrpc URL {url!r}: expected grpc://HOST:PORT[/MODULE], "
+            "grpcs://HOST:PORT[/MODULE] (TLS) or dns:///HOST:PORT"
         )
     try:
         port = parts.port
@@ -55,7 +60,8 @@ def parse_url(url: str) -> tuple[str, str]:
     module = parts.path.strip("/")
     if "/" in module:
         raise ValueError(f"invalid lazygrpc URL {url!r}: module name {module!r} contains '/'")
-    return f"{host}:{port}", module
+    prefix = TLS_PREFIX if parts.scheme == "grpcs" else ""
+    return f"{prefix}{host}:{port}", module
 
 
 _lock = threading.Lock()
@@ -97,12 +103,26 @@ def _share(loop: asyncio.AbstractEventLoop) -> _LoopShare:
         return share
 
 
+def open_channel(target: str, *, aio: bool = False) -> Any:
+    """A new channel to `target` (from `parse_url`) with lazygrpc's options and the security
+    `channel_credentials` chooses for it: TLS for `grpcs://` targets, else plaintext."""
+    address, credentials, extra = channel_credentials(target)
+    options = [*channel_options(), *extra]
+    if credentials is None:
+        if aio:
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.insecure_channel(address, options)
+    if aio:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.secure_channel(address, credentials, options)
+
+
 def sync_channel(target: str) -> grpc.Channel:
     """The shared sync channel for `target` (lazygrpc's clients add metadata themselves)."""
     with _lock:
         ch = _sync.get(target)
         if ch is None:
-            ch = _sync[target] = grpc.insecure_channel(target, channel_options())
+            ch = _sync[target] = open_channel(target)
         return ch
 
 
@@ -112,9 +132,7 @@ def aio_channel(target: str) -> grpc.aio.Channel:
     with _lock:
         ch = share.channels.get(target)
         if ch is None:
-            ch = share.channels[target] = grpc.aio.insecure_channel(
-                target, options=channel_options()
-            )
+            ch = share.channels[target] = open_channel(target, aio=True)
         return ch
 
 

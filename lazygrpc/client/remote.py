@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import grpc
-
 from lazygrpc import broker
-from lazygrpc.client import call, channels
-from lazygrpc.core import chain
+from lazygrpc.client import call, channels, credentials
+from lazygrpc.client.credentials import AuthCallback
 from lazygrpc.core.events import Event, relay_source
 from lazygrpc.core.values import fill_struct, fill_value, from_value
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
@@ -45,7 +43,14 @@ class RemoteModule:
     events from below into the current stream, so progress from any depth reaches the entry.
     """
 
-    def __init__(self, url: str, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,
+        token: str | None = None,
+        auth: AuthCallback | None = None,
+    ) -> None:
         self.url = url
         self.target, self.module = channels.parse_url(url)
         if not self.module:
@@ -53,6 +58,9 @@ class RemoteModule:
                 f"invalid lazygrpc URL {url!r}: no module name (grpc://HOST:PORT/MODULE)"
             )
         self.timeout = timeout
+        #: This target's credentials, per call (docs/security.md): never the caller's.
+        self._credentials = credentials.metadata_source(self.target, token, auth)
+        self._error = credentials.rpc_error(self.target, self.module)
 
     def __repr__(self) -> str:
         return f"RemoteModule({self.url!r})"
@@ -67,9 +75,6 @@ class RemoteModule:
             fill_struct(request.kwargs, kwargs)
         return request
 
-    def _error(self, err: grpc.RpcError) -> Exception:
-        return chain.remote_error_from_rpc(err, service=self.target, method=self.module)
-
     def _relayed(self, ev: module_pb2.Event) -> broker.Item:
         source = relay_source(self.module, ev.source)
         return broker.Item.encoded(broker.INTERMEDIATE, source, ev.intermediate)
@@ -83,7 +88,7 @@ class RemoteModule:
             # Read to the end, not just to the result: the trailers (globals) come after it.
             return _result_of(self.module, self._stream(request))
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
-        response = call.unary(stub.Call, request, self.timeout, self._error)
+        response = call.unary(stub.Call, request, self.timeout, self._error, self._credentials())
         return from_value(response.output, where="output")
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
@@ -97,7 +102,7 @@ class RemoteModule:
     def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
         topic = broker.current_topic()
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
-        for ev in call.stream(stub.Stream, request, self.timeout, self._error):
+        for ev in call.stream(stub.Stream, request, self.timeout, self._error, self._credentials()):
             if topic is not None and ev.HasField("intermediate"):
                 topic.put(self._relayed(ev))
             else:
@@ -107,7 +112,9 @@ class RemoteModule:
         """The modules the server exposes: name, streaming, doc."""
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target)
         request = module_pb2.ListModulesRequest()
-        response = call.unary(stub.ListModules, request, self.timeout, self._error)
+        response = call.unary(
+            stub.ListModules, request, self.timeout, self._error, self._credentials()
+        )
         return [{"name": m.name, "streaming": m.streaming, "doc": m.doc} for m in response.modules]
 
     # -- asyncio ------------------------------------------------------------------------
@@ -118,7 +125,9 @@ class RemoteModule:
         if broker.current_topic() is not None:
             return await _aresult_of(self.module, self._astream(request))
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
-        response = await call.aunary(stub.Call, request, self.timeout, self._error)
+        response = await call.aunary(
+            stub.Call, request, self.timeout, self._error, self._credentials()
+        )
         return from_value(response.output, where="output")
 
     def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
@@ -128,13 +137,25 @@ class RemoteModule:
     async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
         topic = broker.current_topic()
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target)
-        async for ev in call.astream(stub.Stream, request, self.timeout, self._error):
+        async for ev in call.astream(
+            stub.Stream, request, self.timeout, self._error, self._credentials()
+        ):
             if topic is not None and ev.HasField("intermediate"):
                 await broker.aput_from_anywhere(topic, self._relayed(ev))
             else:
                 yield Event.from_pb(ev)
 
 
-def connect(url: str, *, timeout: float | None = None) -> RemoteModule:
-    """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`."""
-    return RemoteModule(url, timeout=timeout)
+def connect(
+    url: str,
+    *,
+    timeout: float | None = None,
+    token: str | None = None,
+    auth: AuthCallback | None = None,
+) -> RemoteModule:
+    """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`.
+
+    `token` is sent as `authorization: Bearer <token>` on every call; `auth()` is called
+    before every call and returns the metadata to send instead (docs/security.md).
+    """
+    return RemoteModule(url, timeout=timeout, token=token, auth=auth)

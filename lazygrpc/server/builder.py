@@ -7,7 +7,7 @@ import inspect
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -17,8 +17,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
 from lazygrpc.server import broker_service, model, modules
-from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
+from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Guard, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
+from lazygrpc.server.security import Authenticator, ServerTLS, TLSConfig
 
 #: Options of every server lazygrpc builds. Metadata limits sit above lazygrpc's own checks
 #: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
@@ -31,6 +32,7 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
 #: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
 _HEALTH_GRACE = 0.1
 
@@ -57,7 +59,12 @@ class Server:
         topic_bytes: int = broker.DEFAULT_TOPIC_BYTES,
         coalesce_bytes: int = broker.DEFAULT_COALESCE_BYTES,
         telemetry: bool = False,
+        tls: TLSConfig | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
+        """`tls`: serve TLS (mTLS with a client CA) from files that `reload_tls()` and SIGHUP
+        re-read; `auth`: the authenticator every call but health's passes
+        (`lazygrpc.server.security`, docs/security.md)."""
         self.name = name
         self.host = host
         self.requested_port = port
@@ -75,7 +82,11 @@ class Server:
             "coalesce_bytes": coalesce_bytes,
         }
         self._gate = DrainGate()
-        self._lifecycle = Lifecycle(name, expose_tracebacks=self.expose_tracebacks, gate=self._gate)
+        self.auth = auth
+        self.tls = ServerTLS(tls) if tls is not None else None
+        self._lifecycle = Lifecycle(
+            name, expose_tracebacks=self.expose_tracebacks, gate=self._gate, auth=auth
+        )
         self._tracing: Any = None
         if telemetry:
             from lazygrpc.telemetry import server_interceptor
@@ -105,7 +116,10 @@ class Server:
 
     def _wrap_method(self, full_method: str, handler: Any) -> Any:
         if full_method.startswith(SKIP_PREFIXES):  # health and reflection: as grpc ships them
-            return handler
+            if self.auth is None or full_method.startswith(HEALTH_PREFIX):
+                return handler  # health stays open for probes
+            guard = Guard(self._lifecycle, self.auth, full_method)
+            return wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, guard))
         if self._tracing is not None:
             handler = self._tracing.wrap(handler, full_method)
         hooks = self._lifecycle.hooks(full_method)
@@ -141,7 +155,11 @@ class Server:
             reflection.aio.ReflectionServicer([*self.service_names, reflection.SERVICE_NAME]),
             self._handlers,
         )
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        address = f"{self.host}:{self.requested_port}"
+        if self.tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self.tls.credentials)
         if not self.port:
             raise OSError(f"could not bind {self.host}:{self.requested_port}")
         await self._server.start()
@@ -149,6 +167,11 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
         return self.port
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS files for new connections (what SIGHUP does); False when there is
+        no TLS or a file is bad (the current certificate stays, the error is logged)."""
+        return self.tls is not None and self.tls.reload()
 
     @property
     def address(self) -> str:
@@ -181,7 +204,8 @@ class Server:
         await self._server.stop(max(0.0, left))
 
     async def wait(self) -> None:
-        """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""
+        """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully); SIGHUP
+        re-reads the TLS files (`reload_tls`)."""
         loop = asyncio.get_running_loop()
         stop_task: list[asyncio.Task[None]] = []
 
@@ -191,9 +215,15 @@ class Server:
 
         installed = []
         if sys.platform != "win32":
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers: list[tuple[signal.Signals, Callable[[], Any]]] = [
+                (signal.SIGTERM, on_signal),
+                (signal.SIGINT, on_signal),
+            ]
+            if self.tls is not None:
+                handlers.append((signal.SIGHUP, self.reload_tls))
+            for sig, handler in handlers:
                 try:
-                    loop.add_signal_handler(sig, on_signal)
+                    loop.add_signal_handler(sig, handler)
                     installed.append(sig)
                 except (RuntimeError, ValueError):  # not the main thread
                     pass

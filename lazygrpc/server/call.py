@@ -1,6 +1,8 @@
 """The server call lifecycle: one incoming call from start to end, for every server.
 
-    admit    a draining server refuses new calls (UNAVAILABLE); the gate counts the rest
+    admit    a draining server refuses new calls (UNAVAILABLE); the gate counts the rest;
+             the server's authenticator refuses calls without valid credentials
+             (UNAUTHENTICATED, PERMISSION_DENIED: `lazygrpc.server.security`)
     bind     the call's scope from its headers (session, deadline, trace context), bound for
              the whole call; a bad header refuses it (INVALID_ARGUMENT, naming the header)
     run      the handler, in whichever of the four styles (`lazygrpc.server.dispatch`)
@@ -24,9 +26,10 @@ import grpc
 
 from lazygrpc.core import baggage, chain
 from lazygrpc.core.context import CallScope, bind_call
-from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
+from lazygrpc.core.errors import InvalidArgument, ResourceExhausted, StatusError
 from lazygrpc.core.session import Session
 from lazygrpc.server.dispatch import Refused, aborted_by_handler
+from lazygrpc.server.security import Authenticator, authorize
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 _OWN_HEADERS = frozenset(
@@ -130,7 +133,8 @@ class Lifecycle:
 
     `service` names this server in call chains (None: each method's service name, until
     `Server` learns its name). `sync=True` is for a sync `grpc.server`, where the end of a
-    call is seen through `context.add_callback` rather than as a cancelled task.
+    call is seen through `context.add_callback` rather than as a cancelled task. `auth` is
+    the server's authenticator (None: every caller is admitted).
     """
 
     def __init__(
@@ -140,11 +144,13 @@ class Lifecycle:
         expose_tracebacks: bool = False,
         gate: DrainGate | None = None,
         sync: bool = False,
+        auth: Authenticator | None = None,
     ) -> None:
         self.service = service
         self.expose_tracebacks = expose_tracebacks
         self.gate = gate
         self.sync = sync
+        self.auth = auth
 
     def hooks(self, full_method: str) -> MethodCalls:
         """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`)."""
@@ -182,10 +188,11 @@ def trailers(scope: CallScope, existing: Sequence[tuple[str, Any]] = ()) -> tupl
 class MethodCalls:
     """The lifecycle's steps for the calls of one method."""
 
-    __slots__ = ("lifecycle", "method", "service")
+    __slots__ = ("full_method", "lifecycle", "method", "service")
 
     def __init__(self, lifecycle: Lifecycle, service: str, method: str) -> None:
         self.lifecycle = lifecycle
+        self.full_method = f"/{service}/{method}"
         self.service = service.rsplit(".", 1)[-1]  # `ModuleService` until the server is named
         self.method = method
 
@@ -198,15 +205,16 @@ class MethodCalls:
             life.gate.active += 1
         service = life.service or self.service
         try:
-            scope = incoming_scope(
-                service, self.method, context.invocation_metadata(), context.time_remaining()
-            )
+            metadata = context.invocation_metadata()
+            if life.auth is not None:
+                authorize(life.auth, metadata, self.full_method)
+            scope = incoming_scope(service, self.method, metadata, context.time_remaining())
         except Exception as exc:
             if life.gate is not None:
                 life.gate.leave()
-            if not isinstance(exc, InvalidArgument):
+            if not isinstance(exc, StatusError):
                 exc = InvalidArgument(f"request metadata: {exc}")
-            return Refused(life.failure(CallScope(Session(), service, self.method, None), exc))
+            return _refusal(life, service, self.method, exc)
         # In aio the wrapper and the handler share one task, so the binding holds for the
         # whole call, across every await and every yield; on a sync server this runs in the
         # call's own copied context.
@@ -245,6 +253,39 @@ class MethodCalls:
             getter = getattr(context, "trailing_metadata", None)
             existing = tuple((getter() if getter else ()) or ())
             context.set_trailing_metadata((*existing, (baggage.UPDATE_TRAILER, update)))
+        return None
+
+
+def _refusal(life: Lifecycle, service: str, method: str, exc: BaseException) -> Refused:
+    return Refused(life.failure(CallScope(Session(), service, method, None), exc))
+
+
+class Guard:
+    """The lifecycle's authenticator alone, as `Hooks`: for the services that otherwise run
+    as grpc ships them (reflection), so that they follow the server's auth."""
+
+    __slots__ = ("auth", "full_method", "lifecycle")
+
+    def __init__(self, lifecycle: Lifecycle, auth: Authenticator, full_method: str) -> None:
+        self.lifecycle = lifecycle
+        self.auth = auth
+        self.full_method = full_method
+
+    def start(self, context: Any) -> Refused | None:
+        try:
+            authorize(self.auth, context.invocation_metadata(), self.full_method)
+        except StatusError as exc:
+            service, method = chain.split_method(self.full_method)
+            return _refusal(self.lifecycle, self.lifecycle.service or service, method, exc)
+        return None
+
+    def error(self, state: Any, context: Any, exc: BaseException) -> grpc.Status | None:
+        return None
+
+    def leave(self, state: Any) -> None:
+        pass
+
+    def done(self, state: Any, context: Any) -> grpc.Status | None:
         return None
 
 

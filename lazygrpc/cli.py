@@ -49,6 +49,31 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--otel", action="store_true", help="OpenTelemetry spans (extra `otel`)")
     p.add_argument("--topic-events", type=int, default=None, help="events per stream topic")
     p.add_argument("--topic-bytes", type=int, default=None, help="bytes per stream topic")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate file")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key file")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certs from this CA")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--auth-token-env", metavar="NAME", help="bearer token from env var NAME")
+    auth.add_argument("--auth-token-file", metavar="PATH", help="bearer token from a file")
+
+
+def _security(args: argparse.Namespace) -> dict[str, Any]:
+    """`Server`'s tls and auth from the flags (secrets only from env vars or files)."""
+    from lazygrpc.server.security import BearerToken, TLSConfig
+
+    out: dict[str, Any] = {}
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("lazygrpc: TLS needs both --tls-cert and --tls-key")
+        out["tls"] = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    try:
+        if args.auth_token_env:
+            out["auth"] = BearerToken.from_env(args.auth_token_env)
+        elif args.auth_token_file:
+            out["auth"] = BearerToken.from_file(args.auth_token_file)
+    except ValueError as exc:
+        raise SystemExit(f"lazygrpc: {exc}") from None
+    return out
 
 
 def _build_server(args: argparse.Namespace) -> Any:
@@ -59,15 +84,20 @@ def _build_server(args: argparse.Namespace) -> Any:
         for k, v in (("topic_events", args.topic_events), ("topic_bytes", args.topic_bytes))
         if v is not None
     }
-    return Server(
-        name=args.name,
-        host=args.host,
-        port=args.port,
-        grace=args.grace,
-        expose_tracebacks=args.expose_tracebacks,
-        telemetry=args.otel,
-        **topic,
-    )
+    security = _security(args)
+    try:
+        return Server(
+            name=args.name,
+            host=args.host,
+            port=args.port,
+            grace=args.grace,
+            expose_tracebacks=args.expose_tracebacks,
+            telemetry=args.otel,
+            **topic,
+            **security,
+        )
+    except ValueError as exc:  # an unreadable TLS file, named
+        raise SystemExit(f"lazygrpc: {exc}") from None
 
 
 async def _serve(server: Any) -> int:
@@ -162,7 +192,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     target, _ = channels.parse_url(args.url)
-    with grpc.insecure_channel(target) as ch:
+    with channels.open_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             resp = stub.Check(
@@ -177,13 +207,16 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from lazygrpc.client.credentials import metadata_source
     from lazygrpc.v1 import broker_pb2, broker_pb2_grpc
 
     target, _ = channels.parse_url(args.url)
-    with grpc.insecure_channel(target) as ch:
+    with channels.open_channel(target) as ch:
         try:
             stats = broker_pb2_grpc.BrokerServiceStub(ch).GetBrokerStats(
-                broker_pb2.GetBrokerStatsRequest(), timeout=args.timeout
+                broker_pb2.GetBrokerStatsRequest(),
+                timeout=args.timeout,
+                metadata=metadata_source(target, None, None)(),
             )
         except grpc.RpcError as err:
             print(f"{target}: {err.code().name} {err.details()}", file=sys.stderr)

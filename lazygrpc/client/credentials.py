@@ -109,8 +109,13 @@ def _transport_hint(target: str, details: str) -> str:
             if tls
             else "TLS problem: the server speaks TLS; use a grpcs:// URL"
         )
-    if not tls and any(w in lowered for w in ("socket closed", "connection reset", "end of tcp")):
-        return "connection closed before any reply: if the server uses TLS, use a grpcs:// URL"
+    if any(w in lowered for w in ("socket closed", "connection reset", "end of tcp")):
+        return (
+            "TLS problem: the server closed the connection in the handshake; if it requires "
+            "client certificates (mTLS), set LAZYGRPC_TLS_CERT and LAZYGRPC_TLS_KEY"
+            if tls
+            else "connection closed before any reply: if the server uses TLS, use a grpcs:// URL"
+        )
     return ""
 
 

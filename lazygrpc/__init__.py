@@ -20,8 +20,10 @@ from lazygrpc.version import __version__ as __version__
 #: Each public name and the module that defines it (`broker_stats` is `broker.stats`).
 _EXPORTS = {
     "AioServerInterceptor": "lazygrpc.server.interceptors",
+    "BearerToken": "lazygrpc.server.security",
     "BrokerStats": "lazygrpc.broker",
     "ClientInterceptor": "lazygrpc.client.interceptors",
+    "ClientTLS": "lazygrpc.client.tls",
     "DeadlineExceeded": "lazygrpc.core.errors",
     "Event": "lazygrpc.core.events",
     "FailedPrecondition": "lazygrpc.core.errors",
@@ -40,7 +42,9 @@ _EXPORTS = {
     "Session": "lazygrpc.core.session",
     "StatusError": "lazygrpc.core.errors",
     "StreamClosed": "lazygrpc.core.errors",
+    "TLSConfig": "lazygrpc.server.security",
     "ThreadPoolExecutor": "lazygrpc.core.context",
+    "Unauthenticated": "lazygrpc.core.errors",
     "Unavailable": "lazygrpc.core.errors",
     "aemit": "lazygrpc.broker",
     "aio_client_interceptors": "lazygrpc.client.interceptors",
@@ -55,6 +59,8 @@ _EXPORTS = {
     "server_interceptors": "lazygrpc.server.interceptors",
     "session": "lazygrpc.core.context",
     "session_id": "lazygrpc.core.context",
+    "set_client_tls": "lazygrpc.client.tls",
+    "set_token": "lazygrpc.client.credentials",
 }
 _RENAMED = {"broker_stats": "stats"}
 _LAYERS = ("backends", "broker", "cli", "client", "core", "demo", "server", "telemetry", "v1")
@@ -62,8 +68,10 @@ _LAYERS = ("backends", "broker", "cli", "client", "core", "demo", "server", "tel
 __all__ = [
     "LLM",
     "AioServerInterceptor",
+    "BearerToken",
     "BrokerStats",
     "ClientInterceptor",
+    "ClientTLS",
     "DeadlineExceeded",
     "Event",
     "FailedPrecondition",
@@ -81,7 +89,9 @@ __all__ = [
     "Session",
     "StatusError",
     "StreamClosed",
+    "TLSConfig",
     "ThreadPoolExecutor",
+    "Unauthenticated",
     "Unavailable",
     "aemit",
     "aio_client_interceptors",
@@ -96,6 +106,8 @@ __all__ = [
     "server_interceptors",
     "session",
     "session_id",
+    "set_client_tls",
+    "set_token",
 ]
 
 
@@ -121,6 +133,7 @@ _namespace = sys.modules[__name__].__dict__
 if TYPE_CHECKING:
     from lazygrpc.broker import BrokerStats, aemit, emit
     from lazygrpc.broker import stats as broker_stats
+    from lazygrpc.client.credentials import set_token
     from lazygrpc.client.interceptors import (
         ClientInterceptor,
         aio_client_interceptors,
@@ -129,6 +142,7 @@ if TYPE_CHECKING:
     )
     from lazygrpc.client.llm import LLM
     from lazygrpc.client.remote import RemoteModule, connect
+    from lazygrpc.client.tls import ClientTLS, set_client_tls
     from lazygrpc.core.chain import remote_error_from_rpc
     from lazygrpc.core.context import (
         ThreadPoolExecutor,
@@ -149,6 +163,7 @@ if TYPE_CHECKING:
         ResourceExhausted,
         StatusError,
         StreamClosed,
+        Unauthenticated,
         Unavailable,
     )
     from lazygrpc.core.events import Event
@@ -160,3 +175,4 @@ if TYPE_CHECKING:
         server_interceptors,
     )
     from lazygrpc.server.model import ModelConfig
+    from lazygrpc.server.security import BearerToken, TLSConfig

@@ -4,16 +4,13 @@ what is (not) forwarded downstream, and BrokerService topic ownership. Real serv
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import ROOT, Servers, start_cli
+from conftest import Servers, run_cli, start_cli
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -166,14 +163,7 @@ def test_cli_serves_with_a_token_from_env_and_file(tmp_path: Path) -> None:
         # `lazygrpc call` takes the target's token from LAZYGRPC_TOKENS_FILE, not argv.
         tokens = tmp_path / "tokens.json"
         tokens.write_text(json.dumps({f"grpc://{addr}": SECRET}))
-        done = subprocess.run(
-            [sys.executable, "-m", "lazygrpc", "call", url, "null"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "LAZYGRPC_TOKENS_FILE": str(tokens)},
-            timeout=60,
-        )
+        done = run_cli("call", url, "null", env={"LAZYGRPC_TOKENS_FILE": str(tokens)})
         assert done.returncode == 0, done.stderr
     finally:
         proc.terminate()
@@ -191,16 +181,7 @@ def test_cli_serves_with_a_token_from_env_and_file(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_an_unset_token_env() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "LAZY_UNSET_TOKEN"}
-    done = subprocess.run(
-        [sys.executable, "-m", "lazygrpc", "serve", f"{FIXTURE}:whoami"]
-        + ["--auth-token-env", "LAZY_UNSET_TOKEN"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-    )
+    done = run_cli("serve", f"{FIXTURE}:whoami", "--auth-token-env", "LAZY_UNSET_TOKEN")
     assert done.returncode == 1
     assert "LAZY_UNSET_TOKEN" in done.stderr
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import ROOT, Servers, start_cli
+from conftest import Servers, run_cli, start_cli
 from tlscerts import CA
 
 import lazygrpc
@@ -71,30 +68,29 @@ def test_client_tls_from_environment(
     assert lazygrpc.connect(url, timeout=10)("env") == "env"
 
 
-def test_wrong_ca_is_unavailable_naming_tls(servers: Servers, cas: tuple[CA, CA]) -> None:
-    url = tls_url(servers, cas[0])
-    set_client_tls(ClientTLS(ca_file=cas[1].cert_file))
+@pytest.mark.parametrize(
+    ("case", "hint"),
+    [
+        ("wrong CA", "TLS problem: the server's certificate is not trusted"),
+        ("plaintext client", "if the server uses TLS, use a grpcs:// URL"),
+        ("plaintext server", "TLS problem: the server did not answer in TLS"),
+    ],
+)
+def test_refused_handshakes_are_unavailable_naming_tls(
+    servers: Servers, cas: tuple[CA, CA], case: str, hint: str
+) -> None:
+    good, other = cas
+    if case == "plaintext server":
+        url = servers.modules({"echo": lambda x: x}).replace("grpc://", "grpcs://") + "/echo"
+    else:
+        url = tls_url(servers, good)
+    if case == "plaintext client":
+        url = url.replace("grpcs://", "grpc://")
+    set_client_tls(ClientTLS(ca_file=(other if case == "wrong CA" else good).cert_file))
     with pytest.raises(RemoteError) as info:
         lazygrpc.connect(url, timeout=10)("hi")
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "TLS problem: the server's certificate is not trusted" in str(info.value)
-
-
-def test_plaintext_client_to_tls_server_is_refused(servers: Servers, cas: tuple[CA, CA]) -> None:
-    url = tls_url(servers, cas[0]).replace("grpcs://", "grpc://")
-    with pytest.raises(RemoteError) as info:
-        lazygrpc.connect(url, timeout=10)("hi")
-    assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "if the server uses TLS, use a grpcs:// URL" in str(info.value)
-
-
-def test_tls_client_to_plaintext_server_names_tls(servers: Servers, cas: tuple[CA, CA]) -> None:
-    url = servers.modules({"echo": lambda x: x}).replace("grpc://", "grpcs://") + "/echo"
-    set_client_tls(ClientTLS(ca_file=cas[0].cert_file))
-    with pytest.raises(RemoteError) as info:
-        lazygrpc.connect(url, timeout=10)("hi")
-    assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert "TLS problem: the server did not answer in TLS" in str(info.value)
+    assert hint in str(info.value)
 
 
 def test_mtls_needs_a_client_certificate(servers: Servers, cas: tuple[CA, CA]) -> None:
@@ -137,15 +133,7 @@ def test_every_hop_uses_the_same_client_tls(servers: Servers, cas: tuple[CA, CA]
 
 def test_health_cli_over_tls(servers: Servers, cas: tuple[CA, CA]) -> None:
     url = tls_url(servers, cas[0]).rsplit("/", 1)[0]
-    env = {**os.environ, "LAZYGRPC_TLS_CA": cas[0].cert_file}
-    done = subprocess.run(
-        [sys.executable, "-m", "lazygrpc", "health", url],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=60,
-    )
+    done = run_cli("health", url, env={"LAZYGRPC_TLS_CA": cas[0].cert_file})
     assert done.returncode == 0, done.stderr
     assert "SERVING" in done.stdout
 
@@ -189,13 +177,9 @@ def test_sighup_reloads_the_certificate(tmp_path: Path, cas: tuple[CA, CA]) -> N
 
 
 def test_cli_names_a_missing_tls_file(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "lazygrpc", "serve", f"{FIXTURE}:whoami"]
-        + ["--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none.key")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    done = run_cli(
+        "serve", f"{FIXTURE}:whoami",
+        "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none.key"),
+    )  # fmt: skip
     assert done.returncode == 1
     assert "none.key" in done.stderr and done.stderr.count("\n") == 1

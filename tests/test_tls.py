@@ -183,3 +183,14 @@ def test_cli_names_a_missing_tls_file(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert "none.key" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_services_own_unavailable_gets_no_tls_hint(servers: Servers) -> None:
+    def down() -> None:
+        raise lazygrpc.Unavailable("certificate store is down")
+
+    url = servers.modules({"down": down}) + "/down"
+    with pytest.raises(RemoteError) as info:
+        lazygrpc.connect(url, timeout=10)()
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.message == "certificate store is down"

@@ -92,8 +92,13 @@ def metadata_source(
 
 
 def _transport_hint(target: str, details: str) -> str:
-    """What to check when a call never reached the service, or "" when nothing TLS-related."""
+    """What to check when a call never reached the service, or "" when nothing TLS-related.
+
+    Only a call that never connected gets a hint: a service's own UNAVAILABLE, or a peer
+    that died mid-call, is left as it is."""
     lowered = details.lower()
+    if "failed to connect" not in lowered:
+        return ""
     tls = target.startswith(TLS_PREFIX)
     if tls and "wrong_version_number" in lowered:
         return "TLS problem: the server did not answer in TLS (a plaintext server needs grpc://)"
@@ -109,7 +114,7 @@ def _transport_hint(target: str, details: str) -> str:
             if tls
             else "TLS problem: the server speaks TLS; use a grpcs:// URL"
         )
-    if any(w in lowered for w in ("socket closed", "connection reset", "end of tcp")):
+    if any(w in lowered for w in ("socket closed", "connection reset")):
         return (
             "TLS problem: the server closed the connection in the handshake; if it requires "
             "client certificates (mTLS), set LAZYGRPC_TLS_CERT and LAZYGRPC_TLS_KEY"

@@ -229,3 +229,27 @@ def test_broker_service_follows_the_servers_auth(servers: Servers) -> None:
         with pytest.raises(grpc.RpcError) as info:
             next(sub)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_own_sync_server_with_interceptors_checks_auth() -> None:
+    from concurrent import futures
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)}
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(2),
+        interceptors=lazygrpc.server_interceptors(aio=False, auth=BearerToken(SECRET)),
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            say = ch.unary_unary("/test.Echo/Say")
+            with pytest.raises(grpc.RpcError) as info:
+                say(b"x", timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert say(b"x", timeout=10, metadata=(("authorization", f"Bearer {SECRET}"),)) == b"x"
+    finally:
+        server.stop(0)

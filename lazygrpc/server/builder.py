@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
 from lazygrpc.server import broker_service, model, modules
-from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Guard, Lifecycle
+from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
 from lazygrpc.server.security import Authenticator, ServerTLS, TLSConfig
 
@@ -32,7 +32,6 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
-HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
 #: Seconds a stop still gives health and reflection calls once lazygrpc's own have drained.
 _HEALTH_GRACE = 0.1
 
@@ -115,14 +114,11 @@ class Server:
         self.service_names.append(full_name)
 
     def _wrap_method(self, full_method: str, handler: Any) -> Any:
-        if full_method.startswith(SKIP_PREFIXES):  # health and reflection: as grpc ships them
-            if self.auth is None or full_method.startswith(HEALTH_PREFIX):
-                return handler  # health stays open for probes
-            guard = Guard(self._lifecycle, self.auth, full_method)
-            return wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, guard))
-        if self._tracing is not None:
+        hooks = self._lifecycle.hooks_for(full_method)
+        if hooks is None:  # health (and reflection without auth): as grpc ships them
+            return handler
+        if self._tracing is not None and not full_method.startswith(SKIP_PREFIXES):
             handler = self._tracing.wrap(handler, full_method)
-        hooks = self._lifecycle.hooks(full_method)
         return wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
 
     def add_modules(self, callables: Any) -> modules.ModuleServicer:

@@ -32,6 +32,7 @@ from lazygrpc.server.dispatch import Refused, aborted_by_handler
 from lazygrpc.server.security import Authenticator, authorize
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+HEALTH_PREFIX = "/grpc.health."
 _OWN_HEADERS = frozenset(
     {
         baggage.SESSION_HEADER,
@@ -155,6 +156,16 @@ class Lifecycle:
     def hooks(self, full_method: str) -> MethodCalls:
         """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`)."""
         return MethodCalls(self, *chain.split_method(full_method))
+
+    def hooks_for(self, full_method: str) -> MethodCalls | Guard | None:
+        """What runs around one method's calls: the whole lifecycle, or for health and
+        reflection (as grpc ships them) the authenticator alone for reflection, nothing for
+        health (open for probes) or when there is no authenticator (None)."""
+        if not full_method.startswith(SKIP_PREFIXES):
+            return self.hooks(full_method)
+        if self.auth is None or full_method.startswith(HEALTH_PREFIX):
+            return None
+        return Guard(self, self.auth, full_method)
 
     def failure(self, scope: CallScope, exc: BaseException) -> grpc.Status:
         """Status (code, message, details and globals trailers) for an escaping exception."""

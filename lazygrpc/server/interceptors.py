@@ -14,24 +14,32 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
+from lazygrpc.server.call import DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, sync_behavior, wrap_handler
+from lazygrpc.server.security import Authenticator
 
 
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """lazygrpc's interceptor for a sync `grpc.server`."""
 
-    def __init__(self, service: str | None = None, *, expose_tracebacks: bool = False) -> None:
-        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, sync=True)
+    def __init__(
+        self,
+        service: str | None = None,
+        *,
+        expose_tracebacks: bool = False,
+        auth: Authenticator | None = None,
+    ) -> None:
+        self.lifecycle = Lifecycle(
+            service, expose_tracebacks=expose_tracebacks, sync=True, auth=auth
+        )
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
         handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(SKIP_PREFIXES):
+        hooks = self.lifecycle.hooks_for(handler_call_details.method)
+        if handler is None or hooks is None:
             return handler
         # This runs on grpc's polling thread under a lock: only build wrappers here.
-        hooks = self.lifecycle.hooks(method)
         return wrap_handler(handler, lambda b, streaming: sync_behavior(b, streaming, hooks))
 
 
@@ -44,10 +52,13 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         *,
         expose_tracebacks: bool = False,
         gate: DrainGate | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         #: Counts the calls in flight; set `gate.draining` to refuse new ones (UNAVAILABLE).
         self.gate = gate or DrainGate()
-        self.lifecycle = Lifecycle(service, expose_tracebacks=expose_tracebacks, gate=self.gate)
+        self.lifecycle = Lifecycle(
+            service, expose_tracebacks=expose_tracebacks, gate=self.gate, auth=auth
+        )
         # grpc.aio asks the interceptor for every call: a method's wrapped handler is kept.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
@@ -61,9 +72,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         kept = self._wrapped.get(full_method)
         if kept is not None and kept[0] is handler:
             return kept[1]
-        if handler is None or full_method.startswith(SKIP_PREFIXES):
+        hooks = self.lifecycle.hooks_for(full_method)
+        if handler is None or hooks is None:
             return handler
-        hooks = self.lifecycle.hooks(full_method)
         wrapped = wrap_handler(handler, lambda b, _streaming: aio_behavior(b, hooks))
         self._wrapped[full_method] = (handler, wrapped)
         return wrapped
@@ -75,13 +86,15 @@ def server_interceptors(
     aio: bool = True,
     expose_tracebacks: bool = False,
     telemetry: bool = False,
+    auth: Authenticator | None = None,
 ) -> list[Any]:
     """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
 
-    `telemetry=True` adds a span per call (extra `otel`; see `lazygrpc.telemetry`).
+    `telemetry=True` adds a span per call (extra `otel`; see `lazygrpc.telemetry`); `auth`
+    is the server's authenticator (`lazygrpc.server.security`, docs/security.md).
     """
     cls = AioServerInterceptor if aio else ServerInterceptor
-    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks)]
+    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks, auth=auth)]
     if telemetry:
         from lazygrpc.telemetry import server_interceptor
 

@@ -20,9 +20,11 @@ from lazygrpc.version import __version__ as __version__
 #: Each public name and the module that defines it (`broker_stats` is `broker.stats`).
 _EXPORTS = {
     "AioServerInterceptor": "lazygrpc.server.interceptors",
+    "BearerToken": "lazygrpc.server.security",
     "BrokerStats": "lazygrpc.broker",
     "ChannelPolicy": "lazygrpc.client.service_config",
     "ClientInterceptor": "lazygrpc.client.interceptors",
+    "ClientTLS": "lazygrpc.client.tls",
     "DeadlineExceeded": "lazygrpc.core.errors",
     "Edge": "lazygrpc.edge.app",
     "Event": "lazygrpc.core.events",
@@ -44,7 +46,9 @@ _EXPORTS = {
     "Session": "lazygrpc.core.session",
     "StatusError": "lazygrpc.core.errors",
     "StreamClosed": "lazygrpc.core.errors",
+    "TLSConfig": "lazygrpc.server.security",
     "ThreadPoolExecutor": "lazygrpc.core.context",
+    "Unauthenticated": "lazygrpc.core.errors",
     "Unavailable": "lazygrpc.core.errors",
     "aemit": "lazygrpc.broker",
     "aio_client_interceptors": "lazygrpc.client.interceptors",
@@ -59,6 +63,8 @@ _EXPORTS = {
     "server_interceptors": "lazygrpc.server.interceptors",
     "session": "lazygrpc.core.context",
     "session_id": "lazygrpc.core.context",
+    "set_client_tls": "lazygrpc.client.tls",
+    "set_token": "lazygrpc.client.credentials",
 }
 _RENAMED = {"broker_stats": "stats"}
 _LAYERS = (
@@ -68,9 +74,11 @@ _LAYERS = (
 __all__ = [
     "LLM",
     "AioServerInterceptor",
+    "BearerToken",
     "BrokerStats",
     "ChannelPolicy",
     "ClientInterceptor",
+    "ClientTLS",
     "DeadlineExceeded",
     "Edge",
     "Event",
@@ -91,7 +99,9 @@ __all__ = [
     "Session",
     "StatusError",
     "StreamClosed",
+    "TLSConfig",
     "ThreadPoolExecutor",
+    "Unauthenticated",
     "Unavailable",
     "aemit",
     "aio_client_interceptors",
@@ -106,6 +116,8 @@ __all__ = [
     "server_interceptors",
     "session",
     "session_id",
+    "set_client_tls",
+    "set_token",
 ]
 
 
@@ -131,6 +143,7 @@ _namespace = sys.modules[__name__].__dict__
 if TYPE_CHECKING:
     from lazygrpc.broker import BrokerStats, aemit, emit
     from lazygrpc.broker import stats as broker_stats
+    from lazygrpc.client.credentials import set_token
     from lazygrpc.client.interceptors import (
         ClientInterceptor,
         aio_client_interceptors,
@@ -140,6 +153,7 @@ if TYPE_CHECKING:
     from lazygrpc.client.llm import LLM
     from lazygrpc.client.remote import RemoteModule, connect
     from lazygrpc.client.service_config import ChannelPolicy
+    from lazygrpc.client.tls import ClientTLS, set_client_tls
     from lazygrpc.core.chain import remote_error_from_rpc
     from lazygrpc.core.context import (
         ThreadPoolExecutor,
@@ -160,6 +174,7 @@ if TYPE_CHECKING:
         ResourceExhausted,
         StatusError,
         StreamClosed,
+        Unauthenticated,
         Unavailable,
     )
     from lazygrpc.core.events import Event
@@ -174,3 +189,4 @@ if TYPE_CHECKING:
         server_interceptors,
     )
     from lazygrpc.server.model import ModelConfig
+    from lazygrpc.server.security import BearerToken, TLSConfig

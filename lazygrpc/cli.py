@@ -14,7 +14,7 @@ import grpc
 from lazygrpc import logs
 from lazygrpc.backends import KINDS
 from lazygrpc.client import channels
-from lazygrpc.commands import call, serving
+from lazygrpc.commands import call, options, serving
 from lazygrpc.commands.common import EXIT_CODES, FAILED, USAGE, Failed, UsageError
 from lazygrpc.commands.common import key_values as _key_values
 from lazygrpc.edge import command as edge_command
@@ -86,6 +86,12 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         help="another address to serve on, e.g. unix:/run/lazygrpc.sock (repeatable)",
     )
     p.add_argument("--worker-socket", help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate file")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key file")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certs from this CA")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--auth-token-env", metavar="NAME", help="bearer token from env var NAME")
+    auth.add_argument("--auth-token-file", metavar="PATH", help="bearer token from a file")
 
 
 def _build_server(args: argparse.Namespace) -> Any:
@@ -100,69 +106,31 @@ def _build_server(args: argparse.Namespace) -> Any:
         )
         if v is not None
     }
-    return Server(
-        name=args.name,
-        host=args.host,
-        port=args.port,
-        grace=args.grace,
-        expose_tracebacks=args.expose_tracebacks,
-        redact=args.redact,
-        telemetry=args.otel or _traces_asked_by_env(),
-        reuse_port=args.worker_socket is not None,
-        also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],
-        broker_url=args.broker,
-        limits=_limits(args),
-        metrics_port=args.metrics_port,
-        **topic,
-    )
-
-
-def _limits(args: argparse.Namespace) -> Any:
-    """`Server(limits=...)` from the admission flags (None: none given)."""
-    from lazygrpc.server.admission import Limits
-
-    given = {
-        name: getattr(args, name)
-        for name in ("max_calls", "max_streams", "default_deadline", "max_deadline")
-        if getattr(args, name) is not None
-    }
-    if not given:
-        return None
+    security = options.security(args)
     try:
-        return Limits(**given)
-    except ValueError as exc:
-        raise UsageError(str(exc).replace("Limits.", "--").replace("_", "-")) from None
+        return Server(
+            name=args.name,
+            host=args.host,
+            port=args.port,
+            grace=args.grace,
+            expose_tracebacks=args.expose_tracebacks,
+            redact=args.redact,
+            telemetry=args.otel or _traces_asked_by_env(),
+            reuse_port=args.worker_socket is not None,
+            also_listen=[*args.also_listen, *([args.worker_socket] if args.worker_socket else [])],
+            broker_url=args.broker,
+            limits=options.limits(args),
+            metrics_port=args.metrics_port,
+            **topic,
+            **security,
+        )
+    except ValueError as exc:  # an unreadable TLS file, named
+        raise Failed(str(exc)) from None
 
 
 def _traces_asked_by_env() -> bool:
     """`OTEL_TRACES_EXPORTER` set to an exporter turns tracing on without `--otel`."""
     return os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() not in ("", "none")
-
-
-def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`make_backend` options from serve-model's flags (`ValueError`: a missing one); the API
-    key only from the environment, never argv."""
-    if args.backend in ("markov", "echo"):
-        return {"token_delay": args.token_delay}
-    if not args.model:
-        raise ValueError(f"--backend {args.backend} needs --model")
-    if args.backend == "transformers":
-        return {"model": args.model}
-    if not args.upstream:
-        raise ValueError("--backend openai needs --upstream URL (e.g. http://127.0.0.1:8000/v1)")
-    key = os.environ.get(args.api_key_env or "OPENAI_API_KEY")
-    if args.api_key_env and not key:
-        raise SystemExit(
-            f"lazygrpc: set the environment variable {args.api_key_env} (--api-key-env)"
-        )
-    return {
-        "upstream": args.upstream,
-        "model": args.model,
-        "api_key": key,
-        "api": args.upstream_api,
-        "connect_timeout": args.connect_timeout,
-        "read_timeout": args.read_timeout,
-    }
 
 
 def _as_workers(args: argparse.Namespace) -> int | None:
@@ -185,9 +153,9 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     from lazygrpc.backends import make_backend
     from lazygrpc.server.model import KNOWN_PARAMS, ModelConfig, presets_from
 
-    options = _backend_options(args)
+    backend_options = options.backend_options(args)
     try:
-        backend = make_backend(args.backend, name=args.model_name, **options)
+        backend = make_backend(args.backend, name=args.model_name, **backend_options)
     except ImportError as exc:
         raise SystemExit(
             f"lazygrpc: --backend {args.backend} needs pip install 'lazygrpc[{args.backend}]' ({exc})"
@@ -240,7 +208,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     target, _ = channels.parse_url(args.url)
-    with grpc.insecure_channel(target) as ch:
+    with channels.open_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             resp = stub.Check(
@@ -255,13 +223,16 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from lazygrpc.client.credentials import metadata_source
     from lazygrpc.v1 import broker_pb2, broker_pb2_grpc
 
     target, _ = channels.parse_url(args.url)
-    with grpc.insecure_channel(target) as ch:
+    with channels.open_channel(target) as ch:
         try:
             stats = broker_pb2_grpc.BrokerServiceStub(ch).GetBrokerStats(
-                broker_pb2.GetBrokerStatsRequest(), timeout=args.timeout
+                broker_pb2.GetBrokerStatsRequest(),
+                timeout=args.timeout,
+                metadata=metadata_source(target, None, None)(),
             )
         except grpc.RpcError as err:
             print(f"{target}: {err.code().name} {err.details()}", file=sys.stderr)

@@ -151,6 +151,20 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess
     return proc, line.split()[-1]
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m lazygrpc ARGS` to its end (`env` on top of this process's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "lazygrpc", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
 def wait_ready(address: str, timeout: float = 10) -> None:
     with grpc.insecure_channel(address) as ch:
         grpc.channel_ready_future(ch).result(timeout)

@@ -756,7 +756,8 @@ def test_publish_into_a_subscribed_topic(servers: Servers) -> None:
         sub = broker_pb2_grpc.BrokerServiceStub(sub_ch).Subscribe(
             broker_pb2.SubscribeRequest(topic="jobs/42"), timeout=20
         )
-        sub.initial_metadata()  # sent once the topic is open: Publish is accepted from now
+        # Sent once the topic is open: Publish (with the topic's token) is accepted from now.
+        token = dict(sub.initial_metadata())["lazy-topic-token"]
         values = [{"step": 1}, "two", 3.5]
         resp = broker_pb2_grpc.BrokerServiceStub(pub_ch).Publish(
             iter(
@@ -764,6 +765,7 @@ def test_publish_into_a_subscribed_topic(servers: Servers) -> None:
                 for v in values
             ),
             timeout=10,
+            metadata=(("lazy-topic-token", token),),
         )
         assert resp.accepted == 3
         got = [(ev.source, *body(ev)) for _, ev in zip(values, sub, strict=False)]

@@ -202,9 +202,12 @@ def merge_trailers(s: Session, trailing: Any, policy: GlobalsPolicy | None = Non
 # -- the drivers lazygrpc's own clients use ------------------------------------------------
 
 
-def unary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
-    """A sync unary call, cancellable by the parent call; `error` builds the raised error."""
-    out = OutgoingCall(None, timeout, error)
+def unary(
+    method: Any, request: Any, timeout: float | None, error: ErrorFactory, metadata: Any = None
+) -> Any:
+    """A sync unary call, cancellable by the parent call; `error` builds the raised error.
+    `metadata` is the caller's own (its credentials for this target)."""
+    out = OutgoingCall(metadata, timeout, error)
     future = method.future(request, metadata=out.metadata, timeout=out.timeout)
     with out.running(future):
         response = future.result()
@@ -212,9 +215,11 @@ def unary(method: Any, request: Any, timeout: float | None, error: ErrorFactory)
     return response
 
 
-async def aunary(method: Any, request: Any, timeout: float | None, error: ErrorFactory) -> Any:
+async def aunary(
+    method: Any, request: Any, timeout: float | None, error: ErrorFactory, metadata: Any = None
+) -> Any:
     """The asyncio twin of `unary`; cancelling the awaiting task cancels the RPC."""
-    out = OutgoingCall(None, timeout, error)
+    out = OutgoingCall(metadata, timeout, error)
     call = method(request, metadata=seams.aio_metadata(out.metadata), timeout=out.timeout)
     with out.running(call):
         response = await call
@@ -223,13 +228,19 @@ async def aunary(method: Any, request: Any, timeout: float | None, error: ErrorF
 
 
 def stream(
-    method: Any, request: Any, timeout: float | None, error: ErrorFactory, *, text: bool = False
+    method: Any,
+    request: Any,
+    timeout: float | None,
+    error: ErrorFactory,
+    metadata: Any = None,
+    *,
+    text: bool = False,
 ) -> Iterator[Any]:
     """A sync server stream; leaving the loop early cancels the RPC.
 
     `text=True` yields the non-empty `text` of each message instead of the message.
     """
-    out = OutgoingCall(None, timeout, error)
+    out = OutgoingCall(metadata, timeout, error)
     call = method(request, metadata=out.metadata, timeout=out.timeout)
     with out.running(call):
         yield from (_texts(call) if text else call)
@@ -241,10 +252,16 @@ def _texts(chunks: Iterator[Any]) -> Iterator[str]:
 
 
 async def astream(
-    method: Any, request: Any, timeout: float | None, error: ErrorFactory, *, text: bool = False
+    method: Any,
+    request: Any,
+    timeout: float | None,
+    error: ErrorFactory,
+    metadata: Any = None,
+    *,
+    text: bool = False,
 ) -> AsyncIterator[Any]:
     """The asyncio twin of `stream`."""
-    out = OutgoingCall(None, timeout, error)
+    out = OutgoingCall(metadata, timeout, error)
     call = method(request, metadata=seams.aio_metadata(out.metadata), timeout=out.timeout)
     with out.running(call):
         async for item in call:

@@ -12,6 +12,7 @@ import grpc
 import grpc.aio
 
 from lazygrpc.client.service_config import DEFAULT_POLICY, ChannelPolicy
+from lazygrpc.client.tls import TLS_PREFIX, channel_credentials
 
 
 def channel_options(lookahead_bytes: int = 256 << 10) -> list[tuple[str, Any]]:
@@ -43,7 +44,9 @@ class Endpoint(NamedTuple):
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """`grpc://host:port/module` → (`host:port`, `module`); `ValueError` names a bad URL."""
+    """`grpc://host:port/module` → (`host:port`, `module`); `ValueError` names a bad URL.
+
+    A `grpcs://` (TLS) URL keeps its scheme in the target: `grpcs://host:port`."""
     endpoint = parse_endpoint(url)
     return endpoint.target, endpoint.module
 
@@ -68,10 +71,10 @@ def parse_endpoint(url: str, policy: ChannelPolicy | None = None) -> Endpoint:
                 raise ValueError(f"invalid lazygrpc URL {url!r}: no address after {scheme}")
             return Endpoint(f"{scheme}{target}", _module(url, module), base)
     parts = urlsplit(rest)
-    if parts.scheme != "grpc":
+    if parts.scheme not in ("grpc", "grpcs"):
         raise ValueError(
             f"invalid lazygrpc URL {url!r}: expected grpc://HOST:PORT[/MODULE], "
-            "dns:///HOST:PORT or ipv4:HOST:PORT,HOST:PORT"
+            "grpcs://HOST:PORT[/MODULE] (TLS), dns:///HOST:PORT or ipv4:HOST:PORT,HOST:PORT"
         )
     try:
         port = parts.port
@@ -82,7 +85,8 @@ def parse_endpoint(url: str, policy: ChannelPolicy | None = None) -> Endpoint:
     if parts.fragment:
         raise ValueError(f"invalid lazygrpc URL {url!r}: unexpected fragment")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return Endpoint(f"{host}:{port}", _module(url, parts.path.strip("/")), base)
+    prefix = TLS_PREFIX if parts.scheme == "grpcs" else ""
+    return Endpoint(f"{prefix}{host}:{port}", _module(url, parts.path.strip("/")), base)
 
 
 def _module(url: str, module: str) -> str:
@@ -139,13 +143,28 @@ def _share(loop: asyncio.AbstractEventLoop) -> _LoopShare:
         return share
 
 
+def open_channel(target: str, policy: ChannelPolicy = DEFAULT_POLICY, *, aio: bool = False) -> Any:
+    """A new channel to `target` (from `parse_url`) with lazygrpc's options, `policy`'s
+    service config and the security `channel_credentials` chooses for it: TLS for
+    `grpcs://` targets, else plaintext."""
+    address, credentials, extra = channel_credentials(target)
+    options = [*options_for(address, policy), *extra]
+    if credentials is None:
+        if aio:
+            return grpc.aio.insecure_channel(address, options=options)
+        return grpc.insecure_channel(address, options)
+    if aio:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.secure_channel(address, credentials, options)
+
+
 def sync_channel(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> grpc.Channel:
     """The shared sync channel for `target` (lazygrpc's clients add metadata themselves)."""
     key = (target, policy)
     with _lock:
         ch = _sync.get(key)
         if ch is None:
-            ch = _sync[key] = grpc.insecure_channel(target, options_for(target, policy))
+            ch = _sync[key] = open_channel(target, policy)
         return ch
 
 
@@ -156,9 +175,7 @@ def aio_channel(target: str, policy: ChannelPolicy = DEFAULT_POLICY) -> grpc.aio
     with _lock:
         ch = share.channels.get(key)
         if ch is None:
-            ch = share.channels[key] = grpc.aio.insecure_channel(
-                target, options=options_for(target, policy)
-            )
+            ch = share.channels[key] = open_channel(target, policy, aio=True)
         return ch
 
 

@@ -94,7 +94,9 @@ def type_text(schema: Any, defs: dict[str, Any]) -> str:
         if "title" in schema:
             return str(schema["title"])
         values = schema.get("additionalProperties")
-        return f"object[string, {type_text(values, defs)}]" if isinstance(values, dict) else "object"
+        return (
+            f"object[string, {type_text(values, defs)}]" if isinstance(values, dict) else "object"
+        )
     return str(kind) if kind else "any"
 
 

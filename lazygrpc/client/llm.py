@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from functools import partial
 from typing import Any
 
-from lazygrpc.client import call, channels
+from lazygrpc.client import call, channels, credentials
+from lazygrpc.client.credentials import AuthCallback
 from lazygrpc.client.service_config import ChannelPolicy
-from lazygrpc.core import chain
 from lazygrpc.core.events import async_stream
 from lazygrpc.v1 import model_pb2, model_pb2_grpc
 
@@ -46,6 +45,8 @@ class LLM:
         prompt: str | None = None,
         timeout: float | None = None,
         policy: ChannelPolicy | None = None,
+        token: str | None = None,
+        auth: AuthCallback | None = None,
         **params: Any,
     ) -> None:
         self.url = url
@@ -54,11 +55,14 @@ class LLM:
             raise ValueError(f"invalid lazygrpc URL {url!r}: a model URL has no path")
         self.prompt = prompt
         self.timeout = timeout
+        self._token, self._auth = token, auth
+        #: This target's credentials, per call (docs/security.md): never the caller's.
+        self._credentials = credentials.metadata_source(self.target, token, auth)
         _params_message(params)  # validate names and types now
         self.params: dict[str, Any] = dict(params)
         #: What a failed call raises, per method: the error with this model in its chain.
         self._errors = {
-            method: partial(chain.remote_error_from_rpc, service=self.target, method=method)
+            method: credentials.rpc_error(self.target, method)
             for method in ("Complete", "Generate", "GetModelInfo")
         }
 
@@ -72,6 +76,8 @@ class LLM:
             prompt=self.prompt if prompt is None else prompt,
             timeout=self.timeout,
             policy=self.policy,
+            token=self._token,
+            auth=self._auth,
             **{**self.params, **params},
         )
 
@@ -98,7 +104,11 @@ class LLM:
         """The whole answer (`Complete`)."""
         request = self._request(text, params)
         response = call.unary(
-            self._stub().Complete, request, self.timeout, self._errors["Complete"]
+            self._stub().Complete,
+            request,
+            self.timeout,
+            self._errors["Complete"],
+            self._credentials(),
         )
         return str(response.text)
 
@@ -110,18 +120,22 @@ class LLM:
         """
         request = self._request(text, params)
         method = self._stub().Generate
-        yield from call.stream(method, request, self.timeout, self._errors["Generate"], text=True)
+        error = self._errors["Generate"]
+        yield from call.stream(method, request, self.timeout, error, self._credentials(), text=True)
 
     def chunks(self, text: str, **params: Any) -> Iterator[model_pb2.GenerateChunk]:
         """The raw `GenerateChunk`s; the last carries `finish_reason` and `usage`."""
         request = self._request(text, params)
-        return call.stream(self._stub().Generate, request, self.timeout, self._errors["Generate"])
+        method = self._stub().Generate
+        error = self._errors["Generate"]
+        return call.stream(method, request, self.timeout, error, self._credentials())
 
     async def acall(self, text: str, **params: Any) -> str:
         """`await llm.acall(x)`: the asyncio twin of `llm(x)`."""
         request = self._request(text, params)
         method = channels.astub(model_pb2_grpc.ModelServiceStub, self.target).Complete
-        response = await call.aunary(method, request, self.timeout, self._errors["Complete"])
+        error = self._errors["Complete"]
+        response = await call.aunary(method, request, self.timeout, error, self._credentials())
         return str(response.text)
 
     @async_stream  # served as a streaming module, like an async generator function
@@ -134,8 +148,9 @@ class LLM:
         through `functools.partial`) it streams all the same (`async_stream`).
         """
         request = self._request(text, params)
+        error = self._errors["Generate"]
         return call.astream(
-            self._agenerate, request, self.timeout, self._errors["Generate"], text=True
+            self._agenerate, request, self.timeout, error, self._credentials(), text=True
         )
 
     def _agenerate(
@@ -150,7 +165,8 @@ class LLM:
         """Name, backend and the params a caller may set, with their ranges."""
         request = model_pb2.GetModelInfoRequest()
         method = self._stub().GetModelInfo
-        info = call.unary(method, request, self.timeout, self._errors["GetModelInfo"])
+        error = self._errors["GetModelInfo"]
+        info = call.unary(method, request, self.timeout, error, self._credentials())
         return {
             "name": info.name,
             "backend": info.backend,

@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import grpc
-
 from lazygrpc import broker
-from lazygrpc.client import call, channels
+from lazygrpc.client import call, channels, credentials
+from lazygrpc.client.credentials import AuthCallback
 from lazygrpc.client.service_config import DEFAULT_POLICY, ChannelPolicy
-from lazygrpc.core import chain
 from lazygrpc.core.events import Event, relay_source
 from lazygrpc.core.values import fill_list, fill_struct, fill_value, from_value
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
@@ -54,6 +52,8 @@ class RemoteModule:
         timeout: float | None = None,
         policy: ChannelPolicy | None = None,
         idempotent: bool | None = None,
+        token: str | None = None,
+        auth: AuthCallback | None = None,
     ) -> None:
         self.url = url
         if idempotent is not None:
@@ -64,6 +64,9 @@ class RemoteModule:
                 f"invalid lazygrpc URL {url!r}: no module name (grpc://HOST:PORT/MODULE)"
             )
         self.timeout = timeout
+        #: This target's credentials, per call (docs/security.md): never the caller's.
+        self._credentials = credentials.metadata_source(self.target, token, auth)
+        self._error = credentials.rpc_error(self.target, self.module)
 
     def __repr__(self) -> str:
         return f"RemoteModule({self.url!r})"
@@ -78,9 +81,6 @@ class RemoteModule:
             fill_struct(request.kwargs, kwargs)
         return request
 
-    def _error(self, err: grpc.RpcError) -> Exception:
-        return chain.remote_error_from_rpc(err, service=self.target, method=self.module)
-
     def _relayed(self, ev: module_pb2.Event) -> broker.Item:
         source = relay_source(self.module, ev.source)
         return broker.Item.encoded(broker.INTERMEDIATE, source, ev.intermediate)
@@ -94,7 +94,7 @@ class RemoteModule:
             # Read to the end, not just to the result: the trailers (globals) come after it.
             return _result_of(self.module, self._stream(request))
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
-        response = call.unary(stub.Call, request, self.timeout, self._error)
+        response = call.unary(stub.Call, request, self.timeout, self._error, self._credentials())
         return from_value(response.output, where="output")
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
@@ -108,7 +108,7 @@ class RemoteModule:
     def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
         topic = broker.current_topic()
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
-        for ev in call.stream(stub.Stream, request, self.timeout, self._error):
+        for ev in call.stream(stub.Stream, request, self.timeout, self._error, self._credentials()):
             if topic is not None and ev.HasField("intermediate"):
                 topic.put(self._relayed(ev))
             else:
@@ -118,7 +118,9 @@ class RemoteModule:
         """The modules the server exposes: name, streaming, doc."""
         stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
         request = module_pb2.ListModulesRequest()
-        response = call.unary(stub.ListModules, request, self.timeout, self._error)
+        response = call.unary(
+            stub.ListModules, request, self.timeout, self._error, self._credentials()
+        )
         return [{"name": m.name, "streaming": m.streaming, "doc": m.doc} for m in response.modules]
 
     # -- asyncio ------------------------------------------------------------------------
@@ -129,7 +131,9 @@ class RemoteModule:
         if broker.current_topic() is not None:
             return await _aresult_of(self.module, self._astream(request))
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
-        response = await call.aunary(stub.Call, request, self.timeout, self._error)
+        response = await call.aunary(
+            stub.Call, request, self.timeout, self._error, self._credentials()
+        )
         return from_value(response.output, where="output")
 
     def astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Event]:
@@ -139,7 +143,9 @@ class RemoteModule:
     async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
         topic = broker.current_topic()
         stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
-        async for ev in call.astream(stub.Stream, request, self.timeout, self._error):
+        async for ev in call.astream(
+            stub.Stream, request, self.timeout, self._error, self._credentials()
+        ):
             if topic is not None and ev.HasField("intermediate"):
                 await broker.aput_from_anywhere(topic, self._relayed(ev))
             else:
@@ -152,11 +158,17 @@ def connect(
     timeout: float | None = None,
     policy: ChannelPolicy | None = None,
     idempotent: bool | None = None,
+    token: str | None = None,
+    auth: AuthCallback | None = None,
 ) -> RemoteModule:
     """A remote module: `connect("grpc://127.0.0.1:50051/search")("query")`.
 
     `policy` sets balancing, health checks and retries (`ChannelPolicy`; a URL's
     `?lb=…` applies on top); `idempotent=True` lets grpc retry `Call` on UNAVAILABLE,
-    for a module whose calls may safely run twice.
+    for a module whose calls may safely run twice. `token` is sent as
+    `authorization: Bearer <token>` on every call; `auth()` is called before every call
+    and returns the metadata to send instead (docs/security.md).
     """
-    return RemoteModule(url, timeout=timeout, policy=policy, idempotent=idempotent)
+    return RemoteModule(
+        url, timeout=timeout, policy=policy, idempotent=idempotent, token=token, auth=auth
+    )

@@ -6,6 +6,7 @@
      │    ├── NotFound           NOT_FOUND
      │    ├── AlreadyExists      ALREADY_EXISTS
      │    ├── PermissionDenied   PERMISSION_DENIED
+     │    ├── Unauthenticated    UNAUTHENTICATED
      │    ├── ResourceExhausted  RESOURCE_EXHAUSTED
      │    ├── FailedPrecondition FAILED_PRECONDITION
      │    ├── Aborted            ABORTED
@@ -54,6 +55,10 @@ class AlreadyExists(StatusError):
 
 class PermissionDenied(StatusError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(StatusError):
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class ResourceExhausted(StatusError):

@@ -1,23 +1,69 @@
-"""`BrokerService`: publish into named topics from other processes, and broker stats."""
+"""`BrokerService`: publish into named topics from other processes, and broker stats.
+
+A topic takes publishes only from its subscriber's session (the `lazy-session-id` its
+Subscribe came with, which the subscriber's own calls below carry) or from a caller that
+presents the token the topic hands out: Subscribe sends it in its response headers as
+`lazy-topic-token`, a publisher sends it back in its request headers (docs/security.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
+import secrets
+import threading
 from typing import Any
 
 import grpc
 
 from lazygrpc import broker
 from lazygrpc.broker.redis_streams import BATCH, NoSubscriber, RedisTopics
-from lazygrpc.broker.topic import INTERMEDIATE, Item
-from lazygrpc.core.errors import InvalidArgument, NotFound
+from lazygrpc.broker.topic import INTERMEDIATE, Item, Topic
+from lazygrpc.core import context as session_context
+from lazygrpc.core.baggage import SESSION_HEADER
+from lazygrpc.core.errors import InvalidArgument, NotFound, PermissionDenied
 from lazygrpc.core.values import to_value
 from lazygrpc.v1 import broker_pb2, broker_pb2_grpc, module_pb2
 
 SERVICE_NAME = "lazygrpc.v1.BrokerService"
 add_to_server = broker_pb2_grpc.add_BrokerServiceServicer_to_server
+TOPIC_TOKEN_HEADER = "lazy-topic-token"
+
+
+class _Grant:
+    """Who may publish into one subscribed topic: its owner's session, or its token."""
+
+    __slots__ = ("session_id", "token", "topic")
+
+    def __init__(self, topic: Topic, session_id: str) -> None:
+        self.topic = topic
+        self.session_id = session_id
+        self.token = secrets.token_urlsafe(24)
+
+    def admits(self, invocation_metadata: Any) -> bool:
+        for key, value in invocation_metadata or ():
+            if not isinstance(value, str):
+                continue
+            if key == TOPIC_TOKEN_HEADER and hmac.compare_digest(value, self.token):
+                return True
+            if key == SESSION_HEADER and hmac.compare_digest(value, self.session_id):
+                return True
+        return False
+
+
+#: The grants of the process's subscribed topics, by name (topics are process-wide too).
+_grants: dict[str, _Grant] = {}
+_grants_lock = threading.Lock()
+
+
+def _grant(name: str) -> _Grant | None:
+    """The grant of the topic open under `name` now (None: no subscriber)."""
+    topic = broker.BROKER.named(name)
+    with _grants_lock:
+        grant = _grants.get(name)
+    return grant if grant is not None and grant.topic is topic else None
 
 
 def stats_message(stats: broker.BrokerStats) -> broker_pb2.BrokerStats:
@@ -47,12 +93,21 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
                 accepted=await _publish_to_redis(self.redis, request_iterator)
             )
         accepted = 0
+        metadata = context.invocation_metadata()
+        admitted: set[str] = set()
         async for request in request_iterator:
-            topic = broker.BROKER.named(request.topic)
-            if topic is None:
+            grant = _grant(request.topic)
+            if grant is None:
                 raise NotFound(f"topic {request.topic!r} has no subscriber")
+            if request.topic not in admitted:
+                if not grant.admits(metadata):
+                    raise PermissionDenied(
+                        f"topic {request.topic!r}: publish from the subscriber's session or "
+                        f"with the {TOPIC_TOKEN_HEADER} its Subscribe returned"
+                    )
+                admitted.add(request.topic)
             _check_value(request)
-            await topic.aput(Item.encoded(INTERMEDIATE, request.source, request.value))
+            await grant.topic.aput(Item.encoded(INTERMEDIATE, request.source, request.value))
             accepted += 1
         return broker_pb2.PublishResponse(accepted=accepted)
 
@@ -70,10 +125,13 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         seq = 0
+        grant = _Grant(topic, session_context.current().id)
+        with _grants_lock:
+            _grants[request.topic] = grant
         try:
             # Headers go out now, not with the first event: a subscriber that has them knows
-            # the topic is open and that Publish into it will be accepted.
-            await context.send_initial_metadata(())
+            # the topic is open and that Publish into it (with the token) will be accepted.
+            await context.send_initial_metadata(((TOPIC_TOKEN_HEADER, grant.token),))
             while (item := await topic.get()) is not None:
                 value = item.payload
                 if isinstance(value, str):  # only Values are published into named topics
@@ -81,6 +139,9 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
                 yield module_pb2.Event(seq=seq, source=item.source, intermediate=value)
                 seq += 1
         finally:
+            with _grants_lock:
+                if _grants.get(request.topic) is grant:
+                    del _grants[request.topic]
             broker.BROKER.close(topic)
 
     async def GetBrokerStats(

@@ -9,12 +9,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lazygrpc import broker
@@ -23,6 +23,8 @@ from lazygrpc.server import broker_service, calllog, model, modules
 from lazygrpc.server.admission import Limits
 from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
+from lazygrpc.server.handlers import Handlers, Health
+from lazygrpc.server.security import Authenticator, ServerTLS, TLSConfig
 
 #: Options of every server lazygrpc builds. Metadata limits sit above lazygrpc's own checks
 #: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
@@ -80,7 +82,12 @@ class Server:
         also_listen: Sequence[str] = (),
         broker_url: str | None = None,
         metrics_port: int | None = None,
+        tls: TLSConfig | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
+        """`tls`: serve TLS (mTLS with a client CA) from files that `reload_tls()` and SIGHUP
+        re-read; `auth`: the authenticator every call but health's passes
+        (`lazygrpc.server.security`, docs/security.md)."""
         self.name = name
         self.host = host
         self.requested_port = port
@@ -100,6 +107,8 @@ class Server:
             "coalesce_bytes": coalesce_bytes,
         }
         self._gate = DrainGate()
+        self.auth = auth
+        self.tls = ServerTLS(tls) if tls is not None else None
         self._lifecycle = Lifecycle(
             name,
             expose_tracebacks=expose_tracebacks,
@@ -107,6 +116,7 @@ class Server:
             gate=self._gate,
             policy=globals_policy,
             limits=limits,
+            auth=auth,
         )
         self._tracing: Any = None
         self._explicit_name = name
@@ -137,9 +147,9 @@ class Server:
         self._server = grpc.aio.server(
             interceptors=list(interceptors) or None, options=self._options
         )
-        self._handlers = _Handlers(self._wrap_method)
+        self._handlers = Handlers(self._wrap_method)
         self._server.add_generic_rpc_handlers((self._handlers,))
-        self.health = _Health()
+        self.health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._handlers)
         self.service_names: list[str] = [HEALTH_SERVICE]
         #: What this server serves, by name (modules and models), for its start line.
@@ -156,15 +166,13 @@ class Server:
         self.service_names.append(full_name)
 
     def _wrap_method(self, full_method: str, handler: Any) -> Any:
-        if full_method.startswith(SKIP_PREFIXES):  # health and reflection: as grpc ships them
-            return handler
-        if self._tracing is not None:
-            handler = self._tracing.wrap(handler, full_method)
         life = self._lifecycle
-        handler = wrap_handler(
-            handler,
-            lambda behavior, streaming: aio_behavior(behavior, life.hooks(full_method, streaming)),
-        )
+        hooks = life.hooks_for(full_method, handler.response_streaming)
+        if hooks is None:  # health (and reflection without auth): as grpc ships them
+            return handler
+        if self._tracing is not None and not full_method.startswith(SKIP_PREFIXES):
+            handler = self._tracing.wrap(handler, full_method)
+        handler = wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
         if self.metrics is not None:  # outside the lifecycle: it sees the codes callers get
             counted = self.metrics.hooks(full_method, handler.response_streaming)
             handler = wrap_handler(handler, lambda behavior, _s: aio_behavior(behavior, counted))
@@ -213,7 +221,11 @@ class Server:
                 self.host, self.requested_port, dict(self._options).get("grpc.so_reuseport")
             )
         try:
-            self.port = self._server.add_insecure_port(address)
+            self.port = (
+                self._server.add_insecure_port(address)
+                if self.tls is None
+                else self._server.add_secure_port(address, self.tls.credentials)
+            )
         except RuntimeError:  # grpc's "Failed to bind": taken since the check
             self.port = 0
         if not self.port:
@@ -245,6 +257,11 @@ class Server:
             },
         )
         return self.port
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS files for new connections (what SIGHUP does); False when there is
+        no TLS or a file is bad (the current certificate stays, the error is logged)."""
+        return self.tls is not None and self.tls.reload()
 
     @property
     def address(self) -> str:
@@ -297,7 +314,8 @@ class Server:
             )
 
     async def wait(self) -> None:
-        """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully)."""
+        """Serve until `stop()` or SIGTERM/SIGINT (then shut down gracefully); SIGHUP
+        re-reads the TLS files (`reload_tls`)."""
         loop = asyncio.get_running_loop()
         stop_task: list[asyncio.Task[None]] = []
 
@@ -307,9 +325,15 @@ class Server:
 
         installed = []
         if sys.platform != "win32":
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers: list[tuple[signal.Signals, Callable[[], Any]]] = [
+                (signal.SIGTERM, on_signal),
+                (signal.SIGINT, on_signal),
+            ]
+            if self.tls is not None:
+                handlers.append((signal.SIGHUP, self.reload_tls))
+            for sig, handler in handlers:
                 try:
-                    loop.add_signal_handler(sig, on_signal)
+                    loop.add_signal_handler(sig, handler)
                     installed.append(sig)
                 except (RuntimeError, ValueError):  # not the main thread
                     pass
@@ -350,58 +374,3 @@ def _check_port(host: str, port: int, reuseport: Any) -> None:
             probe.bind(sockaddr)
         except OSError as exc:
             raise OSError(_cannot_listen(f"{host}:{port}", exc.strerror or str(exc))) from None
-
-
-class _Health(health.aio.HealthServicer):  # type: ignore[misc]
-    """grpcio-health-checking's servicer with `List`, which its aio servicer leaves
-    unimplemented (UNIMPLEMENTED) although reflection shows it."""
-
-    async def List(
-        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthListResponse:
-        """Implementation of grpc.health.v1.Health; not part of the lazygrpc API."""
-        return health_pb2.HealthListResponse(
-            statuses={
-                name: health_pb2.HealthCheckResponse(status=status)
-                for name, status in self._server_status.items()
-            }
-        )
-
-
-class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """Every handler of a `Server`, wrapped once, in one dict that grpc reads per call.
-
-    It stands in for the server in `add_XServicer_to_server`, which registers each service
-    twice: as a generic handler and by `add_registered_method_handlers`. Handlers reach grpc
-    only as this one generic handler: on grpc.aio (1.85) each method registered with grpc
-    itself costs every call the server takes some instructions, whichever service it is for
-    (docs/performance.md, "One generic handler"); a generic lookup is one dict access.
-    """
-
-    def __init__(self, wrap: Any) -> None:
-        self._wrap = wrap
-        self._methods: dict[str, Any] = {}
-        self._generic: list[Any] = []  # the same services' generic handlers, and others'
-
-    def service(self, handler_call_details: Any) -> Any:
-        """Implementation of grpc.GenericRpcHandler; not part of the lazygrpc API."""
-        method = handler_call_details.method
-        handler = self._methods.get(method)
-        if handler is None:
-            for generic in self._generic:
-                found = generic.service(handler_call_details)
-                if found is not None:
-                    handler = self._methods[method] = self._wrap(method, found)
-                    break
-        return handler
-
-    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
-        """What `add_XServicer_to_server` calls; not part of the lazygrpc API."""
-        self._generic.extend(generic_handlers)
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
-        """What `add_XServicer_to_server` calls; not part of the lazygrpc API."""
-        for name, handler in handlers.items():
-            full_method = f"/{service}/{name}"
-            if full_method not in self._methods:
-                self._methods[full_method] = self._wrap(full_method, handler)

@@ -1,6 +1,8 @@
 """The server call lifecycle: one incoming call from start to end, for every server.
 
-    admit    a draining server refuses new calls (UNAVAILABLE); the gate counts the rest
+    admit    a draining server refuses new calls (UNAVAILABLE); the gate counts the rest;
+             the server's authenticator refuses calls without valid credentials
+             (UNAUTHENTICATED, PERMISSION_DENIED: `lazygrpc.server.security`)
     bind     the call's scope from its headers (session, deadline, trace context), bound for
              the whole call; a bad header refuses it (INVALID_ARGUMENT, naming the header)
     run      the handler, in whichever of the four styles (`lazygrpc.server.dispatch`)
@@ -27,14 +29,16 @@ import grpc
 
 from lazygrpc.core import baggage, chain, redaction
 from lazygrpc.core.context import CallScope, bind_call
-from lazygrpc.core.errors import InvalidArgument, ResourceExhausted
+from lazygrpc.core.errors import InvalidArgument, ResourceExhausted, StatusError
 from lazygrpc.core.session import Session, check_arrival
 from lazygrpc.core.trust import GlobalsPolicy
 from lazygrpc.server import calllog
 from lazygrpc.server.admission import Limits
 from lazygrpc.server.dispatch import Refused, aborted_by_handler, context_code
+from lazygrpc.server.security import Authenticator, authorize
 
 SKIP_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+HEALTH_PREFIX = "/grpc.health."
 _OWN_HEADERS = frozenset(
     {
         baggage.SESSION_HEADER,
@@ -148,7 +152,8 @@ class Lifecycle:
     peer when it is on loopback (`lazygrpc.core.redaction`); a caller not trusted gets its
     chain redacted by `redact` ("short" or "drop"). `sync=True` is for a sync
     `grpc.server`, where the end of a call is seen through `context.add_callback` rather
-    than as a cancelled task.
+    than as a cancelled task. `auth` is the server's authenticator (None: every caller is
+    admitted).
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class Lifecycle:
         sync: bool = False,
         policy: GlobalsPolicy | None = None,
         limits: Limits | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.service = service
         self.policy = policy
@@ -170,6 +176,7 @@ class Lifecycle:
         self.redact = redaction.check_mode(redact)
         self.gate = gate
         self.sync = sync
+        self.auth = auth
 
     def trusts(self, context: Any) -> bool:
         """Whether the caller of a call (its `ServicerContext`; None: unknown) is trusted."""
@@ -185,6 +192,16 @@ class Lifecycle:
         """The lifecycle of the calls of one method (`lazygrpc.server.dispatch.Hooks`);
         `streaming`: its responses stream."""
         return MethodCalls(self, *chain.split_method(full_method), streaming)
+
+    def hooks_for(self, full_method: str, streaming: bool = False) -> MethodCalls | Guard | None:
+        """What runs around one method's calls: the whole lifecycle, or for health and
+        reflection (as grpc ships them) the authenticator alone for reflection, nothing for
+        health (open for probes) or when there is no authenticator (None)."""
+        if not full_method.startswith(SKIP_PREFIXES):
+            return self.hooks(full_method, streaming)
+        if self.auth is None or full_method.startswith(HEALTH_PREFIX):
+            return None
+        return Guard(self, self.auth, full_method)
 
     def failure(self, scope: CallScope, exc: BaseException, context: Any = None) -> grpc.Status:
         """Status (code, message, details and globals trailers) for an escaping exception,
@@ -229,12 +246,13 @@ def trailers(scope: CallScope, existing: Sequence[tuple[str, Any]] = ()) -> tupl
 class MethodCalls:
     """The lifecycle's steps for the calls of one method."""
 
-    __slots__ = ("lifecycle", "method", "service", "streaming")
+    __slots__ = ("full_method", "lifecycle", "method", "service", "streaming")
 
     def __init__(
         self, lifecycle: Lifecycle, service: str, method: str, streaming: bool = False
     ) -> None:
         self.lifecycle = lifecycle
+        self.full_method = f"/{service}/{method}"
         self.service = service.rsplit(".", 1)[-1]  # `ModuleService` until the server is named
         self.method = method
         self.streaming = streaming
@@ -256,17 +274,16 @@ class MethodCalls:
         if limits is not None:
             remaining = limits.deadline(remaining)
         try:
+            metadata = context.invocation_metadata()
+            if life.auth is not None:
+                authorize(life.auth, metadata, self.full_method)
             scope = incoming_scope(
-                life.service or self.service,
-                self.method,
-                context.invocation_metadata(),
-                remaining,
-                life.policy,
+                life.service or self.service, self.method, metadata, remaining, life.policy
             )
         except Exception as exc:
             if gate is not None:
                 gate.leave(self.streaming)
-            if not isinstance(exc, InvalidArgument):
+            if not isinstance(exc, StatusError):
                 exc = InvalidArgument(f"request metadata: {exc}")
             return self._refused(context, exc)
         # In aio the wrapper and the handler share one task, so the binding holds for the
@@ -280,11 +297,7 @@ class MethodCalls:
         return scope
 
     def _refused(self, context: Any, exc: Exception) -> Refused:
-        """A call refused before its handler runs: its status, logged."""
-        scope = CallScope(Session(), self.lifecycle.service or self.service, self.method, None)
-        status = self.lifecycle.failure(scope, exc, context)
-        calllog.failed(scope, context, status, exc)
-        return Refused(status)
+        return _refusal(self.lifecycle, self.service, self.method, exc, context)
 
     def error(self, scope: CallScope, context: Any, exc: BaseException) -> grpc.Status | None:
         """Re-raise what must propagate (None); answer anything else with its status."""
@@ -326,6 +339,45 @@ class MethodCalls:
             context.set_trailing_metadata((*existing, (baggage.UPDATE_TRAILER, update)))
         if _ACCESS_ON(_DEBUG):
             calllog.access(scope, context, context_code(context) or grpc.StatusCode.OK)
+        return None
+
+
+def _refusal(
+    life: Lifecycle, service: str, method: str, exc: BaseException, context: Any
+) -> Refused:
+    """A call refused before its handler runs: its status, logged."""
+    scope = CallScope(Session(), life.service or service, method, None)
+    status = life.failure(scope, exc, context)
+    calllog.failed(scope, context, status, exc)
+    return Refused(status)
+
+
+class Guard:
+    """The lifecycle's authenticator alone, as `Hooks`: for the services that otherwise run
+    as grpc ships them (reflection), so that they follow the server's auth."""
+
+    __slots__ = ("auth", "full_method", "lifecycle")
+
+    def __init__(self, lifecycle: Lifecycle, auth: Authenticator, full_method: str) -> None:
+        self.lifecycle = lifecycle
+        self.auth = auth
+        self.full_method = full_method
+
+    def start(self, context: Any) -> Refused | None:
+        try:
+            authorize(self.auth, context.invocation_metadata(), self.full_method)
+        except StatusError as exc:
+            service, method = chain.split_method(self.full_method)
+            return _refusal(self.lifecycle, service, method, exc, context)
+        return None
+
+    def error(self, state: Any, context: Any, exc: BaseException) -> grpc.Status | None:
+        return None
+
+    def leave(self, state: Any) -> None:
+        pass
+
+    def done(self, state: Any, context: Any) -> grpc.Status | None:
         return None
 
 

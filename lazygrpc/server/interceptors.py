@@ -14,8 +14,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
+from lazygrpc.server.call import DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, sync_behavior, wrap_handler
+from lazygrpc.server.security import Authenticator
 
 
 class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -27,19 +28,19 @@ class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         *,
         expose_tracebacks: bool | None = None,
         redact: str = "short",
+        auth: Authenticator | None = None,
     ) -> None:
         self.lifecycle = Lifecycle(
-            service, expose_tracebacks=expose_tracebacks, redact=redact, sync=True
+            service, expose_tracebacks=expose_tracebacks, redact=redact, sync=True, auth=auth
         )
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         """Implementation of grpc.ServerInterceptor; not part of the lazygrpc API."""
         handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(SKIP_PREFIXES):
+        hooks = self.lifecycle.hooks_for(handler_call_details.method)
+        if handler is None or hooks is None:
             return handler
         # This runs on grpc's polling thread under a lock: only build wrappers here.
-        hooks = self.lifecycle.hooks(method)
         return wrap_handler(handler, lambda b, streaming: sync_behavior(b, streaming, hooks))
 
 
@@ -53,11 +54,16 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         expose_tracebacks: bool | None = None,
         redact: str = "short",
         gate: DrainGate | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         #: Counts the calls in flight; set `gate.draining` to refuse new ones (UNAVAILABLE).
         self.gate = gate or DrainGate()
         self.lifecycle = Lifecycle(
-            service, expose_tracebacks=expose_tracebacks, redact=redact, gate=self.gate
+            service,
+            expose_tracebacks=expose_tracebacks,
+            redact=redact,
+            gate=self.gate,
+            auth=auth,
         )
         # grpc.aio asks the interceptor for every call: a method's wrapped handler is kept.
         self._wrapped: dict[str, tuple[Any, Any]] = {}
@@ -72,9 +78,9 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         kept = self._wrapped.get(full_method)
         if kept is not None and kept[0] is handler:
             return kept[1]
-        if handler is None or full_method.startswith(SKIP_PREFIXES):
+        hooks = self.lifecycle.hooks_for(full_method)
+        if handler is None or hooks is None:
             return handler
-        hooks = self.lifecycle.hooks(full_method)
         wrapped = wrap_handler(handler, lambda b, _streaming: aio_behavior(b, hooks))
         self._wrapped[full_method] = (handler, wrapped)
         return wrapped
@@ -87,15 +93,19 @@ def server_interceptors(
     expose_tracebacks: bool | None = None,
     redact: str = "short",
     telemetry: bool = False,
+    auth: Authenticator | None = None,
 ) -> list[Any]:
     """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
 
     `expose_tracebacks` None trusts callers on loopback only; `redact` is what a caller not
     trusted sees of the chain (docs/errors.md "Redaction by trust"). `telemetry=True` adds a
-    span per call (extra `otel`; see `lazygrpc.telemetry`).
+    span per call (extra `otel`; see `lazygrpc.telemetry`); `auth` is the server's
+    authenticator (`lazygrpc.server.security`, docs/security.md).
     """
     cls = AioServerInterceptor if aio else ServerInterceptor
-    interceptors: list[Any] = [cls(service, expose_tracebacks=expose_tracebacks, redact=redact)]
+    interceptors: list[Any] = [
+        cls(service, expose_tracebacks=expose_tracebacks, redact=redact, auth=auth)
+    ]
     if telemetry:
         from lazygrpc.telemetry import server_interceptor
 

@@ -97,8 +97,10 @@ def mesh() -> Iterator[Mesh]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _front(mesh: Mesh, question: str, tokens: int = 3, timeout: float = 30) -> Any:
-    return mesh.stub("gateway").Stream(
+def _front(
+    mesh: Mesh, question: str, tokens: int = 3, timeout: float = 30, gateway: str = "gateway"
+) -> Any:
+    return mesh.stub(gateway).Stream(
         module_pb2.CallRequest(module="front", input=to_value(question),
                                kwargs={"tokens": tokens}),
         timeout=timeout,
@@ -244,3 +246,35 @@ def test_the_redis_broker_carries_events_across_hosts(mesh: Mesh) -> None:
     got = [from_value(next(sub).intermediate) for _ in values]
     assert got == values
     sub.cancel()
+
+
+def test_a_hop_across_hosts_runs_over_tls(mesh: Mesh, tmp_path: Any) -> None:
+    """A second gateway on `gw` calls a TLS retriever on `ret` by a `grpcs://` URL, with a
+    certificate for that host's address and the CA from `LAZYGRPC_TLS_CA`: the answer, its
+    session and the retriever's host come back over the encrypted hop."""
+    from tests.tlscerts import CA
+
+    a = mesh.hosts.address
+    ca = CA(tmp_path, "hosts")
+    cert = ca.issue("retriever", ips=(a["ret"],))
+    targets = ",".join(mesh.model_addresses.values())
+    mesh.hosts.start(
+        "ret", "serve", f"{MODULES}:middle", "--name", "retriever-tls", "--host", a["ret"],
+        "--port", "50061", "--tls-cert", cert.cert_file, "--tls-key", cert.key_file,
+        "--expose-tracebacks", env={"LAZYGRPC_MODEL_URL": f"ipv4:{targets}"},
+    )  # fmt: skip
+    mesh.hosts.start(
+        "gw", "serve", f"{MODULES}:front", "--name", "gateway-tls", "--host", a["gw"],
+        "--port", "50061", "--also-listen", mesh.sock("gateway-tls"), "--expose-tracebacks",
+        env={"LAZYGRPC_NEXT_URL": f"grpcs://{a['ret']}:50061", "LAZYGRPC_TLS_CA": ca.cert_file},
+    )  # fmt: skip
+    with lazygrpc.session("s-tls"):
+        events = list(_front(mesh, "hi", timeout=20, gateway="gateway-tls"))
+    seen = {
+        k: v for ev in events if ev.HasField("intermediate")
+        for k, v in from_value(ev.intermediate).items()
+    }  # fmt: skip
+    assert "".join(from_value(ev.delta) for ev in events if ev.HasField("delta")).split() == [
+        "hi"
+    ] * 3
+    assert seen["middle"]["host"] == "ret" and seen["middle"]["session"] == "s-tls"

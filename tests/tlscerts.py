@@ -56,8 +56,11 @@ class CA:
         self.cert_file = str(directory / f"{name}-ca.pem")
         Path(self.cert_file).write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, client: bool = False, serial: int | None = None) -> Issued:
-        """A leaf certificate for `cn` (a server one is valid for 127.0.0.1 and localhost)."""
+    def issue(
+        self, cn: str, *, client: bool = False, serial: int | None = None, ips: tuple[str, ...] = ()
+    ) -> Issued:
+        """A leaf certificate for `cn` (a server one is valid for 127.0.0.1, localhost and
+        `ips`)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
@@ -72,7 +75,8 @@ class CA:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if not client:
-            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            names = [x509.DNSName("localhost")]
+            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *ips)]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         stem = self.directory / f"{self.name}-{cn}"

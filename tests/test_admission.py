@@ -132,3 +132,32 @@ def test_a_bad_admission_flag_is_one_usage_line() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["lazygrpc: --max-calls must be positive, got 0"]
+
+
+def test_a_huge_request_does_not_stall_the_other_calls(servers: Any) -> None:
+    """A request of 400k kwargs is turned into arguments off the event loop: a small call
+    made meanwhile is answered while the big one is still being decoded."""
+    import time
+
+    def count(**kwargs: Any) -> int:
+        return len(kwargs)
+
+    def quick(x: Any) -> str:
+        return "quick"
+
+    url = servers.modules({"count": count, "quick": quick})
+    target = url.removeprefix("grpc://")
+    big = module_pb2.CallRequest(module="count")
+    for i in range(400_000):
+        big.kwargs.fields[f"k{i}"].number_value = i
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        pending = stub.Call.future(big, timeout=120)
+        quick_times = []
+        while not pending.done():
+            t0 = time.monotonic()
+            reply = stub.Call(module_pb2.CallRequest(module="quick", input=to_value(1)), timeout=30)
+            quick_times.append(time.monotonic() - t0)
+            assert reply.output.string_value == "quick"
+        assert pending.result().output.number_value == 400_000
+    assert quick_times and max(quick_times) < 1.0, quick_times  # 10x a slow call here

@@ -29,6 +29,10 @@ add_to_server = module_pb2_grpc.add_ModuleServiceServicer_to_server
 #: Callers pass `contextvars.copy_context().run`, so a plain pool (no second copy) is enough.
 _EXECUTOR = futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
 
+#: Requests larger than this (serialized) are turned into arguments off the event loop. grpc
+#: itself refuses requests over `grpc.max_receive_message_length` (16 MiB, `Server`).
+OFF_LOOP_BYTES = 256 << 10
+
 #: How much of a stream's deltas is kept to build its `result`; past it the result is null.
 AGGREGATE_LIMIT = 8 << 20
 
@@ -128,6 +132,15 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     def default_name(self) -> str:
         return next(iter(self.modules)) if len(self.modules) == 1 else "modules"
 
+    async def _arguments_of(
+        self, request: module_pb2.CallRequest
+    ) -> tuple[Module, tuple[Any, ...], dict[str, Any], CallScope | None]:
+        """`_arguments`, on a worker thread for a request over `OFF_LOOP_BYTES`: turning a
+        large request into Python values must not stall the event loop's other calls."""
+        if request.ByteSize() > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(self._arguments, request)
+        return self._arguments(request)
+
     def _arguments(
         self, request: module_pb2.CallRequest
     ) -> tuple[Module, tuple[Any, ...], dict[str, Any], CallScope | None]:
@@ -158,7 +171,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     async def Call(
         self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
     ) -> module_pb2.CallResponse:
-        module, args, kwargs, _ = self._arguments(request)
+        module, args, kwargs, _ = await self._arguments_of(request)
         if module.streaming:
             result = await self._run(module, args, kwargs, None)
         elif module.is_async:
@@ -170,7 +183,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     async def Stream(
         self, request: module_pb2.CallRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        module, args, kwargs, scope = self._arguments(request)
+        module, args, kwargs, scope = await self._arguments_of(request)
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:
             scope.topic = topic

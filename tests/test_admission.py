@@ -150,9 +150,14 @@ def test_a_huge_request_does_not_stall_the_other_calls(servers: Any) -> None:
     big = module_pb2.CallRequest(module="count")
     for i in range(400_000):
         big.kwargs.fields[f"k{i}"].number_value = i
+    data = big.SerializeToString()  # serialized up front: the client sends bytes only
     with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as ch:
         stub = module_pb2_grpc.ModuleServiceStub(ch)
-        pending = stub.Call.future(big, timeout=120)
+        raw = ch.unary_unary(
+            "/lazygrpc.v1.ModuleService/Call",
+            response_deserializer=module_pb2.CallResponse.FromString,
+        )
+        pending = raw.future(data, timeout=120)
         quick_times = []
         while not pending.done():
             t0 = time.monotonic()
@@ -161,3 +166,46 @@ def test_a_huge_request_does_not_stall_the_other_calls(servers: Any) -> None:
             assert reply.output.string_value == "quick"
         assert pending.result().output.number_value == 400_000
     assert quick_times and max(quick_times) < 1.0, quick_times  # 10x a slow call here
+
+
+def test_busy_module_threads_refuse_waiting_calls_and_say_not_serving(servers: Any) -> None:
+    """With every module thread busy, health says NOT_SERVING; calls past the waiting bound
+    are refused with RESOURCE_EXHAUSTED and a retry delay; once a thread is free, health
+    says SERVING again and calls run."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from lazygrpc.server import threads
+
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def hold(x: Any) -> str:
+        entered.release()
+        release.wait(30)
+        return "held"
+
+    small = threads.ModuleThreads(workers=2, max_waiting=1, max_wait=30)
+    url = servers.modules({"hold": hold}, threads=small)
+    target = url.removeprefix("grpc://")
+    with grpc.insecure_channel(target) as ch:
+        stub = module_pb2_grpc.ModuleServiceStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
+        held = [
+            stub.Call.future(module_pb2.CallRequest(module="hold", input=to_value(i)))
+            for i in range(3)  # two run, one waits
+        ]
+        for _ in range(2):
+            assert entered.acquire(timeout=10)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        statuses = [next(watch).status]
+        while statuses[-1] != health_pb2.HealthCheckResponse.NOT_SERVING:
+            statuses.append(next(watch).status)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Call(module_pb2.CallRequest(module="hold", input=to_value(9)), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "module thread" in info.value.details() and _retry_delay(info.value) == 1.0
+        release.set()
+        assert [f.result(30).output.string_value for f in held] == ["held"] * 3
+        while statuses[-1] != health_pb2.HealthCheckResponse.SERVING:
+            statuses.append(next(watch).status)
+        watch.cancel()

@@ -25,6 +25,7 @@ from lazygrpc.server.call import SKIP_PREFIXES, DrainGate, Lifecycle
 from lazygrpc.server.dispatch import aio_behavior, wrap_handler
 from lazygrpc.server.handlers import Handlers, Health
 from lazygrpc.server.security import Authenticator, ServerTLS, TLSConfig
+from lazygrpc.server.threads import THREADS, ModuleThreads
 
 #: Options of every server lazygrpc builds. Metadata limits sit above lazygrpc's own checks
 #: so that oversized headers get INVALID_ARGUMENT naming the header, not a broken call.
@@ -42,6 +43,9 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+SERVING_STATUS = health_pb2.HealthCheckResponse.SERVING
+#: Health updates in flight (kept referenced until they ran).
+_BACKGROUND: set[asyncio.Future[None]] = set()
 _LOG = logging.getLogger("lazygrpc.server")
 
 #: Seconds a draining server still admits new calls after it says NOT_SERVING: the time
@@ -78,6 +82,7 @@ class Server:
         telemetry: bool = False,
         globals_policy: GlobalsPolicy | None = None,
         limits: Limits | None = None,
+        threads: ModuleThreads = THREADS,
         reuse_port: bool = False,
         also_listen: Sequence[str] = (),
         broker_url: str | None = None,
@@ -155,6 +160,9 @@ class Server:
         #: What this server serves, by name (modules and models), for its start line.
         self.served: list[str] = []
         self._stopped = asyncio.Event()
+        #: Where `def` modules run: while all are busy, health says NOT_SERVING.
+        self.threads = threads
+        self._unwatch: Any = None  # stops the module threads' watch (`_threads_changed`)
         self._started = False
 
     def add_service(self, full_name: str, add_to_server: Any, servicer: Any) -> None:
@@ -180,7 +188,9 @@ class Server:
 
     def add_modules(self, callables: Any) -> modules.ModuleServicer:
         """Serve callables through `ModuleService` (see `lazygrpc.server.modules`)."""
-        servicer = modules.ModuleServicer(callables, topic_options=self.topic_options)
+        servicer = modules.ModuleServicer(
+            callables, topic_options=self.topic_options, threads=self.threads
+        )
         self.add_service(modules.SERVICE_NAME, modules.add_to_server, servicer)
         self.served.extend(servicer.modules)
         self._name_default(servicer.default_name())
@@ -243,6 +253,10 @@ class Server:
         for name in ["", *self.service_names, reflection.SERVICE_NAME]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._started = True
+        loop = asyncio.get_running_loop()
+        self._unwatch = self.threads.watch(
+            lambda exhausted: loop.call_soon_threadsafe(self._threads_changed, exhausted)
+        )
         _LOG.info(
             "%s serving on %s (%s; TLS: no)",
             self.name or "server",
@@ -267,6 +281,16 @@ class Server:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _threads_changed(self, exhausted: bool) -> None:
+        """Every module thread is busy (NOT_SERVING: send calls elsewhere), or one is free."""
+        if self._stopped.is_set():
+            return
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if exhausted else SERVING_STATUS
+        for name in ["", *self.service_names]:
+            task = asyncio.ensure_future(self.health.set(name, status))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: health NOT_SERVING, refuse new calls after `drain_notice`
         seconds, let in-flight calls finish within `grace` seconds, then cancel what is left.
@@ -276,6 +300,8 @@ class Server:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._unwatch is not None:
+            self._unwatch()
         grace = self.grace if grace is None else grace
         deadline = time.monotonic() + grace
         result = self.health.enter_graceful_shutdown()

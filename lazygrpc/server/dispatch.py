@@ -78,6 +78,22 @@ class Undecodable(NamedTuple):
         )
 
 
+#: Requests larger than this are parsed on a worker thread, not on the event loop (and a
+#: module's are turned into arguments there too). grpc itself refuses requests over
+#: `grpc.max_receive_message_length` (16 MiB, `Server`).
+OFF_LOOP_BYTES = 256 << 10
+
+
+class Deferred(NamedTuple):
+    """A large request's bytes, parsed by the driver on a worker thread (`parse`)."""
+
+    deserialize: Callable[[bytes], Any]
+    data: bytes
+
+    def parse(self) -> Any:
+        return self.deserialize(self.data)
+
+
 def checked_deserializer(
     deserialize: Callable[[bytes], Any], *, streaming: bool = False
 ) -> Callable[[bytes], Any]:
@@ -88,7 +104,7 @@ def checked_deserializer(
     descriptor = getattr(cls, "DESCRIPTOR", None)
     type_name = getattr(descriptor, "full_name", None) or "request message"
 
-    def checked(data: bytes) -> Any:
+    def parse(data: bytes) -> Any:
         try:
             return deserialize(data)
         except Exception as exc:  # protobuf's DecodeError, or whatever a custom one raises
@@ -96,6 +112,11 @@ def checked_deserializer(
             if streaming:
                 raise bad.error() from None
             return bad
+
+    def checked(data: bytes) -> Any:
+        if len(data) > OFF_LOOP_BYTES and not streaming:
+            return Deferred(parse, data)
+        return parse(data)
 
     checked.checks = True  # type: ignore[attr-defined]
     return checked
@@ -190,6 +211,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
                 return
             call = _Call(hooks, context, state)
             with call:
+                if type(request) is Deferred:
+                    request = await asyncio.to_thread(request.parse)
                 if type(request) is Undecodable:
                     raise request.error()
                 inner = behavior(request, context)
@@ -212,6 +235,8 @@ def aio_behavior(behavior: Callable[..., Any], hooks: Hooks) -> Any:
             response = None
             call = _Call(hooks, context, state)
             with call:
+                if type(request) is Deferred:
+                    request = await asyncio.to_thread(request.parse)
                 if type(request) is Undecodable:
                     raise request.error()
                 response = await behavior(request, context)
@@ -289,6 +314,8 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
             call = started(context, ctx)
             response = None
             with call:
+                if type(request) is Deferred:
+                    request = request.parse()
                 if type(request) is Undecodable:
                     raise request.error()
                 response = ctx.run(behavior, request, context)
@@ -302,6 +329,8 @@ def sync_behavior(behavior: Callable[..., Any], streaming: bool, hooks: Hooks) -
         call = started(context, ctx)
         done = object()
         with call:
+            if type(request) is Deferred:
+                request = request.parse()
             if type(request) is Undecodable:
                 raise request.error()
             iterator = ctx.run(behavior, request, context)

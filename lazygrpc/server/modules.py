@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent import futures
 from functools import partial
 from typing import Any
 
@@ -18,29 +16,17 @@ from lazygrpc.core.context import CallScope, current_call
 from lazygrpc.core.errors import Internal, InvalidArgument, NotFound
 from lazygrpc.core.events import Event
 from lazygrpc.core.values import from_list, from_struct, from_value, to_value
+from lazygrpc.server.dispatch import OFF_LOOP_BYTES
 from lazygrpc.server.module_spec import Module, as_modules
 from lazygrpc.server.streams import Stream, drain_sync, pump
+from lazygrpc.server.threads import THREADS, ModuleThreads
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 SERVICE_NAME = "lazygrpc.v1.ModuleService"
 add_to_server = module_pb2_grpc.add_ModuleServiceServicer_to_server
 
-#: Threads for sync modules; a sync producer blocked on a full topic holds one.
-#: Callers pass `contextvars.copy_context().run`, so a plain pool (no second copy) is enough.
-_EXECUTOR = futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="lazygrpc-module")
-
-#: Requests larger than this (serialized) are turned into arguments off the event loop. grpc
-#: itself refuses requests over `grpc.max_receive_message_length` (16 MiB, `Server`).
-OFF_LOOP_BYTES = 256 << 10
-
 #: How much of a stream's deltas is kept to build its `result`; past it the result is null.
 AGGREGATE_LIMIT = 8 << 20
-
-
-def _in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """`fn(*args)` on a module thread, in a copy of the caller's context."""
-    ctx = contextvars.copy_context()
-    return asyncio.get_running_loop().run_in_executor(_EXECUTOR, ctx.run, fn, *args)
 
 
 class _Live:
@@ -125,9 +111,12 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         modules: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]],
         *,
         topic_options: Mapping[str, Any] | None = None,
+        threads: ModuleThreads = THREADS,
     ) -> None:
         self.modules = as_modules(modules)
         self.topic_options = dict(topic_options or {})
+        #: Where `def` modules run (`lazygrpc.server.threads`).
+        self.threads = threads
 
     def default_name(self) -> str:
         return next(iter(self.modules)) if len(self.modules) == 1 else "modules"
@@ -177,7 +166,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         elif module.is_async:
             result = await module.start(args, kwargs)
         else:  # `start` tells arguments that do not fit from the body's own TypeError
-            result = await _in_thread(module.start, args, kwargs)
+            result = await self.threads.run(module.start, args, kwargs)
         return module_pb2.CallResponse(output=_encode(module, result))
 
     async def Stream(
@@ -242,10 +231,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 _LIVE.leave()
             return output.result()
         if module.streaming:
-            return await _in_thread(_drain_module, module, args, kwargs, topic)
+            return await self.threads.run(_drain_module, module, args, kwargs, topic)
         if module.is_async:
             return await module.start(args, kwargs)
-        return await _in_thread(module.start, args, kwargs)
+        return await self.threads.run(module.start, args, kwargs)
 
     async def ListModules(
         self, request: module_pb2.ListModulesRequest, context: grpc.aio.ServicerContext

@@ -8,9 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+# The package's protos/ and docs/ are links to these (package data: the contract, and what
+# the demo's markov model trains on).
+COPY protos ./protos
+COPY docs ./docs
 COPY lazygrpc ./lazygrpc
-RUN pip install '.[otel,redis]' && rm -rf /src
+RUN pip install '.[otel,redis,edge,metrics]' && rm -rf /src
 
 # Non-root: a fixed uid, so that Kubernetes' runAsNonRoot can check it.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin lazygrpc

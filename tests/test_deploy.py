@@ -121,15 +121,20 @@ def test_every_container_runs_the_image_with_args_the_cli_accepts() -> None:
         assert args.host == "0.0.0.0", f"{name} must listen beyond loopback"
         (port,) = [p["containerPort"] for p in c["ports"]]
         assert args.port == port, name
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert c[probe]["grpc"] == {"port": port}, f"{name} {probe}: native gRPC probe"
+        if c["ports"][0]["name"] == "grpc":
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                assert c[probe]["grpc"] == {"port": port}, f"{name} {probe}: native gRPC probe"
+        else:  # the HTTP edge: its own /health
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert c[probe]["httpGet"] == {"path": "/health", "port": port}, name
         assert c["resources"]["requests"].keys() >= {"cpu", "memory"}, name
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         # The drain fits: preStop, then the notice and --grace, inside the grace period.
         pre_stop = shlex.join(c["lifecycle"]["preStop"]["exec"]["command"])
         (sleep,) = [float(s) for s in re.findall(r"^sleep (\d+(?:\.\d+)?)$", pre_stop)]
-        notice = DRAIN_NOTICE if args.drain_notice is None else args.drain_notice
+        notice = getattr(args, "drain_notice", None)
+        notice = DRAIN_NOTICE if notice is None else notice
         assert pod["terminationGracePeriodSeconds"] >= sleep + notice + args.grace + 2, name
 
 
@@ -141,11 +146,20 @@ def test_services_are_headless_and_urls_name_them() -> None:
         name = deployment["metadata"]["name"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         service = services[name]
-        assert service["spec"]["clusterIP"] == "None", f"{name}: headless, for dns:/// lb"
         assert service["spec"]["selector"].items() <= labels.items()
-        assert [p["port"] for p in service["spec"]["ports"]] == [
-            p["containerPort"] for p in c["ports"]
-        ]
+        if c["ports"][0]["name"] == "grpc":
+            assert service["spec"]["clusterIP"] == "None", f"{name}: headless, for dns:/// lb"
+            assert [p["port"] for p in service["spec"]["ports"]] == [
+                p["containerPort"] for p in c["ports"]
+            ]
+        else:  # HTTP clients reach one virtual IP, which forwards to the edge's port
+            assert [p["targetPort"] for p in service["spec"]["ports"]] == [
+                p["containerPort"] for p in c["ports"]
+            ]
+        upstreams = [a for a in c["args"] if a.startswith("dns:///")]
+        for url in upstreams:
+            host = url.removeprefix("dns:///").partition(":")[0]
+            assert host in services, f"{name}: {url} names no Service"
         if deployment["spec"]["replicas"] > 1:
             assert budgets[name]["spec"]["selector"]["matchLabels"].items() <= labels.items()
         for var in c.get("env", []):

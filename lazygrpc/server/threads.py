@@ -55,11 +55,14 @@ class ModuleThreads:
         with self._lock:
             if self.busy + self.waiting >= self.workers + self.max_waiting:
                 raise self._refusal(f"{self.waiting} calls already wait (max {self.max_waiting})")
+            queued = self.busy + self.waiting >= self.workers  # no thread free: it waits
             self.waiting += 1
         ctx = contextvars.copy_context()
         started = threading.Event()
         loop = asyncio.get_running_loop()
         task = loop.run_in_executor(self._executor, self._job, started, ctx.run, fn, *args)
+        if not queued:  # a thread is free: it runs now, no wait to bound
+            return await task
         done, _ = await asyncio.wait({task}, timeout=self.max_wait)
         if not done and not started.is_set() and task.cancel():
             with self._lock:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from google.protobuf import struct_pb2
 
+from lazygrpc.core import wire
 from lazygrpc.core.errors import ResourceExhausted, StreamClosed
 from lazygrpc.core.values import to_value
 
@@ -32,16 +33,49 @@ DEFAULT_COALESCE_BYTES = 16 << 10
 LOOP_OVERFILL = 4
 #: What an item counts for beyond its payload (kind, source, framing), in bytes.
 ITEM_OVERHEAD = 8
+#: How many events the producers of this process may run ahead of their consumers in all:
+#: each open topic's share of it (at least `FAIR_BATCH`) bounds it below its `max_events`.
+RUN_AHEAD = 2048
+FAIR_BATCH = 8
+
+
+class OpenTopics:
+    """How many topics are open in this process: the divisor of `RUN_AHEAD`.
+
+    A producer that never waits for anything else fills its topic in one step of the
+    event loop. With a few streams that is what coalescing feeds on; with hundreds, every
+    step of every other call (a new call's first token among them) would queue behind all
+    of it. Sharing one run-ahead budget keeps the work a loop's turn can hold bounded,
+    however many streams run, and one fast stream keeps its whole topic.
+    """
+
+    __slots__ = ("_lock", "count")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def change(self, by: int) -> None:
+        with self._lock:
+            self.count += by
+
+    def share(self) -> int:
+        """The events one topic may hold now."""
+        return max(FAIR_BATCH, RUN_AHEAD // max(self.count, 1))
+
+
+OPEN = OpenTopics()
 
 
 class Item(NamedTuple):
     """One stream event in a topic: a `delta` or an `intermediate`, where it came from, its
-    payload (text stays a `str`, so that deltas can coalesce; anything else a `Value`) and
-    the bytes it counts for against the topic's bound."""
+    payload and the bytes it counts for against the topic's bound. The payload is text as a
+    `str` (so that deltas can coalesce), any other value as a `Value`, or, relayed from
+    another stream, the serialized body it arrived with (`bytes`, `lazygrpc.core.wire`)."""
 
     kind: int
     source: str
-    payload: str | struct_pb2.Value
+    payload: str | struct_pb2.Value | bytes
     nbytes: int
 
     @classmethod
@@ -55,6 +89,11 @@ class Item(NamedTuple):
     def encoded(cls, kind: int, source: str, value: struct_pb2.Value) -> Item:
         """The item for a value already in protobuf form (relayed from another stream)."""
         return _new(cls, (kind, source, value, value.ByteSize() + ITEM_OVERHEAD))
+
+    @classmethod
+    def relayed(cls, kind: int, source: str, body: bytes) -> Item:
+        """The item for an event relayed from another stream as its serialized body."""
+        return _new(cls, (kind, source, body, len(body) + ITEM_OVERHEAD))
 
 
 #: Makes an `Item` from its fields in order, as `Item(...)` does without the Python-level
@@ -119,6 +158,7 @@ class Topic:
         self._finished = False
         self._error: BaseException | None = None
         self._inline = False
+        OPEN.change(1)
 
     # -- producer side -------------------------------------------------------------------
 
@@ -131,7 +171,10 @@ class Topic:
 
     def _has_room(self, nbytes: int) -> bool:
         q = self._q
-        return not q or (len(q) < self.max_events and self._bytes + nbytes <= self.max_bytes)
+        if not q:
+            return True
+        cap = min(self.max_events, OPEN.share())
+        return len(q) < cap and self._bytes + nbytes <= self.max_bytes
 
     def _append(self, item: Item) -> asyncio.Future[None] | None:
         self._q.append(item)
@@ -231,6 +274,7 @@ class Topic:
             if self.closed:
                 return
             self.closed = True
+            OPEN.change(-1)
             self._q.clear()
             self._bytes = 0
             if self._space_cond is not None:
@@ -279,19 +323,23 @@ class Topic:
         q = self._q
         item = q.popleft()
         self._bytes -= item.nbytes
-        kind, source, payload, nbytes = item
-        if kind != DELTA or type(payload) is not str or not q:
+        if item.kind != DELTA or not q:
             return item
-        parts = [payload]
-        total = nbytes
+        # A backlog: the text deltas of one source that follow leave with this one.
+        source = item.source
+        text = _text(item.payload)
+        if text is None:
+            return item
+        parts = [text]
+        total = item.nbytes
         cap = self.coalesce_bytes
         while q:
             k2, s2, p2, n2 = q[0]
-            if k2 != DELTA or s2 != source or type(p2) is not str or total + n2 > cap:
+            if k2 != DELTA or s2 != source or total + n2 > cap or (t2 := _text(p2)) is None:
                 break
             q.popleft()
             self._bytes -= n2
-            parts.append(p2)
+            parts.append(t2)
             total += n2
         if len(parts) == 1:
             return item
@@ -339,6 +387,15 @@ class Topic:
     def queued(self) -> tuple[int, int]:
         """(events, bytes) queued now."""
         return len(self._q), self._bytes
+
+
+def _text(payload: str | struct_pb2.Value | bytes) -> str | None:
+    """A delta payload's text (None: not text), relayed ones read from their bytes."""
+    if type(payload) is str:
+        return payload
+    if type(payload) is bytes:
+        return wire.delta_text(payload)
+    return None
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -264,7 +264,9 @@ async def astream(
     out = OutgoingCall(metadata, timeout, error)
     call = method(request, metadata=seams.aio_metadata(out.metadata), timeout=out.timeout)
     with out.running(call):
-        async for item in call:
+        # `read()` rather than `async for`: no generator of grpc's to resume per message.
+        read = call.read
+        while (item := await read()) is not grpc.aio.EOF:
             if not text:
                 yield item
             elif item.text:

@@ -17,6 +17,18 @@ from lazygrpc.v1 import module_pb2, module_pb2_grpc
 _NO_RESULT = object()
 
 
+class _EventStreamStub:
+    """`ModuleService.Stream` with its events left serialized: `Event.from_wire` reads
+    them, so that a relaying module can send their bodies on as they came."""
+
+    def __init__(self, channel: Any) -> None:
+        self.Stream = channel.unary_stream(
+            "/lazygrpc.v1.ModuleService/Stream",
+            request_serializer=module_pb2.CallRequest.SerializeToString,
+            response_deserializer=None,
+        )
+
+
 def _result_of(module: str, events: Iterable[Event]) -> Any:
     """The `result` of a stream read to its end (its trailers carry the globals)."""
     result = _NO_RESULT
@@ -81,9 +93,12 @@ class RemoteModule:
             fill_struct(request.kwargs, kwargs)
         return request
 
-    def _relayed(self, ev: module_pb2.Event) -> broker.Item:
-        source = relay_source(self.module, ev.source)
-        return broker.Item.encoded(broker.INTERMEDIATE, source, ev.intermediate)
+    def _relayed(self, ev: Event) -> broker.Item:
+        """An intermediate from below, as an item of the current stream: its body as is."""
+        assert ev.body is not None
+        return broker.Item.relayed(
+            broker.INTERMEDIATE, relay_source(self.module, ev.source), ev.body
+        )
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -107,12 +122,15 @@ class RemoteModule:
 
     def _stream(self, request: module_pb2.CallRequest) -> Iterator[Event]:
         topic = broker.current_topic()
-        stub = channels.stub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
-        for ev in call.stream(stub.Stream, request, self.timeout, self._error, self._credentials()):
-            if topic is not None and ev.HasField("intermediate"):
+        stub = channels.stub(_EventStreamStub, self.target, self.policy)
+        for data in call.stream(
+            stub.Stream, request, self.timeout, self._error, self._credentials()
+        ):
+            ev = Event.from_wire(data)
+            if topic is not None and ev.kind == "intermediate":
                 topic.put(self._relayed(ev))
             else:
-                yield Event.from_pb(ev)
+                yield ev
 
     def list_modules(self) -> list[dict[str, Any]]:
         """The modules the server exposes: name, streaming, doc."""
@@ -142,14 +160,15 @@ class RemoteModule:
 
     async def _astream(self, request: module_pb2.CallRequest) -> AsyncIterator[Event]:
         topic = broker.current_topic()
-        stub = channels.astub(module_pb2_grpc.ModuleServiceStub, self.target, self.policy)
-        async for ev in call.astream(
+        stub = channels.astub(_EventStreamStub, self.target, self.policy)
+        async for data in call.astream(
             stub.Stream, request, self.timeout, self._error, self._credentials()
         ):
-            if topic is not None and ev.HasField("intermediate"):
+            ev = Event.from_wire(data)
+            if topic is not None and ev.kind == "intermediate":
                 await broker.aput_from_anywhere(topic, self._relayed(ev))
             else:
-                yield Event.from_pb(ev)
+                yield ev
 
 
 def connect(

@@ -12,6 +12,7 @@ import grpc
 
 from lazygrpc import broker
 from lazygrpc.broker.topic import DELTA, INTERMEDIATE, Item, Topic
+from lazygrpc.core import wire
 from lazygrpc.core.context import CallScope, current_call
 from lazygrpc.core.errors import Internal, InvalidArgument, NotFound
 from lazygrpc.core.events import Event
@@ -23,7 +24,35 @@ from lazygrpc.server.threads import THREADS, ModuleThreads
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 SERVICE_NAME = "lazygrpc.v1.ModuleService"
-add_to_server = module_pb2_grpc.add_ModuleServiceServicer_to_server
+
+
+def _serialize_event(event: module_pb2.Event | bytes) -> bytes:
+    """`Stream`'s response serializer: a relayed event is already bytes (`core.wire`)."""
+    return event if isinstance(event, bytes) else event.SerializeToString()
+
+
+def add_to_server(servicer: module_pb2_grpc.ModuleServiceServicer, server: Any) -> None:
+    """`add_ModuleServiceServicer_to_server`, with `Stream` sending relayed events' bytes
+    as they are: the same service and messages on the wire."""
+    handlers = {
+        "Call": grpc.unary_unary_rpc_method_handler(
+            servicer.Call,
+            request_deserializer=module_pb2.CallRequest.FromString,
+            response_serializer=module_pb2.CallResponse.SerializeToString,
+        ),
+        "Stream": grpc.unary_stream_rpc_method_handler(
+            servicer.Stream,
+            request_deserializer=module_pb2.CallRequest.FromString,
+            response_serializer=_serialize_event,
+        ),
+        "ListModules": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModules,
+            request_deserializer=module_pb2.ListModulesRequest.FromString,
+            response_serializer=module_pb2.ListModulesResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
 
 #: How much of a stream's deltas is kept to build its `result`; past it the result is null.
 AGGREGATE_LIMIT = 8 << 20
@@ -74,27 +103,36 @@ class _Output:
         """The stream item for a yielded value (None: nothing to send)."""
         if type(value) is Event:
             if value.kind == "intermediate":
+                if value.body is not None:
+                    return Item.relayed(INTERMEDIATE, value.source, value.body)
                 return Item.of(INTERMEDIATE, value.source, value.value)
             if value.kind == "result":
-                self._relayed = value.value
+                self._relayed = value
                 return None
+            if value.body is not None:  # a relayed delta goes on as the bytes it came in
+                self._keep(value, len(value.body))
+                return Item.relayed(DELTA, self.source, value.body)
             value = value.value
-        if self._items is not None:  # kept for the result, within its bound
-            self._size += len(value) if type(value) is str else 16 + len(str(value))
+        self._keep(value, len(value) if type(value) is str else 16 + len(str(value)))
+        return Item.of(DELTA, self.source, value)
+
+    def _keep(self, delta: Any, size: int) -> None:
+        """Keep a delta for the result, within its bound (a relayed one undecoded)."""
+        if self._items is not None:
+            self._size += size
             if self._size > AGGREGATE_LIMIT:
                 self._items = None
             else:
-                self._items.append(value)
-        return Item.of(DELTA, self.source, value)
+                self._items.append(delta)
 
     def result(self, returned: Any = None) -> Any:
         if returned is not None:
             return returned
         if self._relayed is not _NONE:
-            return self._relayed
-        items = self._items
-        if items is None:
+            return self._relayed.value
+        if self._items is None:
             return None
+        items = [d.value if type(d) is Event else d for d in self._items]
         if all(type(d) is str for d in items):
             return "".join(items)
         return items
@@ -195,15 +233,18 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         try:
             item = await stream.first()
             while item is not None:
-                event = module_pb2.Event(seq=seq, source=item.source)
                 payload = item.payload
-                if isinstance(payload, str):
-                    event.delta.string_value = payload  # text is only ever a delta
-                elif item.kind == DELTA:
-                    event.delta.CopyFrom(payload)
+                if isinstance(payload, bytes):  # relayed: only its seq and source change
+                    yield wire.event(seq, item.source, payload)
                 else:
-                    event.intermediate.CopyFrom(payload)
-                yield event
+                    event = module_pb2.Event(seq=seq, source=item.source)
+                    if isinstance(payload, str):
+                        event.delta.string_value = payload  # text is only ever a delta
+                    elif item.kind == DELTA:
+                        event.delta.CopyFrom(payload)
+                    else:
+                        event.intermediate.CopyFrom(payload)
+                    yield event
                 seq += 1
                 item = await stream.next()
             result = await stream.result()

@@ -1,9 +1,9 @@
 """The relay path forwards events as bytes: `lazygrpc.core.wire`, and relays through real servers.
 
 A module that yields another module's events (`async for ev in connect(url).astream(x)`)
-sends each event's body on as it arrived, with its own `seq` and `source`; any valid
-`Event` is forwarded right (one whose fields are not in protobuf's order is re-encoded),
-and relayed text deltas still coalesce when the reader falls behind.
+sends each event on as the bytes it arrived as, followed by its own `seq` and `source`
+(protobuf's last value wins); any valid `Event` is forwarded right, and relayed text deltas
+still coalesce when the reader falls behind.
 """
 
 from __future__ import annotations
@@ -26,31 +26,20 @@ from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 @pytest.mark.parametrize("seq", [0, 1, 127, 128, 300, 2**40])
 @pytest.mark.parametrize("source", ["", "gw", "retriever/embedder", "é" * 70])
-def test_a_new_header_on_a_split_body_is_protobufs_own_serialization(seq: int, source: str) -> None:
+def test_a_relayed_event_reads_as_the_relays_seq_and_source(seq: int, source: str) -> None:
     original = module_pb2.Event(seq=7, source="leaf", delta=to_value({"a": [1, "b"]}))
-    data = original.SerializeToString()
-    body = wire.split(data, module_pb2.Event.FromString(data), "delta")
+    relayed = wire.event(original.SerializeToString(), seq, wire.source_field(source))
     expected = module_pb2.Event(seq=seq, source=source, delta=original.delta)
-    assert wire.event(seq, source, body) == expected.SerializeToString()
-
-
-def test_an_event_whose_fields_are_out_of_order_is_split_by_reencoding_its_body() -> None:
-    value = to_value("text")
-    body = wire.body_of("delta", value)
-    # The body first, then seq and source: valid protobuf, not the order protobuf writes.
-    data = body + wire.header(3, "leaf")
-    ev = module_pb2.Event.FromString(data)
-    assert (ev.seq, ev.source, ev.delta.string_value) == (3, "leaf", "text")
-    assert wire.split(data, ev, "delta") == body
-    # A field repeated (last one wins) is not taken for the body either.
-    twice = wire.header(1, "x") + body + wire.header(2, "y")
-    assert wire.split(twice, module_pb2.Event.FromString(twice), "delta") == body
+    assert module_pb2.Event.FromString(relayed) == expected
 
 
 def test_delta_text_reads_text_deltas_only() -> None:
-    assert wire.delta_text(wire.body_of("delta", to_value("hé"))) == "hé"
-    assert wire.delta_text(wire.body_of("delta", to_value(3))) is None
-    assert wire.delta_text(wire.body_of("intermediate", to_value("x"))) is None
+    def text(**body: Any) -> str | None:
+        return wire.delta_text(module_pb2.Event(seq=1, source="s", **body).SerializeToString())
+
+    assert text(delta=to_value("hé")) == "hé"
+    assert text(delta=to_value(3)) is None
+    assert text(intermediate=to_value("x")) is None
 
 
 def test_an_event_from_the_wire_decodes_its_value_when_read() -> None:
@@ -63,13 +52,20 @@ def test_an_event_from_the_wire_decodes_its_value_when_read() -> None:
         Event.from_wire(module_pb2.Event(seq=5).SerializeToString())
 
 
+def _event(seq: int, **body: Any) -> bytes:
+    """An event with its body first and its seq and source after: valid, not protobuf's
+    own order."""
+    head = module_pb2.Event(seq=seq, source="odd").SerializeToString()
+    return module_pb2.Event(**body).SerializeToString() + head
+
+
 class OutOfOrder(module_pb2_grpc.ModuleServiceServicer):
     """A hand-written leaf that writes its events' fields in an unusual (valid) order."""
 
     async def Stream(self, request: Any, context: Any) -> AsyncIterator[bytes]:
         for i, word in enumerate(["one", "two"]):
-            yield wire.body_of("delta", to_value({"word": word})) + wire.header(i, "odd")
-        yield wire.body_of("result", to_value("done")) + wire.header(2, "odd")
+            yield _event(i, delta=to_value({"word": word}))
+        yield _event(2, result=to_value("done"))
 
 
 @pytest.fixture

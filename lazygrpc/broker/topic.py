@@ -71,7 +71,7 @@ class Item(NamedTuple):
     """One stream event in a topic: a `delta` or an `intermediate`, where it came from, its
     payload and the bytes it counts for against the topic's bound. The payload is text as a
     `str` (so that deltas can coalesce), any other value as a `Value`, or, relayed from
-    another stream, the serialized body it arrived with (`bytes`, `lazygrpc.core.wire`)."""
+    another stream, the serialized event it arrived as (`bytes`, `lazygrpc.core.wire`)."""
 
     kind: int
     source: str
@@ -91,9 +91,9 @@ class Item(NamedTuple):
         return _new(cls, (kind, source, value, value.ByteSize() + ITEM_OVERHEAD))
 
     @classmethod
-    def relayed(cls, kind: int, source: str, body: bytes) -> Item:
-        """The item for an event relayed from another stream as its serialized body."""
-        return _new(cls, (kind, source, body, len(body) + ITEM_OVERHEAD))
+    def relayed(cls, kind: int, source: str, data: bytes) -> Item:
+        """The item for an event relayed from another stream, as the bytes it came in."""
+        return _new(cls, (kind, source, data, len(data) + ITEM_OVERHEAD))
 
 
 #: Makes an `Item` from its fields in order, as `Item(...)` does without the Python-level

@@ -19,7 +19,7 @@ _NO_RESULT = object()
 
 class _EventStreamStub:
     """`ModuleService.Stream` with its events left serialized: `Event.from_wire` reads
-    them, so that a relaying module can send their bodies on as they came."""
+    them, so that a relaying module can send them on as they came."""
 
     def __init__(self, channel: Any) -> None:
         self.Stream = channel.unary_stream(
@@ -94,10 +94,10 @@ class RemoteModule:
         return request
 
     def _relayed(self, ev: Event) -> broker.Item:
-        """An intermediate from below, as an item of the current stream: its body as is."""
-        assert ev.body is not None
+        """An intermediate from below, as an item of the current stream: its bytes as is."""
+        assert ev.wire is not None
         return broker.Item.relayed(
-            broker.INTERMEDIATE, relay_source(self.module, ev.source), ev.body
+            broker.INTERMEDIATE, relay_source(self.module, ev.source), ev.wire
         )
 
     # -- sync ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-from lazygrpc.core import wire
 from lazygrpc.core.values import from_value
 from lazygrpc.v1 import module_pb2
 
@@ -16,12 +15,12 @@ EventKind = Literal["delta", "intermediate", "result"]
 class Event:
     """One event of a module stream: a `delta`, an `intermediate` from below, or the `result`.
 
-    An event read from another server (`from_wire`) keeps its body as it arrived and
+    An event read from another server (`from_wire`) keeps the bytes it arrived as and
     decodes its `value` on first use: a module that relays it untouched sends those bytes
     on (`lazygrpc.core.wire`) and never decodes them. Events compare by their fields.
     """
 
-    __slots__ = ("_message", "_value", "body", "kind", "seq", "source")
+    __slots__ = ("_message", "_value", "kind", "seq", "source", "wire")
 
     def __init__(self, kind: EventKind, value: Any, source: str, seq: int) -> None:
         self.kind = kind
@@ -29,8 +28,8 @@ class Event:
         self.source = source
         self.seq = seq
         self._message: module_pb2.Event | None = None
-        #: The serialized body it arrived with (`from_wire`); None for an event made here.
-        self.body: bytes | None = None
+        #: The serialized event it arrived as (`from_wire`); None for an event made here.
+        self.wire: bytes | None = None
 
     @property
     def value(self) -> Any:
@@ -52,7 +51,7 @@ class Event:
         kind = _kind_of(ev)
         event = cls(kind, None, ev.source, ev.seq)
         event._message = ev
-        event.body = wire.split(data, ev, kind)
+        event.wire = data
         return event
 
     def _fields(self) -> tuple[Any, ...]:

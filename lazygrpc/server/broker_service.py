@@ -134,7 +134,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             await context.send_initial_metadata(((TOPIC_TOKEN_HEADER, grant.token),))
             while (item := await topic.get()) is not None:
                 value = item.payload
-                if isinstance(value, bytes):  # a relayed event's body
+                if isinstance(value, bytes):  # a relayed event, serialized
                     value = module_pb2.Event.FromString(value).intermediate
                 elif isinstance(value, str):  # only Values are published into named topics
                     value = to_value(value)

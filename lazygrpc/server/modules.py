@@ -103,15 +103,15 @@ class _Output:
         """The stream item for a yielded value (None: nothing to send)."""
         if type(value) is Event:
             if value.kind == "intermediate":
-                if value.body is not None:
-                    return Item.relayed(INTERMEDIATE, value.source, value.body)
+                if value.wire is not None:
+                    return Item.relayed(INTERMEDIATE, value.source, value.wire)
                 return Item.of(INTERMEDIATE, value.source, value.value)
             if value.kind == "result":
                 self._relayed = value
                 return None
-            if value.body is not None:  # a relayed delta goes on as the bytes it came in
-                self._keep(value, len(value.body))
-                return Item.relayed(DELTA, self.source, value.body)
+            if value.wire is not None:  # a relayed delta goes on as the bytes it came in
+                self._keep(value, len(value.wire))
+                return Item.relayed(DELTA, self.source, value.wire)
             value = value.value
         self._keep(value, len(value) if type(value) is str else 16 + len(str(value)))
         return Item.of(DELTA, self.source, value)
@@ -230,12 +230,15 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         else:
             stream = Stream(topic, partial(self._run, module, args, kwargs))
         seq = 0
+        source, source_field = "", wire.source_field("")
         try:
             item = await stream.first()
             while item is not None:
                 payload = item.payload
                 if isinstance(payload, bytes):  # relayed: only its seq and source change
-                    yield wire.event(seq, item.source, payload)
+                    if item.source != source:
+                        source, source_field = item.source, wire.source_field(item.source)
+                    yield wire.event(payload, seq, source_field)
                 else:
                     event = module_pb2.Event(seq=seq, source=item.source)
                     if isinstance(payload, str):

@@ -156,8 +156,10 @@ def level_rows(n: int, res: dict[str, list[RoundResult]], ray_version: str) -> l
                       res["lazy-llm"], res["bare"], BARE + " (module leaf)", ZERO)  # fmt: skip
     if res.get("ray"):
         scen = "relay vs Ray Serve"
-        base = (f"Ray Serve {ray_version}: a deployment relaying a generator deployment "
-                "through a handle (stream=True), driven by the driver's DeploymentHandle")
+        base = (
+            f"Ray Serve {ray_version}: a deployment relaying a generator deployment "
+            "through a handle (stream=True), driven by the driver's DeploymentHandle"
+        )
         rows += pair_rows(scen, n, res["lazy"], res["ray"], base, {**ZERO, **ray_targets(n)},
                           skip=("client_cpu",))  # fmt: skip
         both = [(r.gateway_cpu + r.leaf_cpu) / r.tokens * 1000 for r in res["lazy"]]
@@ -256,9 +258,8 @@ async def run(quick: bool = False, cfg: Config | None = None) -> LoadReport:
                 names = [*sides, *(["ray"] if n in RAY_LEVELS and ray.proc else [])]
                 for r in range(cfg.rounds):
                     for name in block_order(names, r):
-                        got = await (sides[name] if name in sides else ray).round(
-                            n, cfg.tokens, cfg.pace
-                        )
+                        side: GrpcSide | RaySide = sides.get(name, ray)
+                        got = await side.round(n, cfg.tokens, cfg.pace)
                         if got is not None:
                             res[name].append(got)
                     log(f"load: {n} streams, round {r + 1}/{cfg.rounds} "

@@ -113,7 +113,9 @@ async def main() -> None:
         after = (_cpu(gateway), _cpu(leaf), _tree_cpu())
         out = {
             "streams": [r.to_json() for r in recs],
-            "cpu": {k: b - a for k, a, b in zip(("gateway", "leaf", "all"), before, after)},
+            "cpu": {
+                k: b - a for k, a, b in zip(("gateway", "leaf", "all"), before, after, strict=True)
+            },
             "gateway_rss_mib": peak_rss_mib(gateway.pid),
         }
         print(json.dumps(out), flush=True)

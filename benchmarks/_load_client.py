@@ -125,7 +125,7 @@ class RaySide:
         log("starting Ray Serve (its own virtualenv)")
         self.proc = await asyncio.create_subprocess_exec(
             str(RAY_PY), str(RAY_SCRIPT), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=1 << 26,
             env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"},
         )  # fmt: skip
         ready = await self._answer(timeout, "start")
@@ -143,6 +143,8 @@ class RaySide:
             self.unavailable = f"the Ray Serve harness exited during {what}"
         except TimeoutError:
             self.unavailable = f"Ray Serve did not {what} within {timeout:.0f} s"
+        except (OSError, ValueError) as e:  # a broken pipe, an answer that is not JSON
+            self.unavailable = f"the Ray Serve harness failed during {what}: {e!r}"
         await self.close()
         return None
 

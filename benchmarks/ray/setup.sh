@@ -16,10 +16,13 @@ have_ray() {
 if have_ray; then
   exit 0
 fi
+LOG="$(mktemp -t ray-setup.XXXXXX.log)"
+trap 'rm -f "$LOG"' EXIT
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
-  "ray[serve]==$RAY_VERSION" psutil || {
-  echo "benchmarks/ray/setup.sh: pip install ray[serve]==$RAY_VERSION failed" >&2
+  "ray[serve]==$RAY_VERSION" psutil >"$LOG" 2>&1 || {
+  tail -n 40 "$LOG" >&2
+  echo "benchmarks/ray/setup.sh: pip install ray[serve]==$RAY_VERSION failed (log above)" >&2
   exit 1
 }
 have_ray || { echo "benchmarks/ray/setup.sh: ray.serve does not import" >&2; exit 1; }

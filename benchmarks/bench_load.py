@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from benchmarks._common import Row, Servers, block_order, log, pct, print_rows
+from benchmarks._common import Row, Servers, block_order, log, md_table, pct, print_rows
 from benchmarks._load_client import GrpcSide, RaySide, RoundResult
 from benchmarks._load_servers import raise_nofile
 
@@ -45,6 +47,7 @@ LLM_LEVELS = (1, 8, 32)
 BARE = "bare grpcio: hand-written grpc.aio gateway, a new Event per message"
 BARE_DIRECT = "bare grpcio leaf, one Event per token"
 
+TITLE = "Issue 19: many streams at a model's pace"
 SECTION = (
     "`python -m benchmarks.bench_load`: N streams of T tokens at a fixed pace (token k due "
     "at start + k × pace, its due time in its text), client → gateway → leaf (each its "
@@ -308,6 +311,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int)
     p.add_argument("--tokens", type=int)
     p.add_argument("--pace", type=float, help="seconds a token")
+    p.add_argument(
+        "--results", help="also put this run's section into that RESULTS.md (run_all's format)"
+    )
     a = p.parse_args()
     cfg = Config.quick() if a.quick else Config()
     cfg.ray = not a.skip_ray
@@ -320,6 +326,27 @@ def main() -> None:
     print_rows(report.rows, "lazygrpc under load (issue 19)")
     for note in report.notes:
         print(note)
+    if a.results:
+        command = "python -m benchmarks.bench_load" + " ".join(["", *sys.argv[1:]])
+        text = " ".join([f"From `{command}` ({time.strftime('%Y-%m-%d %H:%M %Z')}).",
+                         SECTION, *report.notes])  # fmt: skip
+        replace_section(Path(a.results), TITLE, f"{text}\n\n{md_table(report.rows)}")
+
+
+def replace_section(path: Path, title: str, body: str) -> None:
+    """Put `## title` and `body` into a RESULTS.md in place of its section of that title
+    (else before its raw harness output, else at its end)."""
+    lines = path.read_text().splitlines()
+    head = f"## {title}"
+    new = [head, "", body, ""]
+    if head in lines:
+        start = lines.index(head)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))  # fmt: skip
+    else:
+        start = end = next((i for i, line in enumerate(lines) if "harness output" in line),
+                           len(lines))  # fmt: skip
+    path.write_text("\n".join([*lines[:start], *new, *lines[end:]]) + "\n")
 
 
 if __name__ == "__main__":

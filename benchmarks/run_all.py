@@ -570,7 +570,7 @@ def main() -> None:
         "two servers' BrokerService (one gRPC message per event, capped near a single "
         "stream's messages/s).")  # fmt: skip
     load = run_fresh(bench_load.run(quick=a.quick))
-    add("Issue 19: many streams at a model's pace", load.rows,
+    add(bench_load.TITLE, load.rows,
         " ".join([bench_load.SECTION, *load.notes]))  # fmt: skip
     if bench_instructions.available():
         add("Instructions per call (callgrind)", bench_instructions.run(quick=True),

@@ -21,7 +21,6 @@ bare grpcio (hand-written grpc.aio servicers of the same ModuleService proto):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,7 +30,7 @@ import grpc.aio
 from google.protobuf import struct_pb2
 
 from benchmarks._pace import paced
-from benchmarks._servers import serve_bare, serve_lazy
+from benchmarks._servers import run_server, serve_bare, serve_lazy
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
 
@@ -153,10 +152,7 @@ def main() -> None:
         coro = serve_bare(servicer, module_pb2_grpc.add_ModuleServiceServicer_to_server, [])
     else:
         raise SystemExit(f"unknown server kind {a.kind!r}")
-    try:
-        asyncio.run(coro)
-    except KeyboardInterrupt:
-        pass
+    run_server(coro)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -271,6 +271,11 @@ def main() -> None:
         coro = serve_lazy({"tokens": hop3_tokens})
     else:
         raise SystemExit(f"unknown server kind {a.kind!r}")
+    run_server(coro)
+
+
+def run_server(coro: Coroutine[Any, Any, None]) -> None:
+    """Serve until interrupted (the benchmark stops its servers with SIGTERM or SIGINT)."""
     try:
         asyncio.run(coro)
     except KeyboardInterrupt:

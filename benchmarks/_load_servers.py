@@ -123,17 +123,6 @@ class PacedBackend:
             yield token
 
 
-async def serve_lazy_model() -> None:
-    from lazygrpc import ModelConfig, Server
-    from lazygrpc.backends.base import SamplingParams
-
-    server = Server(name="leaf")
-    server.add_model(ModelConfig(PacedBackend(), presets=SamplingParams(max_tokens=1 << 20)))
-    port = await server.start()
-    print(f"listening on 127.0.0.1:{port}", flush=True)
-    await server.wait()
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind")
@@ -146,7 +135,7 @@ def main() -> None:
     elif a.kind == "lazy-gateway":
         coro = serve_lazy(lazy_gateway(a.leaf, a.model))
     elif a.kind == "lazy-model":
-        coro = serve_lazy_model()
+        coro = serve_lazy(model=True, backend=PacedBackend())
     elif a.kind in ("bare-leaf", "bare-gateway"):
         servicer = BareLeaf() if a.kind == "bare-leaf" else BareGateway(a.leaf)
         coro = serve_bare(servicer, module_pb2_grpc.add_ModuleServiceServicer_to_server, [])

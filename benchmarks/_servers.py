@@ -187,7 +187,10 @@ def hop3_tokens(x: str) -> Iterator[str]:
                 f.write(json.dumps({"t": time.time(), "produced": produced, "reason": reason}))
 
 
-async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False) -> None:
+async def serve_lazy(
+    modules: dict[str, Any] | None = None, model: bool = False, backend: Any = None
+) -> None:
+    """`modules` and, with `model`, a model server of `backend` (default: echo, no delay)."""
     from lazygrpc import Server
     from lazygrpc.backends import make_backend
     from lazygrpc.backends.base import SamplingParams
@@ -197,7 +200,7 @@ async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False)
     if model:
         server.add_model(
             ModelConfig(
-                make_backend("echo", token_delay=0),
+                backend or make_backend("echo", token_delay=0),
                 presets=SamplingParams(max_tokens=MAX_TOKENS),
             )
         )

@@ -64,6 +64,8 @@ bench: $(STAMP)
 	bash benchmarks/lazyllm/setup.sh
 	bash benchmarks/litellm/setup.sh \
 		|| echo "litellm[proxy] not installed: make bench skips the LiteLLM rows"
+	bash benchmarks/ray/setup.sh \
+		|| echo "ray[serve] not installed: make bench skips the Ray Serve rows"
 	$(PYTHON) -m benchmarks.run_all
 
 # LAZYGRPC_SOAK_SECONDS (default 600) of mixed load; LAZYGRPC_FUZZ_EXAMPLES per codec property.

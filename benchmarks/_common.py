@@ -74,9 +74,11 @@ class ServerProc:
             return None
 
 
-def bench_server(kind: str, *args: str, env: dict[str, str] | None = None) -> ServerProc:
-    """A server from `benchmarks/_servers.py` in a subprocess."""
-    return ServerProc([PYTHON, "-m", "benchmarks._servers", kind, *args], env=env)
+def bench_server(
+    kind: str, *args: str, env: dict[str, str] | None = None, module: str = "benchmarks._servers"
+) -> ServerProc:
+    """A server from `benchmarks/_servers.py` (or another such `module`) in a subprocess."""
+    return ServerProc([PYTHON, "-m", module, kind, *args], env=env)
 
 
 class Servers:
@@ -85,8 +87,14 @@ class Servers:
     def __init__(self) -> None:
         self.procs: list[ServerProc] = []
 
-    def start(self, kind: str, *args: str, env: dict[str, str] | None = None) -> ServerProc:
-        p = bench_server(kind, *args, env=env)
+    def start(
+        self,
+        kind: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        module: str = "benchmarks._servers",
+    ) -> ServerProc:
+        p = bench_server(kind, *args, env=env, module=module)
         self.procs.append(p)
         return p
 

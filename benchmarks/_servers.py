@@ -28,7 +28,7 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import grpc
@@ -187,7 +187,10 @@ def hop3_tokens(x: str) -> Iterator[str]:
                 f.write(json.dumps({"t": time.time(), "produced": produced, "reason": reason}))
 
 
-async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False) -> None:
+async def serve_lazy(
+    modules: dict[str, Any] | None = None, model: bool = False, backend: Any = None
+) -> None:
+    """`modules` and, with `model`, a model server of `backend` (default: echo, no delay)."""
     from lazygrpc import Server
     from lazygrpc.backends import make_backend
     from lazygrpc.backends.base import SamplingParams
@@ -197,7 +200,7 @@ async def serve_lazy(modules: dict[str, Any] | None = None, model: bool = False)
     if model:
         server.add_model(
             ModelConfig(
-                make_backend("echo", token_delay=0),
+                backend or make_backend("echo", token_delay=0),
                 presets=SamplingParams(max_tokens=MAX_TOKENS),
             )
         )
@@ -271,6 +274,11 @@ def main() -> None:
         coro = serve_lazy({"tokens": hop3_tokens})
     else:
         raise SystemExit(f"unknown server kind {a.kind!r}")
+    run_server(coro)
+
+
+def run_server(coro: Coroutine[Any, Any, None]) -> None:
+    """Serve until interrupted (the benchmark stops its servers with SIGTERM or SIGINT)."""
     try:
         asyncio.run(coro)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from benchmarks import (
     bench_edge,
     bench_instructions,
     bench_interceptors,
+    bench_load,
     bench_scale,
 )
 from benchmarks._common import (
@@ -568,6 +569,9 @@ def main() -> None:
         "the Redis broker (a real redis-server) between two processes, alone and through "
         "two servers' BrokerService (one gRPC message per event, capped near a single "
         "stream's messages/s).")  # fmt: skip
+    load = run_fresh(bench_load.run(quick=a.quick))
+    add(bench_load.TITLE, load.rows,
+        " ".join([bench_load.SECTION, *load.notes]))  # fmt: skip
     if bench_instructions.available():
         add("Instructions per call (callgrind)", bench_instructions.run(quick=True),
             "`python -m benchmarks.bench_instructions --quick`: one process of each pair runs "

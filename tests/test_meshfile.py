@@ -68,8 +68,9 @@ def test_a_mesh_file_runs_restarts_a_dead_child_and_drains_on_sigterm(tmp_path: 
     path, leaf, mid = _mesh(tmp_path)
     up = _up("-f", str(path))
     try:
-        table = _read_until(up.stdout, "mesh is up")
-        assert any(line.startswith("leaf ") for line in table)
+        table = _read_until(up.stdout, "stops the mesh")
+        assert "mesh is up" in table[0]
+        assert any(line.split()[0] == "leaf" for line in table[1:])
         assert any(f"grpc://127.0.0.1:{mid}" in line for line in table)
         assert lazygrpc.connect(f"grpc://127.0.0.1:{mid}/shout", timeout=10)("hi") == "HI!"
         children = psutil.Process(up.pid).children()

@@ -185,7 +185,7 @@ def test_up_serves_metrics_for_each_of_its_services() -> None:
         for line in proc.stdout:
             if line.strip().startswith("metrics "):
                 urls.append(line.split()[-1])
-            if line.startswith("Ctrl-C stops the mesh"):
+            if line.startswith("Ctrl-C or SIGTERM stops the mesh"):
                 break
         assert len(urls) == 3  # model, retriever, gateway
         for url in urls:

@@ -13,8 +13,8 @@ A `Supervisor` runs `Child`ren (an argv, an environment, a grpc health target):
   up to `stop_timeout` seconds, SIGKILL what is left, **reap** every child, return 0.
 
 It knows nothing of what the children serve: `lazygrpc serve --workers N` runs N copies of
-one server on one port with it (`lazygrpc/workers.py`); a mesh runner can run one process per
-service the same way.
+one server on one port with it (`lazygrpc/workers.py`); `lazygrpc up` runs one process per
+service of a mesh file, the demo's included (`lazygrpc/meshfile.py`).
 """
 
 from __future__ import annotations

@@ -56,6 +56,14 @@ def _up(*args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _kill_all(up: subprocess.Popen[str]) -> None:
+    """After a failure: `up` and every child it left (they hold its pipes), then the pipes."""
+    if up.poll() is None:
+        for proc in [*psutil.Process(up.pid).children(recursive=True), psutil.Process(up.pid)]:
+            proc.kill()
+    up.communicate(timeout=30)
+
+
 def _read_until(stream: Any, text: str) -> list[str]:
     lines = []
     while line := stream.readline():
@@ -88,9 +96,7 @@ def test_a_mesh_file_runs_restarts_a_dead_child_and_drains_on_sigterm(tmp_path: 
             p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
         ]
     finally:
-        if up.poll() is None:
-            up.kill()
-        up.communicate(timeout=30)  # read to the end and close the pipes
+        _kill_all(up)
 
 
 @pytest.mark.parametrize(
@@ -156,9 +162,7 @@ try:
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
-        up.communicate(timeout=30)
+        _kill_all(up)
 
 
 def test_a_service_whose_extra_is_missing_is_left_out_said_so(

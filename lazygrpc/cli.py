@@ -14,7 +14,7 @@ import grpc
 from lazygrpc import logs
 from lazygrpc.backends import KINDS
 from lazygrpc.client import channels
-from lazygrpc.commands import call, options, serving
+from lazygrpc.commands import call, options, serving, up
 from lazygrpc.commands.common import EXIT_CODES, FAILED, USAGE, Failed, UsageError
 from lazygrpc.commands.common import key_values as _key_values
 from lazygrpc.edge import command as edge_command
@@ -242,27 +242,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    log_args = ["--log-level", args.log_level, "--log-format", args.log_format]
-    if args.file:
-        from lazygrpc.meshfile import MeshFileError, run
-
-        try:
-            return run(args.file, log_args)
-        except MeshFileError as exc:
-            raise Failed(str(exc)) from None
-    from lazygrpc.demo.mesh import run_mesh
-
-    return run_mesh(
-        question=args.demo,
-        token_delay=args.token_delay,
-        base_port=args.port,
-        otel=args.otel,
-        log_args=log_args,
-        metrics_port=args.metrics_port,
-    )
-
-
 def cmd_protos(args: argparse.Namespace) -> int:
     from lazygrpc.commands.protos import proto_dir
 
@@ -328,23 +307,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_stats)
 
     p = sub.add_parser("up", help="start a mesh: yours (-f FILE) or the demo (Ctrl-C stops it)")
-    p.add_argument(
-        "-f", "--file", metavar="MESH.yaml", help="run the services of a mesh file (see docs)"
-    )
-    p.add_argument("--demo", metavar="QUESTION", help="ask one question, print the answer, stop")
-    p.add_argument("--token-delay", type=float, default=0.02, help="model's seconds per token")
-    p.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
-    p.add_argument(
-        "--otel", action="store_true", help="every service exports spans (see `serve --help`)"
-    )
-    logs.add_arguments(p)
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        help="Prometheus /metrics on this port and the next two (0: free ports)",
-    )
-    p.set_defaults(fn=cmd_up)
+    up.add_arguments(p)
+    p.set_defaults(fn=up.run)
 
     p = sub.add_parser("protos", help="print the folder of the installed .proto files")
     p.set_defaults(fn=cmd_protos)

@@ -1,8 +1,10 @@
 """Prometheus metrics of a server (extra `metrics`): one more set of Hooks on the dispatcher.
 
 `Server(metrics_port=...)` (`--metrics-port` on the CLI) serves `/metrics` over HTTP; the
-names are in docs/metrics.md. Each method of the server gets a `MethodStats`, and its
-`MetricHooks` go outside lazygrpc's own lifecycle, so that they see every call the way the
+names are in docs/metrics.md. Your own `grpc.aio.server` gets the same through
+`lazygrpc.server_interceptors(metrics=Metrics())` and `Metrics.serve`. Each method of the
+server gets a `MethodStats`, and `Metrics.wrap` (the one place, for both) puts its
+`MetricHooks` outside lazygrpc's own lifecycle, so that they see every call the way the
 caller does: the status the lifecycle ended it with, refusals (draining, bad headers,
 admission limits) included.
 
@@ -15,6 +17,7 @@ metrics off nothing is wrapped, so a call costs nothing more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from bisect import bisect_left
@@ -41,7 +44,7 @@ import grpc
 from lazygrpc import broker
 from lazygrpc.core import chain
 from lazygrpc.core.context import current_call
-from lazygrpc.server.dispatch import context_code, end_code
+from lazygrpc.server.dispatch import aio_behavior, context_code, end_code, wrap_handler
 from lazygrpc.server.modules import active_producers
 
 PREFIX = "lazygrpc_"
@@ -114,7 +117,14 @@ def _past_deadline(context: Any) -> bool:
 
 
 class Metrics:
-    """One server's metrics: its methods' stats, a registry, and the `/metrics` endpoint."""
+    """One server's metrics: its methods' stats, a registry, and the `/metrics` endpoint.
+
+    For your own grpc.aio server (docs/metrics.md):
+
+    >>> metrics = Metrics()  # doctest: +SKIP
+    >>> server = grpc.aio.server(interceptors=server_interceptors(metrics=metrics))
+    >>> port = metrics.serve("127.0.0.1", 9100)  # on the server's loop; close() at the end
+    """
 
     def __init__(self) -> None:
         self.methods: list[MethodStats] = []
@@ -130,6 +140,11 @@ class Metrics:
         self.methods.append(stats)
         return MetricHooks(stats)
 
+    def wrap(self, handler: Any, full_method: str) -> Any:
+        """`handler` (already wrapped in lazygrpc's lifecycle) counted from outside it."""
+        counted = self.hooks(full_method, handler.response_streaming)
+        return wrap_handler(handler, lambda behavior, _s: aio_behavior(behavior, counted))
+
     def render(self) -> bytes:
         """The metrics in Prometheus' text format, as `/metrics` serves them."""
         return bytes(generate_latest(self.registry))
@@ -137,7 +152,8 @@ class Metrics:
     def serve(self, host: str, port: int) -> int:
         """Serve `/metrics` on `host:port` (0: a free port) in a thread; the bound port.
         Called on the server's event loop, whose tasks it then counts."""
-        self.loop = asyncio.get_running_loop()
+        with contextlib.suppress(RuntimeError):  # no loop running: no tasks gauge
+            self.loop = asyncio.get_running_loop()
         try:
             self._http, self._thread = start_http_server(port, host, registry=self.registry)
         except OSError as exc:

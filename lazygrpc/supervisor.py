@@ -13,8 +13,8 @@ A `Supervisor` runs `Child`ren (an argv, an environment, a grpc health target):
   up to `stop_timeout` seconds, SIGKILL what is left, **reap** every child, return 0.
 
 It knows nothing of what the children serve: `lazygrpc serve --workers N` runs N copies of
-one server on one port with it (`lazygrpc/workers.py`); a mesh runner can run one process per
-service the same way.
+one server on one port with it (`lazygrpc/workers.py`); `lazygrpc up` runs one process per
+service of a mesh file, the demo's included (`lazygrpc/meshfile.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +42,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 @dataclass(frozen=True)
 class Child:
-    """One process to keep running: `argv`, extra `env`, and the grpc target whose health
-    says it is ready (`host:port` or `unix:PATH`; None: ready once started)."""
+    """One process to keep running: `argv`, extra `env`, and the target whose health says
+    it is ready: grpc's (`host:port` or `unix:PATH`), or an HTTP URL that answers 200
+    (`http://host:port/health`); None: ready once started."""
 
     name: str
     argv: Sequence[str]
@@ -221,7 +223,9 @@ class Supervisor:
 
     async def _wait_ready(self, running: _Running) -> None:
         target = running.child.health_target
-        if target is not None:
+        if target is not None and target.startswith("http://"):
+            await wait_http(target)
+        elif target is not None:
             await wait_serving(target)
         _log.info("%s is ready", running.child.name)
         running.ready.set()
@@ -260,6 +264,24 @@ async def wait_serving(target: str) -> None:
             except grpc.aio.AioRpcError as err:  # restarted in between: watch again
                 _log.debug("health of %s: %s", target, err.code().name)
             await asyncio.sleep(0.05)
+
+
+async def wait_http(url: str) -> None:
+    """Return once `GET url` answers 200 (waits for the server to listen)."""
+
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no *_proxy env
+
+    def get() -> bool:
+        try:
+            with direct.open(url, timeout=5) as reply:
+                return bool(reply.status == 200)
+        except OSError:  # refused while it starts, or not 200 yet (HTTPError)
+            return False
+
+    delay = 0.02
+    while not await asyncio.to_thread(get):
+        await asyncio.sleep(delay)  # a child takes a moment to listen: poll, backing off
+        delay = min(delay * 2, 0.5)
 
 
 def python_argv(*args: str) -> list[str]:

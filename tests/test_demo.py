@@ -93,11 +93,8 @@ def test_lazygrpc_up_demo_streams_an_answer_and_stops_cleanly() -> None:
     assert '"completion_tokens"' in out and "mesh stopped." in out
 
 
-def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
-    import signal
-
-    import psutil
-
+def _up_demo() -> tuple[subprocess.Popen[str], list[str]]:
+    """`lazygrpc up` (the bundled demo mesh file) and its stdout up to the Ctrl-C line."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lazygrpc", "up", "--token-delay", "0"],
         stdout=subprocess.PIPE,
@@ -109,11 +106,26 @@ def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("Ctrl-C stops the mesh"):
-            break
+        if line.startswith("Ctrl-C or SIGTERM stops the mesh"):
+            return proc, lines
+    proc.kill()
+    raise AssertionError(f"`up` ended early: {proc.communicate()}")
+
+
+def _url(lines: list[str], name: str) -> str:
+    return next(line.split()[1] for line in lines if line.strip().startswith(name))
+
+
+def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
+    import signal
+
+    import psutil
+
+    proc, lines = _up_demo()
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) == 4  # model, retriever, gateway, edge
-    gateway = next(line.split()[1] for line in lines if line.strip().startswith("gateway"))
+    gateway = _url(lines, "gateway")
+    assert gateway.endswith("/ask") and _url(lines, "edge").startswith("http://")
     # While the mesh runs it offers commands for its own live ports.
     assert any(f"call {gateway} 'What is a session?'" in line for line in lines)
     assert any("grpcurl -plaintext" in line for line in lines)
@@ -124,3 +136,36 @@ def test_lazygrpc_up_stops_every_service_on_ctrl_c() -> None:
     assert "mesh stopped." in out
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+def test_lazygrpc_up_restarts_a_demo_service_that_was_killed() -> None:
+    """The demo runs through the mesh-file supervisor: a SIGKILLed child is reported on
+    stderr, started again on its port, and the mesh answers again (issue 17)."""
+    import signal
+
+    import psutil
+
+    proc, lines = _up_demo()
+    assert proc.stderr is not None
+    try:
+        gateway = _url(lines, "gateway")
+        retriever = _url(lines, "retriever")
+        port = retriever.rsplit(":", 1)[1].split("/")[0]
+        victim = next(
+            c for c in psutil.Process(proc.pid).children() if port in " ".join(c.cmdline())
+        )
+        victim.kill()
+        died = f"retriever (pid {victim.pid}) exited with -9; restarting"
+        for wanted in (died, "retriever is ready"):  # the report, then health says SERVING
+            while wanted not in (line := proc.stderr.readline()):
+                assert line, f"`up` ended before {wanted!r}"
+        with lazygrpc.session():
+            events = list(lazygrpc.connect(gateway, timeout=30).stream("What is a session?"))
+        assert events[-1].kind == "result" and events[-1].value
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            for p in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+                p.kill()
+        proc.communicate(timeout=30)

@@ -235,12 +235,12 @@ def test_the_redis_broker_carries_events_across_hosts(mesh: Mesh) -> None:
     sub = mesh.stub("gateway", broker_pb2_grpc.BrokerServiceStub).Subscribe(
         broker_pb2.SubscribeRequest(topic="hosts/1"), timeout=30
     )
-    sub.initial_metadata()
+    token = dict(sub.initial_metadata())["lazy-topic-token"]  # the owner's, in Redis
     values = [{"n": i} for i in range(100)]
     reply = mesh.stub("retriever", broker_pb2_grpc.BrokerServiceStub).Publish(
         iter(broker_pb2.PublishRequest(topic="hosts/1", source="ret", value=to_value(v))
              for v in values),
-        timeout=30,
+        timeout=30, metadata=(("lazy-topic-token", token),),
     )  # fmt: skip
     assert reply.accepted == len(values)
     got = [from_value(next(sub).intermediate) for _ in values]

@@ -5,6 +5,7 @@ file is one line (issue 21, item 6)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,14 @@ def _up(*args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _kill_all(up: subprocess.Popen[str]) -> None:
+    """After a failure: `up` and every child it left (they hold its pipes), then the pipes."""
+    if up.poll() is None:
+        for proc in [*psutil.Process(up.pid).children(recursive=True), psutil.Process(up.pid)]:
+            proc.kill()
+    up.communicate(timeout=30)
+
+
 def _read_until(stream: Any, text: str) -> list[str]:
     lines = []
     while line := stream.readline():
@@ -68,8 +77,9 @@ def test_a_mesh_file_runs_restarts_a_dead_child_and_drains_on_sigterm(tmp_path: 
     path, leaf, mid = _mesh(tmp_path)
     up = _up("-f", str(path))
     try:
-        table = _read_until(up.stdout, "mesh is up")
-        assert any(line.startswith("leaf ") for line in table)
+        table = _read_until(up.stdout, "stops the mesh")
+        assert "mesh is up" in table[0]
+        assert any(line.split()[0] == "leaf" for line in table[1:])
         assert any(f"grpc://127.0.0.1:{mid}" in line for line in table)
         assert lazygrpc.connect(f"grpc://127.0.0.1:{mid}/shout", timeout=10)("hi") == "HI!"
         children = psutil.Process(up.pid).children()
@@ -86,9 +96,7 @@ def test_a_mesh_file_runs_restarts_a_dead_child_and_drains_on_sigterm(tmp_path: 
             p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
         ]
     finally:
-        if up.poll() is None:
-            up.kill()
-        up.communicate(timeout=30)  # read to the end and close the pipes
+        _kill_all(up)
 
 
 @pytest.mark.parametrize(
@@ -122,3 +130,83 @@ def test_a_missing_mesh_file_is_one_line() -> None:
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 1 and "cannot read it" in done.stderr
+
+
+def test_auto_ports_and_service_references_run_without_a_port_in_the_file(
+    tmp_path: Path,
+) -> None:
+    """`port: auto` picks a port kept for the mesh's life; `${leaf}` is its address."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(
+        f"""services:
+  leaf:
+    serve: [{FIXTURES / "mesh_leaf.py"}:upper]
+    port: auto
+  mid:
+    serve: [{FIXTURES / "mesh_mid.py"}:shout]
+    port: auto
+    env: {{LEAF_URL: "grpc://${{leaf}}/upper"}}
+    note: shouts what the leaf upper-cased
+try:
+  - "${{lazygrpc}} call grpc://${{mid}}/shout hi"
+"""
+    )
+    up = _up("-f", str(path))
+    try:
+        lines = _read_until(up.stdout, "stops the mesh")
+        mid = next(line.split()[1] for line in lines if line.strip().startswith("mid "))
+        assert mid.startswith("grpc://127.0.0.1:") and mid.endswith("/shout")
+        assert any("shouts what the leaf upper-cased" in line for line in lines)
+        assert any(f"call {mid} hi" in line for line in lines)
+        assert lazygrpc.connect(mid, timeout=10)("hi") == "HI!"
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        _kill_all(up)
+
+
+def test_a_service_whose_extra_is_missing_is_left_out_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lazygrpc import meshfile
+
+    # This package's metadata as an install without the `phantom` extra's package sees it.
+    dist = tmp_path / "site" / "lazygrpc-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: lazygrpc\nVersion: 0.1.0\n"
+        'Requires-Dist: no-such-package-here>=1; extra == "phantom"\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    path = tmp_path / "mesh.yaml"
+    path.write_text(
+        """services:
+  leaf: {serve: [leaf.py:upper], port: 50100}
+  front: {edge: ["--upstream=grpc://${leaf}"], port: auto, requires: [phantom]}
+try:
+  - "curl http://${front}/v1/models"
+  - "grpcurl -plaintext ${leaf} list"
+"""
+    )
+    mesh = meshfile.load(path, meshfile.Options(variables={}))
+    assert [c.name for c in mesh.children] == ["leaf"]
+    assert mesh.left_out == ["front: left out (pip install 'lazygrpc[phantom]' adds it)"]
+    assert mesh.try_commands == ["grpcurl -plaintext 127.0.0.1:50100 list"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("services:\n  a: {serve: [x.py:f], port: 5, requires: [nope]}", "not a lazygrpc extra"),
+        ("services:\n  a: {serve: ['${NOPE_X}:f'], port: 5}", "${NOPE_X} is neither a service"),
+        ("services:\n  a: {serve: [x.py:f], port: 5}\n  b: {serve: [y.py:g], port: 5}",
+         "two services on one address"),
+    ],
+)  # fmt: skip
+def test_a_bad_reference_is_one_line_naming_it(tmp_path: Path, text: str, says: str) -> None:
+    from lazygrpc import meshfile
+
+    path = tmp_path / "mesh.yaml"
+    path.write_text(text)
+    with pytest.raises(meshfile.MeshFileError, match=re.escape(says)):
+        meshfile.load(path, meshfile.Options(variables={}))

@@ -185,7 +185,7 @@ def test_up_serves_metrics_for_each_of_its_services() -> None:
         for line in proc.stdout:
             if line.strip().startswith("metrics "):
                 urls.append(line.split()[-1])
-            if line.startswith("Ctrl-C stops the mesh"):
+            if line.startswith("Ctrl-C or SIGTERM stops the mesh"):
                 break
         assert len(urls) == 3  # model, retriever, gateway
         for url in urls:
@@ -210,3 +210,50 @@ def test_a_taken_metrics_port_fails_the_start_naming_it(servers: Any) -> None:
 
         with pytest.raises(OSError, match=f"metrics port 127.0.0.1:{port}"):
             servers.call(start)
+
+
+async def test_own_aio_server_with_server_interceptors_gets_the_same_metrics() -> None:
+    """`server_interceptors(metrics=...)` on a plain grpc.aio server: the names and labels
+    `lazygrpc.Server(metrics_port=...)` gives, scraped from the real endpoint."""
+    from lazygrpc.metrics import Metrics
+
+    async def say(request: bytes, context: Any) -> bytes:
+        if request == b"fail":
+            raise ValueError("no")
+        return request
+
+    metrics = Metrics()
+    server = grpc.aio.server(interceptors=lazygrpc.server_interceptors("own", metrics=metrics))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(
+            "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+        ),)
+    )  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    metrics_port = metrics.serve("127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/test.Echo/Say")
+            assert await call(b"hi", timeout=10) == b"hi"
+            assert await call(b"again", timeout=10) == b"again"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"fail", timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNKNOWN
+        labels = {"grpc_service": "test.Echo", "grpc_method": "Say"}
+        samples = await asyncio.to_thread(scrape, metrics_port)
+        assert value(samples, "lazygrpc_server_handled_total", grpc_code="OK", **labels) == 2
+        assert value(samples, "lazygrpc_server_handled_total", grpc_code="UNKNOWN", **labels) == 1
+        assert value(samples, "lazygrpc_server_handling_seconds_count", **labels) == 3
+        assert value(samples, "lazygrpc_server_in_flight", **labels) == 0
+        assert ("lazygrpc_broker_open_topics", ()) in samples
+    finally:
+        await asyncio.to_thread(metrics.close)
+        await server.stop(None)
+
+
+def test_metrics_on_a_sync_server_are_refused_naming_aio() -> None:
+    from lazygrpc.metrics import Metrics
+
+    with pytest.raises(ValueError, match="aio=True"):
+        lazygrpc.server_interceptors(aio=False, metrics=Metrics())

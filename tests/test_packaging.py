@@ -139,3 +139,11 @@ def test_grpcurl_calls_a_server_with_the_installed_protos(installed: Path, tmp_p
 def test_the_checkout_links_the_package_data_to_the_real_folders() -> None:
     assert (ROOT / "lazygrpc" / "protos").resolve() == ROOT / "protos"
     assert (ROOT / "lazygrpc" / "docs").resolve() == ROOT / "docs"
+
+
+def test_the_installed_demo_is_a_bundled_mesh_file(wheel: Path, installed: Path) -> None:
+    """`lazygrpc up` runs the mesh file the wheel carries, from an install with no checkout."""
+    assert "lazygrpc/demo/mesh.yaml" in zipfile.ZipFile(wheel).namelist()
+    result = run_installed(installed, "-m", "lazygrpc", "up", "--token-delay", "0", "--demo", "Hi?")
+    assert result.returncode == 0, result.stderr
+    assert "mesh is up (the demo)" in result.stdout and "A: " in result.stdout

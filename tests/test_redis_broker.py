@@ -24,12 +24,22 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def _publish(address: str, topic: str, values: list[Any], source: str = "pub") -> int:
+def _publish(
+    address: str, topic: str, values: list[Any], source: str = "pub", token: str = ""
+) -> int:
+    """Publish `values`, with the topic's `lazy-topic-token` when given."""
+    metadata = (("lazy-topic-token", token),) if token else ()
     with grpc.insecure_channel(address) as ch:
         requests = (
             broker_pb2.PublishRequest(topic=topic, source=source, value=to_value(v)) for v in values
         )
-        return int(broker_pb2_grpc.BrokerServiceStub(ch).Publish(requests, timeout=20).accepted)
+        stub = broker_pb2_grpc.BrokerServiceStub(ch)
+        return int(stub.Publish(requests, timeout=20, metadata=metadata).accepted)
+
+
+def _token(sub: Any) -> str:
+    """The token a Subscribe hands out (its headers come once the topic is claimed)."""
+    return str(dict(sub.initial_metadata())["lazy-topic-token"])
 
 
 def _server(servers: Servers, redis_url: str, **options: Any) -> str:
@@ -45,16 +55,16 @@ def test_a_subscriber_on_one_server_gets_what_another_server_publishes(
         sub = broker_pb2_grpc.BrokerServiceStub(ch).Subscribe(
             broker_pb2.SubscribeRequest(topic="jobs/7"), timeout=20
         )
-        sub.initial_metadata()  # claimed: publishing is accepted from now
+        token = _token(sub)  # claimed: publishing with the token is accepted from now
         values = [{"step": i} for i in range(300)] + ["done"]
-        assert _publish(pub_at, "jobs/7", values, source="worker") == len(values)
+        assert _publish(pub_at, "jobs/7", values, source="worker", token=token) == len(values)
         got = [(ev.source, from_value(ev.intermediate)) for _, ev in zip(values, sub, strict=False)]
         assert got == [("worker", v) for v in values]
         sub.cancel()
     # The topic expires with its call: its keys are gone and publishing is refused again.
     with pytest.raises(grpc.RpcError) as info:
         while True:  # until the cancelled call's cleanup has run on the server
-            _publish(pub_at, "jobs/7", [1])
+            _publish(pub_at, "jobs/7", [1], token=token)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "'jobs/7' has no subscriber" in info.value.details()
     assert redis_cli(redis_url, "KEYS", "lazygrpc:*") == ""
@@ -84,8 +94,8 @@ def test_cross_process_publish_through_a_cli_server(redis_url: str, servers: Ser
             sub = broker_pb2_grpc.BrokerServiceStub(ch).Subscribe(
                 broker_pb2.SubscribeRequest(topic="x"), timeout=20
             )
-            sub.initial_metadata()
-            assert _publish(_server(servers, redis_url), "x", [1, 2, 3]) == 3
+            token = _token(sub)
+            assert _publish(_server(servers, redis_url), "x", [1, 2, 3], token=token) == 3
             assert [from_value(next(sub).intermediate) for _ in range(3)] == [1, 2, 3]
             sub.cancel()
     finally:
@@ -205,16 +215,67 @@ def test_a_bad_publish_is_invalid_argument_and_the_server_keeps_serving(
         sub = broker_pb2_grpc.BrokerServiceStub(ch).Subscribe(
             broker_pb2.SubscribeRequest(topic="bad"), timeout=20
         )
-        sub.initial_metadata()
+        token = _token(sub)
         with pytest.raises(grpc.RpcError) as info:
             broker_pb2_grpc.BrokerServiceStub(ch).Publish(
                 iter([broker_pb2.PublishRequest(topic="bad", value=to_value(1)),
                       broker_pb2.PublishRequest(topic="bad")]),
-                timeout=10,
+                timeout=10, metadata=(("lazy-topic-token", token),),
             )  # fmt: skip
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.details() == "value: missing"
         assert from_value(next(sub).intermediate) == 1  # what came before it went through
-        assert _publish(at, "bad", [2]) == 1
+        assert _publish(at, "bad", [2], token=token) == 1
         assert from_value(next(sub).intermediate) == 2
         sub.cancel()
+
+
+def test_a_redis_topic_takes_publishes_from_its_owner_only(
+    redis_url: str, servers: Servers
+) -> None:
+    """The in-process topic's rule, across servers: the subscriber's session or the token
+    its Subscribe gave; anyone else gets PERMISSION_DENIED naming the header."""
+    sub_at, pub_at = _server(servers, redis_url), _server(servers, redis_url)
+    with grpc.insecure_channel(sub_at) as ch, grpc.insecure_channel(pub_at) as pub:
+        sub = broker_pb2_grpc.BrokerServiceStub(ch).Subscribe(
+            broker_pb2.SubscribeRequest(topic="owned"),
+            timeout=20,
+            metadata=(("lazy-session-id", "owner-session"),),
+        )
+        token = _token(sub)
+        stub = broker_pb2_grpc.BrokerServiceStub(pub)
+
+        def publish(value: int, *metadata: tuple[str, str]) -> int:
+            request = broker_pb2.PublishRequest(topic="owned", source="w", value=to_value(value))
+            return int(stub.Publish(iter([request]), timeout=10, metadata=metadata).accepted)
+
+        for refused in ((), (("lazy-session-id", "someone-else"),),
+                        (("lazy-topic-token", "guess"),)):  # fmt: skip
+            with pytest.raises(grpc.RpcError) as info:
+                publish(0, *refused)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "lazy-topic-token its Subscribe returned" in info.value.details()
+        assert publish(1, ("lazy-session-id", "owner-session")) == 1
+        assert publish(2, ("lazy-topic-token", token)) == 1
+        assert [from_value(next(sub).intermediate) for _ in range(2)] == [1, 2]
+        # The token is never stored in Redis, only its digest.
+        claim = redis_cli(redis_url, "GET", "lazygrpc:topic:{owned}:sub")
+        assert "owner-session" in claim and token not in claim
+        sub.cancel()
+
+
+async def test_a_publish_checked_against_one_subscriber_never_lands_in_the_next(
+    redis_url: str,
+) -> None:
+    topics = RedisTopics(redis_url)
+    first = await topics.subscribe("turn", owner="a")
+    holder = await topics.holder("turn")
+    assert holder is not None and holder.owner == "a"
+    await first.close()
+    second = await topics.subscribe("turn", owner="b")
+    with pytest.raises(NoSubscriber):
+        await topics.publish("turn", [("p", to_value(1))], holder)
+    await topics.publish("turn", [("p", to_value(2))], await topics.holder("turn"))
+    assert await _next(second.events()) == ("p", 2)
+    await second.close()
+    await topics.aclose()

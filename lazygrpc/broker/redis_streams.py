@@ -6,6 +6,11 @@ the in-process broker's (docs/deployment.md, "Across hosts: the Redis broker"):
 
 - **one subscriber per name**: `Subscribe` claims `{topic}:sub` (SET NX); a second one is
   refused, and `Publish` to a name nobody holds is NOT_FOUND;
+- **one owner**: the claim carries an opaque `owner` string (BrokerService puts the
+  subscriber's session and a digest of the topic's token there, docs/security.md); a
+  publisher reads it with `holder()`, checks it, and publishes only while that same claim
+  holds the name (the script compares it), so a publish checked against one subscriber
+  never lands in a later one's topic;
 - **bounded, with backpressure**: a topic is *full* when its unread entries reach
   `max_events`, or their bytes (each value's size + `ITEM_OVERHEAD`) would pass `max_bytes`;
   an empty topic always takes one. A full topic makes the publisher wait (the `Publish`
@@ -28,6 +33,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -44,15 +50,17 @@ TTL_MS = 30_000
 BATCH = 64
 
 # KEYS: stream, sub, published bytes, read bytes, wait, space. ARGV: max_events, max_bytes,
-# ttl, maxlen, then (nbytes, source, value) per item. Returns {added, status, space id}.
+# ttl, maxlen, the claim checked ('': any), then (nbytes, source, value) per item.
+# Returns {added, status, space id}.
 _PUBLISH = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return {0, 'nosub', ''} end
+local holder = redis.call('GET', KEYS[2])
+if not holder or (ARGV[5] ~= '' and holder ~= ARGV[5]) then return {0, 'nosub', ''} end
 local n = redis.call('XLEN', KEYS[1])
 local published = tonumber(redis.call('GET', KEYS[3]) or '0')
 local unread = published - tonumber(redis.call('GET', KEYS[4]) or '0')
 local max_events, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2])
 local added, status, space = 0, 'ok', ''
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   local size = tonumber(ARGV[i])
   if n > 0 and (n >= max_events or unread + size > max_bytes) then
     redis.call('SET', KEYS[5], '1', 'PX', ARGV[3])
@@ -86,7 +94,20 @@ return 1
 
 
 class NoSubscriber(LookupError):
-    """`publish` to a topic that no `Subscribe` holds."""
+    """`publish` to a topic that no `Subscribe` holds (or no longer the one checked)."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The claim a subscriber holds a topic with, and the `owner` it gave `subscribe`."""
+
+    claim: str
+    owner: str
+
+    @classmethod
+    def parse(cls, value: bytes | str) -> Holder:
+        text = value.decode() if isinstance(value, bytes) else value
+        return cls(text, text.partition(" ")[2])
 
 
 def _keys(name: str) -> list[str]:
@@ -139,16 +160,24 @@ class RedisTopics:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def publish(self, name: str, items: Sequence[tuple[str, struct_pb2.Value]]) -> None:
+    async def holder(self, name: str) -> Holder | None:
+        """Who holds `name` now (None: no subscriber)."""
+        value = await self._client.get(_keys(name)[1])
+        return None if value is None else Holder.parse(value)
+
+    async def publish(
+        self, name: str, items: Sequence[tuple[str, struct_pb2.Value]], holder: Holder | None = None
+    ) -> None:
         """Add `items` (source, value) in order; waits while the topic is full.
-        `NoSubscriber` when no `Subscribe` holds `name`."""
+        `NoSubscriber` when no `Subscribe` holds `name`, or (given `holder`) another one."""
         keys = _keys(name)
+        claim = "" if holder is None else holder.claim
         pending = [
             (v.ByteSize() + ITEM_OVERHEAD, source, v.SerializeToString()) for source, v in items
         ]
         while pending:
             batch = pending[:BATCH]
-            args: list[Any] = [self.max_events, self.max_bytes, TTL_MS, 2 * self.max_events]
+            args: list[Any] = [self.max_events, self.max_bytes, TTL_MS, 2 * self.max_events, claim]
             for item in batch:
                 args.extend(item)
             added, status, space = await self._publish(keys=keys, args=args)
@@ -159,10 +188,11 @@ class RedisTopics:
                 # Woken by the subscriber's next read (an entry after `space`), or renewed.
                 await self._client.xread({keys[5]: space}, count=1, block=BLOCK_MS)
 
-    async def subscribe(self, name: str) -> Subscription:
-        """Claim `name` for one subscriber (`ValueError` when another holds it); iterate
-        `events()`, then `close()`, which expires the topic."""
-        subscription = Subscription(self, name)
+    async def subscribe(self, name: str, owner: str = "") -> Subscription:
+        """Claim `name` for one subscriber (`ValueError` when another holds it), recording
+        `owner` (`holder()` reads it back); iterate `events()`, then `close()`, which
+        expires the topic."""
+        subscription = Subscription(self, name, owner)
         await subscription.claim()
         return subscription
 
@@ -176,14 +206,15 @@ class RedisTopics:
 class Subscription:
     """One subscriber's hold on a topic: its own connection, the last id it handed out."""
 
-    def __init__(self, topics: RedisTopics, name: str) -> None:
+    def __init__(self, topics: RedisTopics, name: str, owner: str = "") -> None:
         self.topics = topics
         self.name = name
         self.keys = _keys(name)
-        self._token = uuid.uuid4().hex
+        claim = uuid.uuid4().hex
+        self._token = f"{claim} {owner}"  # the claim's value: `Holder.parse` reads it
         # Its own connection (an XREAD BLOCK holds one), named so an operator can find it.
         self._client = topics.redis_api.Redis.from_url(
-            topics.url, retry=None, client_name=f"lazygrpc-sub-{self._token[:8]}"
+            topics.url, retry=None, client_name=f"lazygrpc-sub-{claim[:8]}"
         )
         self._mark = self._client.register_script(_MARK)
         self._last = b"0-0"

@@ -1,1 +1,2 @@
-"""The demo mesh `lazygrpc up` starts: its modules, the mesh runner, and the retriever."""
+"""The demo mesh `lazygrpc up` starts: its mesh file (`mesh.yaml`), its modules, the
+retriever, and `--demo`'s question."""

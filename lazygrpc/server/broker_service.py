@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import itertools
 import secrets
@@ -19,7 +20,7 @@ from typing import Any
 import grpc
 
 from lazygrpc import broker
-from lazygrpc.broker.redis_streams import BATCH, NoSubscriber, RedisTopics
+from lazygrpc.broker.redis_streams import BATCH, Holder, NoSubscriber, RedisTopics
 from lazygrpc.broker.topic import INTERMEDIATE, Item, Topic
 from lazygrpc.core import context as session_context
 from lazygrpc.core.baggage import SESSION_HEADER
@@ -32,38 +33,66 @@ add_to_server = broker_pb2_grpc.add_BrokerServiceServicer_to_server
 TOPIC_TOKEN_HEADER = "lazy-topic-token"
 
 
-class _Grant:
-    """Who may publish into one subscribed topic: its owner's session, or its token."""
+class Grant:
+    """Who may publish into one subscribed topic: its owner's session, or whoever presents
+    its token (kept as a SHA-256 digest, so a Redis broker never stores the token itself).
+    The one check of both brokers: the in-process one keeps grants here, the Redis one in
+    the topic's claim (`encode` / `decode`)."""
 
-    __slots__ = ("session_id", "token", "topic")
+    __slots__ = ("digest", "session_id")
 
-    def __init__(self, topic: Topic, session_id: str) -> None:
-        self.topic = topic
+    def __init__(self, session_id: str, digest: str) -> None:
         self.session_id = session_id
-        self.token = secrets.token_urlsafe(24)
+        self.digest = digest
+
+    @classmethod
+    def new(cls, session_id: str) -> tuple[Grant, str]:
+        """A grant for the subscriber's session, and the token to hand out."""
+        token = secrets.token_urlsafe(24)
+        return cls(session_id, _digest(token)), token
 
     def admits(self, invocation_metadata: Any) -> bool:
         for key, value in invocation_metadata or ():
             if not isinstance(value, str):
                 continue
-            if key == TOPIC_TOKEN_HEADER and hmac.compare_digest(value, self.token):
+            if key == TOPIC_TOKEN_HEADER and hmac.compare_digest(_digest(value), self.digest):
                 return True
             if key == SESSION_HEADER and hmac.compare_digest(value, self.session_id):
                 return True
         return False
 
+    def check(self, topic: str, invocation_metadata: Any) -> None:
+        """PERMISSION_DENIED naming the fix unless `admits`."""
+        if not self.admits(invocation_metadata):
+            raise PermissionDenied(
+                f"topic {topic!r}: publish from the subscriber's session or "
+                f"with the {TOPIC_TOKEN_HEADER} its Subscribe returned"
+            )
+
+    def encode(self) -> str:
+        return f"{self.session_id} {self.digest}"
+
+    @classmethod
+    def decode(cls, text: str) -> Grant:
+        session_id, _, digest = text.partition(" ")
+        return cls(session_id, digest or "-")  # no digest: no token matches
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
 
 #: The grants of the process's subscribed topics, by name (topics are process-wide too).
-_grants: dict[str, _Grant] = {}
+_grants: dict[str, tuple[Topic, Grant]] = {}
 _grants_lock = threading.Lock()
 
 
-def _grant(name: str) -> _Grant | None:
-    """The grant of the topic open under `name` now (None: no subscriber)."""
+def _grant(name: str) -> tuple[Topic, Grant] | None:
+    """The topic open under `name` now and its grant (None: no subscriber)."""
     topic = broker.BROKER.named(name)
     with _grants_lock:
-        grant = _grants.get(name)
-    return grant if grant is not None and grant.topic is topic else None
+        held = _grants.get(name)
+    return held if held is not None and held[0] is topic else None
 
 
 def stats_message(stats: broker.BrokerStats) -> broker_pb2.BrokerStats:
@@ -88,26 +117,23 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def Publish(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> broker_pb2.PublishResponse:
+        metadata = context.invocation_metadata()
         if self.redis is not None:
             return broker_pb2.PublishResponse(
-                accepted=await _publish_to_redis(self.redis, request_iterator)
+                accepted=await _publish_to_redis(self.redis, request_iterator, metadata)
             )
         accepted = 0
-        metadata = context.invocation_metadata()
         admitted: set[str] = set()
         async for request in request_iterator:
-            grant = _grant(request.topic)
-            if grant is None:
+            held = _grant(request.topic)
+            if held is None:
                 raise NotFound(f"topic {request.topic!r} has no subscriber")
+            topic, grant = held
             if request.topic not in admitted:
-                if not grant.admits(metadata):
-                    raise PermissionDenied(
-                        f"topic {request.topic!r}: publish from the subscriber's session or "
-                        f"with the {TOPIC_TOKEN_HEADER} its Subscribe returned"
-                    )
+                grant.check(request.topic, metadata)
                 admitted.add(request.topic)
             _check_value(request)
-            await grant.topic.aput(Item.encoded(INTERMEDIATE, request.source, request.value))
+            await topic.aput(Item.encoded(INTERMEDIATE, request.source, request.value))
             accepted += 1
         return broker_pb2.PublishResponse(accepted=accepted)
 
@@ -116,8 +142,13 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     ) -> Any:
         if not request.topic or len(request.topic) > 256:
             raise InvalidArgument(f"topic: {request.topic[:40]!r} must be 1-256 characters")
+        grant, token = Grant.new(session_context.current().id)
+        # Headers go out once the topic is open, not with the first event: a subscriber
+        # that has them knows that Publish into it (with the token) will be accepted.
+        headers = ((TOPIC_TOKEN_HEADER, token),)
         if self.redis is not None:
-            async for event in _subscribe_to_redis(self.redis, request.topic, context):
+            events = _subscribe_to_redis(self.redis, request.topic, grant, headers, context)
+            async for event in events:
                 yield event
             return
         try:
@@ -125,13 +156,11 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         seq = 0
-        grant = _Grant(topic, session_context.current().id)
+        held = (topic, grant)
         with _grants_lock:
-            _grants[request.topic] = grant
+            _grants[request.topic] = held
         try:
-            # Headers go out now, not with the first event: a subscriber that has them knows
-            # the topic is open and that Publish into it (with the token) will be accepted.
-            await context.send_initial_metadata(((TOPIC_TOKEN_HEADER, grant.token),))
+            await context.send_initial_metadata(headers)
             while (item := await topic.get()) is not None:
                 value = item.payload
                 if isinstance(value, bytes):  # a relayed event, serialized
@@ -142,7 +171,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
                 seq += 1
         finally:
             with _grants_lock:
-                if _grants.get(request.topic) is grant:
+                if _grants.get(request.topic) is held:
                     del _grants[request.topic]
             broker.BROKER.close(topic)
 
@@ -158,14 +187,14 @@ def _check_value(request: broker_pb2.PublishRequest) -> None:
 
 
 async def _subscribe_to_redis(
-    redis: RedisTopics, name: str, context: grpc.aio.ServicerContext
+    redis: RedisTopics, name: str, grant: Grant, headers: Any, context: grpc.aio.ServicerContext
 ) -> Any:
     try:
-        subscription = await redis.subscribe(name)
+        subscription = await redis.subscribe(name, owner=grant.encode())
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
     try:
-        await context.send_initial_metadata(())  # the topic is claimed: publishing works
+        await context.send_initial_metadata(headers)  # the topic is claimed: publishing works
         seq = 0
         async with contextlib.aclosing(subscription.events()) as events:
             async for source, value in events:
@@ -175,9 +204,23 @@ async def _subscribe_to_redis(
         await subscription.close()
 
 
-async def _publish_to_redis(redis: RedisTopics, request_iterator: Any) -> int:
+async def _publish_to_redis(redis: RedisTopics, request_iterator: Any, metadata: Any) -> int:
     """Publish a client's stream into Redis in batches: what has arrived while the last batch
-    was on its way goes in the next one (one round trip each), at most `BATCH` read ahead."""
+    was on its way goes in the next one (one round trip each), at most `BATCH` read ahead.
+    Each topic's holder is checked once (`Grant.check`), and its items go in only while that
+    holder still holds it."""
+    holders: dict[str, Holder] = {}
+
+    async def admitted(topic: str) -> Holder:
+        holder = holders.get(topic)
+        if holder is None:
+            holder = await redis.holder(topic)
+            if holder is None:
+                raise NotFound(f"topic {topic!r} has no subscriber")
+            Grant.decode(holder.owner).check(topic, metadata)
+            holders[topic] = holder
+        return holder
+
     queue: asyncio.Queue[broker_pb2.PublishRequest | None] = asyncio.Queue(BATCH)
 
     async def read() -> None:
@@ -206,7 +249,7 @@ async def _publish_to_redis(redis: RedisTopics, request_iterator: Any) -> int:
             for topic, run in itertools.groupby(batch, key=lambda r: r.topic):  # type: ignore[union-attr]
                 items = [(r.source, r.value) for r in run]  # type: ignore[union-attr]
                 try:
-                    await redis.publish(topic, items)
+                    await redis.publish(topic, items, await admitted(topic))
                 except NoSubscriber as exc:
                     raise NotFound(str(exc)) from None
                 accepted += len(items)

@@ -182,8 +182,7 @@ class Server:
             handler = self._tracing.wrap(handler, full_method)
         handler = wrap_handler(handler, lambda behavior, _streaming: aio_behavior(behavior, hooks))
         if self.metrics is not None:  # outside the lifecycle: it sees the codes callers get
-            counted = self.metrics.hooks(full_method, handler.response_streaming)
-            handler = wrap_handler(handler, lambda behavior, _s: aio_behavior(behavior, counted))
+            handler = self.metrics.wrap(handler, full_method)
         return handler
 
     def add_modules(self, callables: Any) -> modules.ModuleServicer:

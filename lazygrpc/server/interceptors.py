@@ -55,9 +55,12 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         redact: str = "short",
         gate: DrainGate | None = None,
         auth: Authenticator | None = None,
+        metrics: Any = None,
     ) -> None:
         #: Counts the calls in flight; set `gate.draining` to refuse new ones (UNAVAILABLE).
         self.gate = gate or DrainGate()
+        #: `lazygrpc.metrics.Metrics` counting every call from outside the lifecycle.
+        self.metrics = metrics
         self.lifecycle = Lifecycle(
             service,
             expose_tracebacks=expose_tracebacks,
@@ -82,6 +85,8 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or hooks is None:
             return handler
         wrapped = wrap_handler(handler, lambda b, _streaming: aio_behavior(b, hooks))
+        if self.metrics is not None:  # as `lazygrpc.Server` does: it sees what callers get
+            wrapped = self.metrics.wrap(wrapped, full_method)
         self._wrapped[full_method] = (handler, wrapped)
         return wrapped
 
@@ -94,18 +99,29 @@ def server_interceptors(
     redact: str = "short",
     telemetry: bool = False,
     auth: Authenticator | None = None,
+    metrics: Any = None,
 ) -> list[Any]:
     """The lazygrpc interceptors for your own server (`grpc.server` when `aio=False`).
 
     `expose_tracebacks` None trusts callers on loopback only; `redact` is what a caller not
     trusted sees of the chain (docs/errors.md "Redaction by trust"). `telemetry=True` adds a
     span per call (extra `otel`; see `lazygrpc.telemetry`); `auth` is the server's
-    authenticator (`lazygrpc.server.security`, docs/security.md).
+    authenticator (`lazygrpc.server.security`, docs/security.md). `metrics` (a
+    `lazygrpc.metrics.Metrics`, extra `metrics`; aio only) counts every call as
+    `lazygrpc.Server(metrics_port=...)` does; serve it with `metrics.serve(host, port)`
+    (docs/metrics.md).
     """
-    cls = AioServerInterceptor if aio else ServerInterceptor
-    interceptors: list[Any] = [
-        cls(service, expose_tracebacks=expose_tracebacks, redact=redact, auth=auth)
-    ]
+    if aio:
+        first: Any = AioServerInterceptor(
+            service, expose_tracebacks=expose_tracebacks, redact=redact, auth=auth, metrics=metrics
+        )
+    elif metrics is not None:
+        raise ValueError("metrics: counted on grpc.aio servers only; use aio=True")
+    else:
+        first = ServerInterceptor(
+            service, expose_tracebacks=expose_tracebacks, redact=redact, auth=auth
+        )
+    interceptors: list[Any] = [first]
     if telemetry:
         from lazygrpc.telemetry import server_interceptor
 

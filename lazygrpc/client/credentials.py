@@ -42,12 +42,12 @@ def set_token(url: str, token: str | None) -> None:
             _tokens[target] = token
 
 
-def _configured_token(target: str) -> str | None:
+def _load_once() -> None:
+    """Read `LAZYGRPC_TOKENS_FILE` (once, by the first call that looks for a token)."""
     with _lock:
         if not _tokens_loaded:
             _tokens_loaded.append(True)
             _load_tokens_file()
-        return _tokens.get(target)
 
 
 def _load_tokens_file() -> None:
@@ -85,7 +85,9 @@ def metadata_source(
         return lambda: fixed
 
     def configured() -> Metadata | None:
-        found = _configured_token(target)
+        if not _tokens_loaded:
+            _load_once()
+        found = _tokens.get(target)  # one dict read: `set_token` changes it under the lock
         return bearer(found) if found is not None else None
 
     return configured

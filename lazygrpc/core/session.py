@@ -109,6 +109,8 @@ class Session:
         for key, value in (values or {}).items():
             g = self._table[key] = _Global(value, baggage.encode_json(key, value))
             g.exposed = type(value) not in _IMMUTABLE
+        if not self._table and not self.foreign_baggage:
+            self._header = ""  # no globals: the header is known (a call with none sends none)
 
     @classmethod
     def arrived(cls, id: str | None, header: str | None, flat: bool) -> Session:

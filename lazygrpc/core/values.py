@@ -24,25 +24,20 @@ JSON = None | bool | int | float | str | list["JSON"] | dict[str, "JSON"]
 def to_value(obj: Any, *, where: str = "value") -> struct_pb2.Value:
     """Convert JSON-like Python data to a `Value`; `TypeError` names what cannot be converted."""
     v = struct_pb2.Value()
-    _fill(v, obj, where, 0)
+    fill_value(v, obj, where=where)
     return v
-
-
-def fill_value(v: struct_pb2.Value, obj: Any, *, where: str = "value") -> None:
-    """`to_value` into an existing `Value` (a message's field: no copy)."""
-    _fill(v, obj, where, 0)
 
 
 def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], *, where: str = "kwargs") -> None:
     """A str-keyed mapping into an existing `Struct`."""
     for key, item in obj.items():
-        _fill(s.fields[key], item, f"{where}[{key!r}]", 0)
+        fill_value(s.fields[key], item, where=f"{where}[{key!r}]")
 
 
 def fill_list(values: struct_pb2.ListValue, obj: Sequence[Any], *, where: str = "args") -> None:
     """A sequence into an existing `ListValue` (several positional arguments)."""
     for i, item in enumerate(obj):
-        _fill(values.values.add(), item, f"{where}[{i}]", 0)
+        fill_value(values.values.add(), item, where=f"{where}[{i}]")
     if not obj:
         values.SetInParent()
 
@@ -51,7 +46,9 @@ def _too_deep(where: str) -> str:
     return f"{where}: lists and objects nested deeper than {MAX_DEPTH} levels"
 
 
-def _fill(v: struct_pb2.Value, obj: Any, where: str, depth: int) -> None:
+def fill_value(v: struct_pb2.Value, obj: Any, *, where: str = "value", depth: int = 0) -> None:
+    """`to_value` into an existing `Value` (a message's field: no copy); `depth` is how deep
+    `obj` sits in what is being converted (the `MAX_DEPTH` limit counts from the top)."""
     if type(obj) is str:  # the common case first
         v.string_value = obj
     elif obj is None:
@@ -75,7 +72,7 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str, depth: int) -> None:
         for key, item in obj.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: dict key {key!r} is not a string")
-            _fill(fields[key], item, f"{where}[{key!r}]", depth + 1)
+            fill_value(fields[key], item, where=f"{where}[{key!r}]", depth=depth + 1)
         if not obj:
             v.struct_value.SetInParent()
     elif isinstance(obj, list | tuple):
@@ -83,33 +80,32 @@ def _fill(v: struct_pb2.Value, obj: Any, where: str, depth: int) -> None:
             raise TypeError(_too_deep(where))
         values = v.list_value.values
         for i, item in enumerate(obj):
-            _fill(values.add(), item, f"{where}[{i}]", depth + 1)
+            fill_value(values.add(), item, where=f"{where}[{i}]", depth=depth + 1)
         if not obj:
             v.list_value.SetInParent()
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-like (got {obj!r:.60})")
 
 
-def from_value(v: struct_pb2.Value, *, where: str = "value") -> Any:
-    """Convert a `Value` to Python. Integral numbers come back as `int`, like JSON in JS.
-
-    A malformed `Value` (no kind set, NaN or ±Infinity, nested deeper than `MAX_DEPTH`)
-    raises `InvalidArgument` naming where it is.
-    """
-    return _read(v, where, 0)
 
 
 def from_struct(s: struct_pb2.Struct, *, where: str = "kwargs") -> dict[str, Any]:
     """Convert a `Struct` to a dict."""
-    return {k: _read(x, f"{where}[{k!r}]", 0) for k, x in s.fields.items()}
+    return {k: from_value(x, where=f"{where}[{k!r}]") for k, x in s.fields.items()}
 
 
 def from_list(values: struct_pb2.ListValue, *, where: str = "args") -> list[Any]:
     """Convert a `ListValue` to a list."""
-    return [_read(x, f"{where}[{i}]", 0) for i, x in enumerate(values.values)]
+    return [from_value(x, where=f"{where}[{i}]") for i, x in enumerate(values.values)]
 
 
-def _read(v: struct_pb2.Value, where: str, depth: int) -> Any:
+def from_value(v: struct_pb2.Value, *, where: str = "value", depth: int = 0) -> Any:
+    """Convert a `Value` to Python. Integral numbers come back as `int`, like JSON in JS.
+
+    A malformed `Value` (no kind set, NaN or ±Infinity, nested deeper than `MAX_DEPTH`)
+    raises `InvalidArgument` naming where it is; `depth` is how deep `v` sits in what is
+    being read (the limit counts from the top).
+    """
     kind = v.WhichOneof("kind")
     if kind == "string_value":
         return v.string_value
@@ -129,9 +125,13 @@ def _read(v: struct_pb2.Value, where: str, depth: int) -> Any:
             raise InvalidArgument(_too_deep(where))
         if kind == "list_value":
             values = v.list_value.values
-            return [_read(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(values)]
+            return [
+                from_value(x, where=f"{where}[{i}]", depth=depth + 1) for i, x in enumerate(values)
+            ]
         fields = v.struct_value.fields
-        return {k: _read(x, f"{where}[{k!r}]", depth + 1) for k, x in fields.items()}
+        return {
+            k: from_value(x, where=f"{where}[{k!r}]", depth=depth + 1) for k, x in fields.items()
+        }
     raise InvalidArgument(f"{where}: google.protobuf.Value has no kind set")
 
 

@@ -135,8 +135,9 @@ def test_a_bad_admission_flag_is_one_usage_line() -> None:
 
 
 def test_a_huge_request_does_not_stall_the_other_calls(servers: Any) -> None:
-    """A request of 400k kwargs is turned into arguments off the event loop: a small call
-    made meanwhile is answered while the big one is still being decoded."""
+    """A request of 200k kwargs is turned into arguments off the event loop: a small call
+    made meanwhile is answered while the big one is still being decoded. (Protobuf's own
+    parse of it, about 0.4 s here, holds the GIL in C: a small call can wait that long.)"""
     import time
 
     def count(**kwargs: Any) -> int:
@@ -148,7 +149,7 @@ def test_a_huge_request_does_not_stall_the_other_calls(servers: Any) -> None:
     url = servers.modules({"count": count, "quick": quick})
     target = url.removeprefix("grpc://")
     big = module_pb2.CallRequest(module="count")
-    for i in range(400_000):
+    for i in range(200_000):
         big.kwargs.fields[f"k{i}"].number_value = i
     data = big.SerializeToString()  # serialized up front: the client sends bytes only
     with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as ch:
@@ -164,7 +165,7 @@ def test_a_huge_request_does_not_stall_the_other_calls(servers: Any) -> None:
             reply = stub.Call(module_pb2.CallRequest(module="quick", input=to_value(1)), timeout=30)
             quick_times.append(time.monotonic() - t0)
             assert reply.output.string_value == "quick"
-        assert pending.result().output.number_value == 400_000
+        assert pending.result().output.number_value == 200_000
     assert quick_times and max(quick_times) < 1.0, quick_times  # 10x a slow call here
 
 

@@ -68,7 +68,16 @@ _EXPORTS = {
 }
 _RENAMED = {"broker_stats": "stats"}
 _LAYERS = (
-    "backends", "broker", "cli", "client", "core", "demo", "edge", "server", "telemetry", "v1",
+    "backends",
+    "broker",
+    "cli",
+    "client",
+    "core",
+    "demo",
+    "edge",
+    "server",
+    "telemetry",
+    "v1",
 )
 
 __all__ = [

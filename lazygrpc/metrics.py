@@ -157,7 +157,9 @@ class Metrics:
         try:
             self._http, self._thread = start_http_server(port, host, registry=self.registry)
         except OSError as exc:
-            raise OSError(f"could not bind the metrics port {host}:{port} ({exc.strerror})") from None
+            raise OSError(
+                f"could not bind the metrics port {host}:{port} ({exc.strerror})"
+            ) from None
         return int(self._http.server_port)
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 A producer that never waits for anything else (tokens made as fast as they can be) fills
 its topic in one step of the event loop; with 200 of them running, a new call's every step
 would wait behind all of that (0.3-2 s measured). The producers of a process share one
-run-ahead budget (`lazygrpc.broker.topic.OpenTopics`), so a loop's turn holds a bounded
+run-ahead budget (`lazygrpc.broker.budget.OpenTopics`), so a loop's turn holds a bounded
 amount of work and a new stream's first token comes within a bound.
 """
 

@@ -1,5 +1,6 @@
 """The broker: one bounded topic per streaming call, and `emit` into the current one."""
 
+from lazygrpc.broker.item import DELTA, INTERMEDIATE, Item
 from lazygrpc.broker.registry import (
     BROKER,
     Broker,
@@ -14,9 +15,6 @@ from lazygrpc.broker.topic import (
     DEFAULT_COALESCE_BYTES,
     DEFAULT_TOPIC_BYTES,
     DEFAULT_TOPIC_EVENTS,
-    DELTA,
-    INTERMEDIATE,
-    Item,
     Topic,
 )
 

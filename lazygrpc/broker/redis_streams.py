@@ -38,7 +38,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from lazygrpc.broker.topic import DEFAULT_TOPIC_BYTES, DEFAULT_TOPIC_EVENTS, ITEM_OVERHEAD
+from lazygrpc.broker.item import ITEM_OVERHEAD
+from lazygrpc.broker.topic import DEFAULT_TOPIC_BYTES, DEFAULT_TOPIC_EVENTS
 
 _log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from lazygrpc.broker.topic import INTERMEDIATE, Item, Topic
+from lazygrpc.broker.item import INTERMEDIATE, Item
+from lazygrpc.broker.topic import Topic
 from lazygrpc.core.context import current_call
 
 

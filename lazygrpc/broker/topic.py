@@ -1,8 +1,9 @@
-"""One bounded topic per streaming call, and the item type every stream event travels as.
+"""One bounded topic per streaming call.
 
 Producers (the handler's generator, module code calling `emit`, relays of downstream
-streams) put items into the call's topic; the handler takes them out and writes them to the
-RPC. A response write waits on the client's HTTP/2 window, so a slow client leaves the topic
+streams) put items (`lazygrpc.broker.item`) into the call's topic; the handler takes them
+out and writes them to the RPC, or, while the stream is idle, a producer writes its item
+itself (`Topic.aput`). A response write waits on the client's HTTP/2 window, so a slow client leaves the topic
 full and the producers wait: sync producers block their thread (never the event loop),
 async producers await. When the client goes away the topic closes and every producer gets
 `StreamClosed`. Under a backlog, consecutive text deltas of one source leave as one message.
@@ -12,18 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from google.protobuf import struct_pb2
-
-from lazygrpc.core import wire
+from lazygrpc.broker.budget import OPEN
+from lazygrpc.broker.item import DELTA, Item, text_of
 from lazygrpc.core.errors import ResourceExhausted, StreamClosed
-from lazygrpc.core.values import to_value
-
-DELTA = 0
-INTERMEDIATE = 1
 
 #: Defaults per topic; `Server(topic_events=..., topic_bytes=..., coalesce_bytes=...)`.
 DEFAULT_TOPIC_EVENTS = 256
@@ -31,74 +28,9 @@ DEFAULT_TOPIC_BYTES = 1 << 20
 DEFAULT_COALESCE_BYTES = 16 << 10
 #: A sync `emit` on the event loop thread cannot block; it may overfill up to this factor.
 LOOP_OVERFILL = 4
-#: What an item counts for beyond its payload (kind, source, framing), in bytes.
-ITEM_OVERHEAD = 8
-#: How many events the producers of this process may run ahead of their consumers in all:
-#: each open topic's share of it (at least `FAIR_BATCH`) bounds it below its `max_events`.
-RUN_AHEAD = 2048
-FAIR_BATCH = 8
-
-
-class OpenTopics:
-    """How many topics are open in this process: the divisor of `RUN_AHEAD`.
-
-    A producer that never waits for anything else fills its topic in one step of the
-    event loop. With a few streams that is what coalescing feeds on; with hundreds, every
-    step of every other call (a new call's first token among them) would queue behind all
-    of it. Sharing one run-ahead budget keeps the work a loop's turn can hold bounded,
-    however many streams run, and one fast stream keeps its whole topic.
-    """
-
-    __slots__ = ("_lock", "count")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def change(self, by: int) -> None:
-        with self._lock:
-            self.count += by
-
-    def share(self) -> int:
-        """The events one topic may hold now."""
-        return max(FAIR_BATCH, RUN_AHEAD // max(self.count, 1))
-
-
-OPEN = OpenTopics()
-
-
-class Item(NamedTuple):
-    """One stream event in a topic: a `delta` or an `intermediate`, where it came from, its
-    payload and the bytes it counts for against the topic's bound. The payload is text as a
-    `str` (so that deltas can coalesce), any other value as a `Value`, or, relayed from
-    another stream, the serialized event it arrived as (`bytes`, `lazygrpc.core.wire`)."""
-
-    kind: int
-    source: str
-    payload: str | struct_pb2.Value | bytes
-    nbytes: int
-
-    @classmethod
-    def of(cls, kind: int, source: str, value: Any) -> Item:
-        """The item for a Python value (`TypeError` names what is not JSON-like)."""
-        if type(value) is str and kind == DELTA:
-            return _new(cls, (kind, source, value, len(value) + ITEM_OVERHEAD))
-        return cls.encoded(kind, source, to_value(value, where="emitted value"))
-
-    @classmethod
-    def encoded(cls, kind: int, source: str, value: struct_pb2.Value) -> Item:
-        """The item for a value already in protobuf form (relayed from another stream)."""
-        return _new(cls, (kind, source, value, value.ByteSize() + ITEM_OVERHEAD))
-
-    @classmethod
-    def relayed(cls, kind: int, source: str, data: bytes) -> Item:
-        """The item for an event relayed from another stream, as the bytes it came in."""
-        return _new(cls, (kind, source, data, len(data) + ITEM_OVERHEAD))
-
-
-#: Makes an `Item` from its fields in order, as `Item(...)` does without the Python-level
-#: `__new__` that NamedTuple generates: every token of every stream is one.
-_new = tuple.__new__
+#: A producer that took at least this long (seconds) to make its next item finds its stream
+#: idle, and writes the item itself (`Topic.sink`); a faster one queues it, to coalesce.
+DIRECT_GAP = 0.0005
 
 
 class Topic:
@@ -115,8 +47,10 @@ class Topic:
         "_loop",
         "_loop_thread",
         "_on_close",
+        "_put_at",
         "_q",
         "_space_cond",
+        "_writing",
         "accepts_intermediate",
         "blocked",
         "closed",
@@ -125,6 +59,7 @@ class Topic:
         "max_bytes",
         "max_events",
         "published",
+        "sink",
     )
 
     def __init__(
@@ -158,6 +93,11 @@ class Topic:
         self._finished = False
         self._error: BaseException | None = None
         self._inline = False
+        #: How the consumer writes an item, once set (`lazygrpc.server.streams.Stream`): an
+        #: `aput` on an idle stream calls it itself, without a hop to the consumer's task.
+        self.sink: Callable[[Item], Awaitable[None]] | None = None
+        self._writing = False  # an `aput` is in `sink`: the consumer waits for it
+        self._put_at = 0.0
         OPEN.change(1)
 
     # -- producer side -------------------------------------------------------------------
@@ -180,6 +120,8 @@ class Topic:
         self._q.append(item)
         self._bytes += item.nbytes
         self.published += 1
+        if self._writing:  # the item goes out after that write (`_written`)
+            return None
         waiter, self._consumer = self._consumer, None
         return waiter
 
@@ -218,7 +160,26 @@ class Topic:
             self._wake(waiter)
 
     async def aput(self, item: Item) -> None:
-        """Put from asyncio code on the topic's loop: awaits while the topic is full."""
+        """Put from asyncio code on the topic's loop: awaits while the topic is full.
+
+        On an idle stream (the consumer waits, nothing is queued or being written, and this
+        producer took `DIRECT_GAP` or more to make the item) the item is written here, by
+        `sink`, and the put returns once it is out: each token of a stream at a model's pace
+        leaves without a hop to the consumer's task. A producer that runs ahead queues its
+        items, and a backlog coalesces as before.
+        """
+        if self.sink is not None and self._consumer is not None and not self._q:
+            now = _monotonic()
+            idle = now - self._put_at >= DIRECT_GAP
+            self._put_at = now
+            if idle and self._claim():
+                try:
+                    await self.sink(item)  # type: ignore[misc]
+                finally:
+                    self._written()
+                return
+        else:
+            self._put_at = _monotonic()
         while True:
             with self._lock:
                 if self.closed:
@@ -245,6 +206,26 @@ class Topic:
                     self.blocked -= 1
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _claim(self) -> bool:
+        """Take the stream's write for an `aput` while the stream is still idle."""
+        with self._lock:
+            if self.closed or self._writing or self._q or self._consumer is None:
+                return False
+            self._writing = True
+            self.published += 1
+            return True
+
+    def _written(self) -> None:
+        """An `aput`'s own write has ended: what came in meanwhile goes to the consumer."""
+        self._put_at = _monotonic()
+        with self._lock:
+            self._writing = False
+            if not (self._q or self._finished or self.closed):
+                return
+            waiter, self._consumer = self._consumer, None
+        if waiter is not None:
+            self._wake(waiter)
 
     def _wake(self, fut: asyncio.Future[None]) -> None:
         if threading.get_ident() == self._loop_thread:
@@ -298,7 +279,9 @@ class Topic:
         """
         while True:
             with self._lock:
-                if self._q:
+                if self._writing:
+                    pass  # a producer is writing an item itself (`aput`): after it
+                elif self._q:
                     item = self._pop()
                     if self.blocked:
                         if self._space_cond is not None:
@@ -308,7 +291,7 @@ class Topic:
                     else:
                         producers = []
                     break
-                if self._finished or self.closed:
+                elif self._finished or self.closed:
                     if self._error is not None:
                         raise self._error
                     return None
@@ -327,7 +310,7 @@ class Topic:
             return item
         # A backlog: the text deltas of one source that follow leave with this one.
         source = item.source
-        text = _text(item.payload)
+        text = text_of(item.payload)
         if text is None:
             return item
         parts = [text]
@@ -335,7 +318,7 @@ class Topic:
         cap = self.coalesce_bytes
         while q:
             k2, s2, p2, n2 = q[0]
-            if k2 != DELTA or s2 != source or total + n2 > cap or (t2 := _text(p2)) is None:
+            if k2 != DELTA or s2 != source or total + n2 > cap or (t2 := text_of(p2)) is None:
                 break
             q.popleft()
             self._bytes -= n2
@@ -389,13 +372,7 @@ class Topic:
         return len(self._q), self._bytes
 
 
-def _text(payload: str | struct_pb2.Value | bytes) -> str | None:
-    """A delta payload's text (None: not text), relayed ones read from their bytes."""
-    if type(payload) is str:
-        return payload
-    if type(payload) is bytes:
-        return wire.delta_text(payload)
-    return None
+_monotonic = time.monotonic
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -87,8 +87,6 @@ def fill_value(v: struct_pb2.Value, obj: Any, *, where: str = "value", depth: in
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-like (got {obj!r:.60})")
 
 
-
-
 def from_struct(s: struct_pb2.Struct, *, where: str = "kwargs") -> dict[str, Any]:
     """Convert a `Struct` to a dict."""
     return {k: from_value(x, where=f"{where}[{k!r}]") for k, x in s.fields.items()}

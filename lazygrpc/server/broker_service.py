@@ -20,8 +20,9 @@ from typing import Any
 import grpc
 
 from lazygrpc import broker
+from lazygrpc.broker.item import INTERMEDIATE, Item
 from lazygrpc.broker.redis_streams import BATCH, Holder, NoSubscriber, RedisTopics
-from lazygrpc.broker.topic import INTERMEDIATE, Item, Topic
+from lazygrpc.broker.topic import Topic
 from lazygrpc.core import context as session_context
 from lazygrpc.core.baggage import SESSION_HEADER
 from lazygrpc.core.errors import InvalidArgument, NotFound, PermissionDenied

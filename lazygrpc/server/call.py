@@ -307,15 +307,13 @@ class MethodCalls:
                 scope, context, _Status(code, calllog.context_details(context), ()), None
             )
             return None
-        if isinstance(exc, GeneratorExit | asyncio.CancelledError):
-            task = asyncio.current_task() if not self.lifecycle.sync else None
-            if isinstance(exc, GeneratorExit) or (task is not None and task.cancelling()):
-                scope.cancel()  # the RPC itself was cancelled: stop its child calls
-                if _ACCESS_ON(_DEBUG):
-                    calllog.access(scope, context, grpc.StatusCode.CANCELLED)
-                return None
-            # A CancelledError the RPC did not get (a task the handler awaited was
-            # cancelled): re-raising it would leave the client waiting (grpc #29248).
+        if _rpc_cancelled(exc, context, sync=self.lifecycle.sync):
+            scope.cancel()  # the RPC itself was cancelled: stop its child calls
+            if _ACCESS_ON(_DEBUG):
+                calllog.access(scope, context, grpc.StatusCode.CANCELLED)
+            return None
+        # Any other CancelledError is one the RPC did not get (a task the handler awaited
+        # was cancelled): re-raising it would leave the client waiting (grpc #29248).
         status = self.lifecycle.failure(scope, exc, context)
         calllog.failed(scope, context, status, exc)
         return status
@@ -340,6 +338,20 @@ class MethodCalls:
         if _ACCESS_ON(_DEBUG):
             calllog.access(scope, context, context_code(context) or grpc.StatusCode.OK)
         return None
+
+
+def _rpc_cancelled(exc: BaseException, context: Any, *, sync: bool) -> bool:
+    """Whether `exc` ends a call whose client is gone: its task was cancelled by grpc, or
+    (aio) whatever the handler raised after the client cancelled, such as the failure of a
+    `context.write()`; grpc sends nothing more for it."""
+    if isinstance(exc, GeneratorExit):
+        return True
+    if sync:
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+    return bool(context.cancelled())
 
 
 def _refusal(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -12,10 +12,10 @@ import grpc
 
 from lazygrpc import broker
 from lazygrpc.backends.base import Backend, Finish, Message, Prompt, SamplingParams, UpstreamError
-from lazygrpc.broker.topic import DELTA, Item
+from lazygrpc.broker.item import DELTA, Item
 from lazygrpc.core.context import current, current_call
 from lazygrpc.core.errors import InvalidArgument, RemoteError
-from lazygrpc.server.streams import Stream, pump
+from lazygrpc.server.streams import Messages, Stream, pump
 from lazygrpc.v1 import chain_pb2, model_pb2, model_pb2_grpc
 
 SERVICE_NAME = "lazygrpc.v1.ModelService"
@@ -227,6 +227,24 @@ def _account(run: _Run, backend: Backend) -> None:
     )
 
 
+class _Chunks(Messages):
+    """A model stream's items (text deltas only) as `GenerateChunk`s."""
+
+    __slots__ = ("index", "source")
+
+    def __init__(self, write: Callable[[Any], Awaitable[None]], source: str) -> None:
+        super().__init__(write)
+        self.index = 0
+        self.source = source
+
+    def encode(self, item: Item) -> model_pb2.GenerateChunk:
+        text = item.payload
+        assert isinstance(text, str)  # this topic only ever holds text deltas
+        index = self.index
+        self.index = index + 1
+        return model_pb2.GenerateChunk(text=text, index=index, source=self.source)
+
+
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     """Implementation of `lazygrpc.v1.ModelService` over a `ModelConfig`."""
 
@@ -259,22 +277,24 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         make = partial(Item.of, DELTA, name)
         # The producer is `pump` itself, not a coroutine around it: one frame less to resume
         # at every token that waits for the backend.
+        chunks = _Chunks(context.write, name)
         stream = Stream(
-            None, partial(pump, tokens, make=make), gen=tokens, make=make, open_topic=self._topic
+            None,
+            partial(pump, tokens, make=make),
+            gen=tokens,
+            make=make,
+            open_topic=self._topic,
+            sink=chunks.write,
         )
-        index = 0
         try:
             item = await stream.first()
             while item is not None:
-                text = item.payload
-                assert isinstance(text, str)  # this topic only ever holds text deltas
-                yield model_pb2.GenerateChunk(text=text, index=index, source=name)
-                index += 1
+                yield chunks.encode(item)
                 item = await stream.next()
             await stream.result()
             _account(run, self.config.backend)
             yield model_pb2.GenerateChunk(
-                index=index, source=name, finish_reason=run.finish_reason, usage=run.usage()
+                index=chunks.index, source=name, finish_reason=run.finish_reason, usage=run.usage()
             )
         finally:
             await stream.close()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 import grpc
 
 from lazygrpc import broker
-from lazygrpc.broker.topic import DELTA, INTERMEDIATE, Item, Topic
+from lazygrpc.broker.item import DELTA, INTERMEDIATE, Item
+from lazygrpc.broker.topic import Topic
 from lazygrpc.core import wire
 from lazygrpc.core.context import CallScope, current_call
 from lazygrpc.core.errors import Internal, InvalidArgument, NotFound
@@ -19,7 +20,7 @@ from lazygrpc.core.events import Event
 from lazygrpc.core.values import from_list, from_struct, from_value, to_value
 from lazygrpc.server.dispatch import OFF_LOOP_BYTES
 from lazygrpc.server.module_spec import Module, as_modules
-from lazygrpc.server.streams import Stream, drain_sync, pump
+from lazygrpc.server.streams import Messages, Stream, drain_sync, pump
 from lazygrpc.server.threads import THREADS, ModuleThreads
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
@@ -141,6 +142,35 @@ class _Output:
 _NONE = object()
 
 
+class _Events(Messages):
+    """A module stream's items as `Event`s."""
+
+    __slots__ = ("_source", "_source_field", "seq")
+
+    def __init__(self, write: Callable[[Any], Awaitable[None]]) -> None:
+        super().__init__(write)
+        self.seq = 0
+        self._source, self._source_field = "", wire.source_field("")
+
+    def encode(self, item: Item) -> module_pb2.Event | bytes:
+        """The next event: a relayed one is the bytes it came as, with this seq and source."""
+        payload = item.payload
+        seq = self.seq
+        self.seq = seq + 1
+        if isinstance(payload, bytes):
+            if item.source != self._source:
+                self._source, self._source_field = item.source, wire.source_field(item.source)
+            return wire.event(payload, seq, self._source_field)
+        event = module_pb2.Event(seq=seq, source=item.source)
+        if isinstance(payload, str):
+            event.delta.string_value = payload  # text is only ever a delta
+        elif item.kind == DELTA:
+            event.delta.CopyFrom(payload)
+        else:
+            event.intermediate.CopyFrom(payload)
+        return event
+
+
 class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
     """Implementation of `lazygrpc.v1.ModuleService` over a set of callables."""
 
@@ -214,6 +244,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:
             scope.topic = topic
+        events = _Events(context.write)
         if module.is_asyncgen:
             # Primed up to its first item on this task; the rest runs as the producer.
             output = _Output(module.name)
@@ -226,34 +257,21 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
 
             # The producer is `pump` itself (one frame less to resume at every token that
             # waits); the result is the output's, once the stream ended.
-            stream = Stream(topic, partial(pump, gen, make=output.item), gen=gen, make=output.item)
+            rest = partial(pump, gen, make=output.item)
+            stream = Stream(topic, rest, gen=gen, make=output.item, sink=events.write)
         else:
-            stream = Stream(topic, partial(self._run, module, args, kwargs))
-        seq = 0
-        source, source_field = "", wire.source_field("")
+            stream = Stream(topic, partial(self._run, module, args, kwargs), sink=events.write)
         try:
             item = await stream.first()
             while item is not None:
-                payload = item.payload
-                if isinstance(payload, bytes):  # relayed: only its seq and source change
-                    if item.source != source:
-                        source, source_field = item.source, wire.source_field(item.source)
-                    yield wire.event(payload, seq, source_field)
-                else:
-                    event = module_pb2.Event(seq=seq, source=item.source)
-                    if isinstance(payload, str):
-                        event.delta.string_value = payload  # text is only ever a delta
-                    elif item.kind == DELTA:
-                        event.delta.CopyFrom(payload)
-                    else:
-                        event.intermediate.CopyFrom(payload)
-                    yield event
-                seq += 1
+                yield events.encode(item)
                 item = await stream.next()
             result = await stream.result()
             if module.is_asyncgen:
                 result = output.result()
-            yield module_pb2.Event(seq=seq, source=module.name, result=_encode(module, result))
+            yield module_pb2.Event(
+                seq=events.seq, source=module.name, result=_encode(module, result)
+            )
         finally:
             try:
                 await stream.close()

@@ -2,8 +2,9 @@
 
 Both stream servicers (`ModuleService.Stream`, `ModelService.Generate`) run their calls
 through `Stream`: it takes an async generator's first item on the handler's own task
-(`Topic.prime`), starts the producer that makes the rest (in one place, `next`), hands out
-the topic's items in order, and winds the producer down when the call ends, however it ends.
+(`Topic.prime`), starts the producer that makes the rest (in one place, `next`), writes
+the topic's items in order, and winds the producer down when the call ends, however
+it ends. While the stream is idle, the producer writes its items itself (`Topic.sink`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from lazygrpc.broker.topic import Item, Topic
+from lazygrpc.broker.item import Item
+from lazygrpc.broker.topic import Topic
 from lazygrpc.core.errors import StreamClosed
 
 _log = logging.getLogger(__name__)
@@ -23,6 +25,26 @@ _log = logging.getLogger(__name__)
 CLOSE_GRACE = 0.1
 
 Make = Callable[[Any], Item | None]
+Write = Callable[[Item], Awaitable[None]]
+
+
+class Messages:
+    """How a stream's items become its RPC's messages, numbered in the order they leave:
+    yielded by the handler (`encode`), or written by the producer itself while the stream is
+    idle (`write`, the `Stream`'s sink). Each servicer says how (`encode`)."""
+
+    __slots__ = ("_write",)
+
+    def __init__(self, write: Callable[[Any], Awaitable[None]]) -> None:
+        self._write = write  # the call's `context.write`
+
+    def encode(self, item: Item) -> Any:
+        """The next message, for `item`."""
+        raise NotImplementedError
+
+    def write(self, item: Item) -> Awaitable[None]:
+        """Write `item`'s message to the call now (the awaitable `context.write` returns)."""
+        return self._write(self.encode(item))
 
 
 class Stream:
@@ -36,9 +58,13 @@ class Stream:
     With `open_topic` instead of a topic (a model's stream, which no intermediate event can
     enter), nothing can be queued before the first item: the topic opens once that item is
     out, and the first token does not wait for it.
+
+    `sink(item)` writes an item to the call as the handler would (`context.write`): while
+    the stream is idle, the producer writes its items with it itself, without a hop to the
+    handler's task (`Topic.aput`).
     """
 
-    __slots__ = ("_open", "_producer", "_rest", "_started", "gen", "make", "topic")
+    __slots__ = ("_open", "_producer", "_rest", "_sink", "_started", "gen", "make", "topic")
 
     def __init__(
         self,
@@ -48,6 +74,7 @@ class Stream:
         gen: Any = None,
         make: Make | None = None,
         open_topic: Callable[[], Topic] | None = None,
+        sink: Write | None = None,
     ) -> None:
         self.topic = topic
         self.gen = gen
@@ -56,6 +83,7 @@ class Stream:
         self._rest = rest
         self._started = False
         self._producer: asyncio.Future[Any] | None = None
+        self._sink = sink
 
     async def first(self) -> Item | None:
         """The call's first item (None: the stream is empty), from the handler's task when
@@ -81,6 +109,7 @@ class Stream:
                 assert self._open is not None
                 self.topic = self._open()
             if not self.topic.finished:  # else the first step failed: nothing more to make
+                self.topic.sink = self._sink
                 self._producer = asyncio.ensure_future(self._run())
         assert self.topic is not None
         return await self.topic.get()
@@ -114,15 +143,19 @@ class Stream:
                 except Exception:  # the call is over: its producer's cleanup cannot fail it
                     _log.warning("a stream's producer failed while closing", exc_info=True)
             return
+        try:
+            if not task.done():
+                # Closing the topic woke a producer waiting on it with StreamClosed: let it
+                # end by itself, so that it sees StreamClosed (not CancelledError) and its
+                # cleanup runs now; only a producer busy elsewhere is cancelled after the
+                # grace.
+                await asyncio.wait({task}, timeout=CLOSE_GRACE)
+        finally:  # the handler may be cancelled in that wait: the producer is stopped still
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # already raised through the topic; mark it retrieved
         if not task.done():
-            # Closing the topic woke a producer waiting on it with StreamClosed: let it end
-            # by itself, so that it sees StreamClosed (not CancelledError) and its cleanup
-            # runs now; only a producer busy elsewhere is cancelled after the grace.
-            await asyncio.wait({task}, timeout=CLOSE_GRACE)
-        if task.done() and not task.cancelled():
-            task.exception()  # already raised through the topic; mark it retrieved
-        elif not task.done():
-            task.cancel()
             # The producer may be a thread blocked in put(); closing the topic unblocked it.
             await asyncio.gather(task, return_exceptions=True)
 

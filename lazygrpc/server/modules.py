@@ -126,6 +126,11 @@ class _Output:
             else:
                 self._items.append(delta)
 
+    def relayed_result(self) -> bytes | None:
+        """The bytes of a relayed `result` event that is the stream's result (None: none,
+        or it was made here)."""
+        return None if self._relayed is _NONE else self._relayed.wire
+
     def result(self, returned: Any = None) -> Any:
         if returned is not None:
             return returned
@@ -267,6 +272,10 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
                 yield events.encode(item)
                 item = await stream.next()
             result = await stream.result()
+            if module.is_asyncgen and (relayed := output.relayed_result()) is not None:
+                # The result of the stream it relayed: sent on as it came, never decoded.
+                yield wire.event(relayed, events.seq, wire.source_field(module.name))
+                return
             if module.is_asyncgen:
                 result = output.result()
             yield module_pb2.Event(

@@ -16,6 +16,10 @@ bare grpcio (hand-written grpc.aio servicers of the same ModuleService proto):
   bare-gateway --leaf HOST:PORT
                            `Stream` reads the leaf's `Stream` and yields a new `Event` per
                            message (decode and re-encode, as hand-written relays do)
+  floor-gateway --leaf HOST:PORT
+                           the least a grpc.aio relay can do per token: the leaf's events read
+                           as bytes (`call.read()`) and written on as they came
+                           (`context.write`), no decoding, no Python between them
 """
 
 from __future__ import annotations
@@ -83,6 +87,24 @@ class BareGateway(module_pb2_grpc.ModuleServiceServicer):
             seq += 1
 
 
+def floor_gateway(leaf: str) -> grpc.GenericRpcHandler:
+    """`ModuleService.Stream` relayed as bytes, with nothing else: grpc.aio's own floor."""
+    stub: list[Any] = []
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> None:
+        if not stub:  # made on the server's loop
+            channel = grpc.aio.insecure_channel(leaf)
+            stub.append(channel.unary_stream("/lazygrpc.v1.ModuleService/Stream"))
+        below = module_pb2.CallRequest.FromString(request)
+        below.module = "tokens"
+        call = stub[0](below.SerializeToString())
+        while (event := await call.read()) is not grpc.aio.EOF:
+            await context.write(event)
+
+    handler = grpc.unary_stream_rpc_method_handler(stream)  # bytes in, bytes out
+    return grpc.method_handlers_generic_handler("lazygrpc.v1.ModuleService", {"Stream": handler})
+
+
 # -- lazygrpc --------------------------------------------------------------------------------
 
 
@@ -123,6 +145,10 @@ class PacedBackend:
             yield token
 
 
+def _add_generic(handler: grpc.GenericRpcHandler, server: Any) -> None:
+    server.add_generic_rpc_handlers((handler,))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind")
@@ -139,6 +165,8 @@ def main() -> None:
     elif a.kind in ("bare-leaf", "bare-gateway"):
         servicer = BareLeaf() if a.kind == "bare-leaf" else BareGateway(a.leaf)
         coro = serve_bare(servicer, module_pb2_grpc.add_ModuleServiceServicer_to_server, [])
+    elif a.kind == "floor-gateway":
+        coro = serve_bare(floor_gateway(a.leaf), _add_generic, [])
     else:
         raise SystemExit(f"unknown server kind {a.kind!r}")
     run_server(coro)

@@ -22,6 +22,12 @@ Scenarios (one valgrind run per cell):
 - issue 5(c): one-token streams through the two-hop relay of `bench_broker`: each process
   of the chain (client, gateway, model), lazygrpc against bare grpcio.
 
+- issue 19, per relayed token: 8 streams of 100 tokens at 50 ms a token (every token its
+  own message, as at a model's pace) through the load benchmark's gateways
+  (`_load_servers.py`); the gateway is counted. lazygrpc and bare grpcio as in
+  `bench_load`, and grpc.aio's floor: a gateway that reads the leaf's events as bytes and
+  writes them on, with no decoding and no Python between the two.
+
 - issue 5(c), the first token's own path: the same relay with 1-token streams, counting
   only the stretches a first token waits on in each process (the client until its call is
   made and from its first message to its first delta; the gateway from its handler's start
@@ -56,6 +62,7 @@ SCEN_SEAMS = "grpc seams: client instructions per unary call, seams on vs their 
 SCEN_METRICS = "metrics: server instructions per unary call, Prometheus metrics on vs off"
 SCEN_PATH = "issue 5(c): the first token's own path per process, cold caches (callgrind)"
 SCEN_LOGS = "issue 21: server instructions per unary call, logging at the CLI's default level"
+SCEN_TOKENS = "issue 19: gateway instructions per relayed token, streams at a model's pace"
 
 
 def available() -> bool:
@@ -469,7 +476,67 @@ def run(quick: bool = False) -> list[Row]:
                     baseline="bare grpcio relay",
                     note="lazygrpc's model adds its usage to the `usage` global on every "
                          "call, and the client's session carries it back down"))  # fmt: skip
-    return rows + run_metrics(quick) + run_first_token(quick)
+    return rows + run_metrics(quick) + run_relay_tokens(quick) + run_first_token(quick)
+
+
+def run_relay_tokens(quick: bool = False) -> list[Row]:
+    """Gateway instructions per relayed token: lazygrpc, bare grpcio and grpc.aio's floor."""
+    streams, tokens, pace = 8, 50 if quick else 100, 0.05
+    sides = {
+        "lazy": ("lazy-leaf", "lazy-gateway", "grpc://"),
+        "bare": ("bare-leaf", "bare-gateway", ""),
+        "floor": ("bare-leaf", "floor-gateway", ""),
+    }
+    per: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side, (leaf_kind, gateway_kind, scheme) in sides.items():
+            out = Path(tmp) / f"{side}.out"
+            module = [PYTHON, "-m", "benchmarks._load_servers"]
+            leaf = _Proc([*module, leaf_kind], None)
+            gateway: _Proc | None = None
+            try:
+                below = scheme + leaf.expect(r"listening on (\S+:\d+)").group(1)
+                gateway = _Proc([*module, gateway_kind, "--leaf", below], out)
+                address = gateway.expect(r"listening on (\S+:\d+)").group(1)
+                per[side] = asyncio.run(_count_tokens(gateway, address, streams, tokens, pace))
+            finally:
+                for p in (gateway, leaf):
+                    if p is not None:
+                        p.stop()
+            log(f"instructions: relayed tokens, {side} gateway done")
+    base = "bare grpcio: hand-written grpc.aio gateway, a new Event per message"
+    return [
+        Row(SCEN_TOKENS, "lazygrpc gateway", "instructions", [per["lazy"]], [per["bare"]],
+            "≤ 0.8×", "ratio<=0.8", base),
+        Row(SCEN_TOKENS, "grpc.aio's floor (bytes in, bytes out)", "instructions",
+            [per["floor"]], [per["bare"]], baseline=base,
+            note="the least any grpc.aio relay does per token; below it only by leaving "
+                 "grpc.aio"),
+    ]  # fmt: skip
+
+
+async def _count_tokens(gateway: _Proc, address: str, streams: int, tokens: int,
+                        pace: float) -> int:  # fmt: skip
+    """Instructions per token in `gateway` over `streams` concurrent streams of `tokens`."""
+    from benchmarks._load_client import GrpcSide
+    from benchmarks._pace import record
+
+    side = GrpcSide("counted", address, "relay", leaf=None)  # type: ignore[arg-type]
+
+    async def round_of(n: int) -> None:
+        request = side.request(n, pace)
+        raw = await asyncio.gather(*(side.stream(i, request) for i in range(streams)))
+        for sent, arrivals, ended, error in raw:
+            assert record(sent, arrivals, ended, n, pace, error).intact, error or "tokens lost"
+
+    try:
+        await round_of(10)  # warm: channels, caches, the first calls
+        gateway.control("-z")
+        await round_of(tokens)
+        gateway.control("-d")
+    finally:
+        await side.close()
+    return gateway.counted() // (streams * tokens)
 
 
 def run_metrics(quick: bool = False) -> list[Row]:
@@ -489,7 +556,7 @@ def main() -> None:
                    help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--serve-marked", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.add_argument("--client-marked", nargs=3, help=argparse.SUPPRESS)
-    p.add_argument("--only", choices=["first-token", "metrics"], help="run one part")
+    p.add_argument("--only", choices=["first-token", "metrics", "tokens"], help="run one part")
     a = p.parse_args()
     if a.serve_marked:
         _serve_marked(a.serve_marked)
@@ -500,6 +567,9 @@ def main() -> None:
         return
     if a.only == "first-token":
         print_rows(run_first_token(a.quick), "the first token's path, lazygrpc vs bare")
+        return
+    if a.only == "tokens":
+        print_rows(run_relay_tokens(a.quick), "gateway instructions per relayed token")
         return
     if a.only == "metrics":
         print_rows(run_metrics(a.quick), "what metrics add to a unary call (callgrind)")

@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 import lazygrpc
 from lazygrpc.broker import DELTA, INTERMEDIATE, Broker, Item, Topic
 from lazygrpc.broker.topic import DIRECT_GAP
+from lazygrpc.core.errors import StreamClosed
 from lazygrpc.core.values import from_value, to_value
 from lazygrpc.v1 import module_pb2, module_pb2_grpc
 
@@ -115,23 +116,24 @@ async def test_a_producer_that_runs_ahead_queues_and_coalesces() -> None:
     b.close(topic)
 
 
-async def test_a_failed_direct_write_fails_the_put_and_frees_the_stream() -> None:
+async def test_a_failed_direct_write_closes_the_stream_for_every_producer() -> None:
     b = Broker()
     topic = b.open()
 
-    async def broken(item: Item) -> None:
-        raise RuntimeError("write failed")
+    async def client_gone(item: Item) -> None:
+        raise RuntimeError("the call is over")
 
-    topic.sink = broken
+    topic.sink = client_gone
     getter = await _consumer_waiting(topic)
     await _after_gap()
-    with pytest.raises(RuntimeError, match="write failed"):
+    with pytest.raises(StreamClosed) as closed:
         await topic.aput(delta("a"))
-    topic.sink = None
-    await topic.aput(delta("b"))  # the stream is not left marked as being written
-    item = await getter
-    assert item is not None and item.payload == "b"
-    b.close(topic)
+    assert isinstance(closed.value.__cause__, RuntimeError)
+    assert await getter is None  # the handler learns the stream is over
+    with pytest.raises(StreamClosed):  # and so does every later producer
+        await topic.aput(delta("b"))
+    with pytest.raises(StreamClosed):
+        topic.put(delta("c"))
 
 
 # -- through a server ------------------------------------------------------------------------

@@ -108,9 +108,7 @@ def test_the_page_streams_answers_events_globals_and_error_chains(
     assert colours > 16, "the screenshot is blank"
 
 
-def test_stop_cancels_the_whole_chain(
-    servers: Any, edges: Edges, browser: BrowserContext
-) -> None:
+def test_stop_cancels_the_whole_chain(servers: Any, edges: Edges, browser: BrowserContext) -> None:
     leaf = Leaf()
     edge = edges.start(three_hops(servers, leaf))
     page = browser.new_page()

@@ -274,7 +274,7 @@ def test_a_hop_across_hosts_runs_over_tls(mesh: Mesh, tmp_path: Any) -> None:
         k: v for ev in events if ev.HasField("intermediate")
         for k, v in from_value(ev.intermediate).items()
     }  # fmt: skip
-    assert "".join(from_value(ev.delta) for ev in events if ev.HasField("delta")).split() == [
-        "hi"
-    ] * 3
+    assert (
+        "".join(from_value(ev.delta) for ev in events if ev.HasField("delta")).split() == ["hi"] * 3
+    )
     assert seen["middle"]["host"] == "ret" and seen["middle"]["session"] == "s-tls"

@@ -46,9 +46,7 @@ def _wait(predicate: Any, timeout: float = 5.0) -> None:
 def test_a_global_that_no_longer_encodes_fails_the_call_and_the_server_still_drains(
     servers: Any,
 ) -> None:
-    url = servers.modules(
-        {"fails": changes_then_fails, "ok": changes_into_non_json}, name="leaf"
-    )
+    url = servers.modules({"fails": changes_then_fails, "ok": changes_into_non_json}, name="leaf")
     with pytest.raises(lazygrpc.RemoteError) as failed:
         lazygrpc.connect(f"{url}/fails")("x")
     assert (failed.value.remote_type, failed.value.path) == ("ValueError", "leaf.fails")
@@ -88,9 +86,7 @@ def test_an_aio_handler_raising_after_set_code_still_gets_a_chain() -> None:
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 try:
-                    await module_pb2_grpc.ModuleServiceStub(channel).Call(
-                        module_pb2.CallRequest()
-                    )
+                    await module_pb2_grpc.ModuleServiceStub(channel).Call(module_pb2.CallRequest())
                 except grpc.aio.AioRpcError as err:
                     return err
                 raise AssertionError("the call succeeded")

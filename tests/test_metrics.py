@@ -81,7 +81,9 @@ async def slow(x: Any) -> Any:
 @pytest.fixture
 def metered(servers: Any) -> tuple[str, int]:
     url = servers.modules(
-        {"ok": ok, "fails": fails, "counts": counts, "holds": holds, "slow": slow}, name="leaf", metrics_port=0
+        {"ok": ok, "fails": fails, "counts": counts, "holds": holds, "slow": slow},
+        name="leaf",
+        metrics_port=0,
     )
     return url, servers.started[-1].metrics_port
 

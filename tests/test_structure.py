@@ -24,8 +24,18 @@ ALLOWED = {
     "edge": {"core", "client"},  # an HTTP front that is a lazygrpc client: never the server
     "demo": {"", "core", "client", "server", "broker", "backends", "version"},
     "logs": {"server"},  # the CLI's logging configuration: formats the server's records
-    "commands": {"", "core", "client", "server", "backends", "demo", "commands", "logs",
-                 "meshfile", "supervisor"},
+    "commands": {
+        "",
+        "core",
+        "client",
+        "server",
+        "backends",
+        "demo",
+        "commands",
+        "logs",
+        "meshfile",
+        "supervisor",
+    },
     "cli": {
         "core",
         "client",

@@ -3,9 +3,9 @@
 Producers (the handler's generator, module code calling `emit`, relays of downstream
 streams) put items (`lazygrpc.broker.item`) into the call's topic; the handler takes them
 out and writes them to the RPC, or, while the stream is idle, a producer writes its item
-itself (`Topic.aput`). A response write waits on the client's HTTP/2 window, so a slow client leaves the topic
-full and the producers wait: sync producers block their thread (never the event loop),
-async producers await. When the client goes away the topic closes and every producer gets
+itself (`Topic.aput`). A response write waits on the client's HTTP/2 window, so a slow
+client leaves the topic full and the producers wait: sync producers block their thread
+(never the event loop), async producers await. When the client goes away the topic closes and every producer gets
 `StreamClosed`. Under a backlog, consecutive text deltas of one source leave as one message.
 """
 
@@ -166,7 +166,8 @@ class Topic:
         producer took `DIRECT_GAP` or more to make the item) the item is written here, by
         `sink`, and the put returns once it is out: each token of a stream at a model's pace
         leaves without a hop to the consumer's task. A producer that runs ahead queues its
-        items, and a backlog coalesces as before.
+        items, and a backlog coalesces as before. A write that fails closes the stream:
+        `StreamClosed`, as for any producer of a stream whose client left.
         """
         if self.sink is not None and self._consumer is not None and not self._q:
             now = _monotonic()
@@ -175,6 +176,11 @@ class Topic:
             if idle and self._claim():
                 try:
                     await self.sink(item)  # type: ignore[misc]
+                except Exception as exc:
+                    # The call cannot take another write (its client is gone): the stream
+                    # closes, and every producer learns it as it would from the handler.
+                    self.cancel()
+                    raise self._closed_error() from exc
                 finally:
                     self._written()
                 return

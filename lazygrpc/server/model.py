@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -230,18 +230,13 @@ def _account(run: _Run, backend: Backend) -> None:
 class _Chunks(Messages):
     """A model stream's items (text deltas only) as `GenerateChunk`s."""
 
-    __slots__ = ("index", "source")
-
-    def __init__(self, write: Callable[[Any], Awaitable[None]], source: str) -> None:
-        super().__init__(write)
-        self.index = 0
-        self.source = source
+    __slots__ = ()
 
     def encode(self, item: Item) -> model_pb2.GenerateChunk:
         text = item.payload
         assert isinstance(text, str)  # this topic only ever holds text deltas
-        index = self.index
-        self.index = index + 1
+        index = self.count
+        self.count = index + 1
         return model_pb2.GenerateChunk(text=text, index=index, source=self.source)
 
 
@@ -294,7 +289,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             await stream.result()
             _account(run, self.config.backend)
             yield model_pb2.GenerateChunk(
-                index=chunks.index, source=name, finish_reason=run.finish_reason, usage=run.usage()
+                index=chunks.count, source=name, finish_reason=run.finish_reason, usage=run.usage()
             )
         finally:
             await stream.close()

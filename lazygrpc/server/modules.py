@@ -147,25 +147,27 @@ class _Output:
 _NONE = object()
 
 
+_NO_SOURCE = ("", wire.source_field(""))
+
+
 class _Events(Messages):
     """A module stream's items as `Event`s."""
 
-    __slots__ = ("_source", "_source_field", "seq")
+    __slots__ = ("_relayed",)
 
-    def __init__(self, write: Callable[[Any], Awaitable[None]]) -> None:
-        super().__init__(write)
-        self.seq = 0
-        self._source, self._source_field = "", wire.source_field("")
+    def __init__(self, write: Callable[[Any], Awaitable[None]], source: str) -> None:
+        super().__init__(write, source)
+        self._relayed = _NO_SOURCE  # the last relayed item's source, and its field
 
     def encode(self, item: Item) -> module_pb2.Event | bytes:
         """The next event: a relayed one is the bytes it came as, with this seq and source."""
         payload = item.payload
-        seq = self.seq
-        self.seq = seq + 1
+        seq = self.count
+        self.count = seq + 1
         if isinstance(payload, bytes):
-            if item.source != self._source:
-                self._source, self._source_field = item.source, wire.source_field(item.source)
-            return wire.event(payload, seq, self._source_field)
+            if item.source != self._relayed[0]:
+                self._relayed = (item.source, wire.source_field(item.source))
+            return wire.event(payload, seq, self._relayed[1])
         event = module_pb2.Event(seq=seq, source=item.source)
         if isinstance(payload, str):
             event.delta.string_value = payload  # text is only ever a delta
@@ -249,7 +251,7 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
         topic = broker.BROKER.open(**self.topic_options)
         if scope is not None:
             scope.topic = topic
-        events = _Events(context.write)
+        events = _Events(context.write, module.name)
         if module.is_asyncgen:
             # Primed up to its first item on this task; the rest runs as the producer.
             output = _Output(module.name)
@@ -274,12 +276,12 @@ class ModuleServicer(module_pb2_grpc.ModuleServiceServicer):
             result = await stream.result()
             if module.is_asyncgen and (relayed := output.relayed_result()) is not None:
                 # The result of the stream it relayed: sent on as it came, never decoded.
-                yield wire.event(relayed, events.seq, wire.source_field(module.name))
+                yield wire.event(relayed, events.count, wire.source_field(module.name))
                 return
             if module.is_asyncgen:
                 result = output.result()
             yield module_pb2.Event(
-                seq=events.seq, source=module.name, result=_encode(module, result)
+                seq=events.count, source=module.name, result=_encode(module, result)
             )
         finally:
             try:

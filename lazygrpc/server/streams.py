@@ -31,12 +31,15 @@ Write = Callable[[Item], Awaitable[None]]
 class Messages:
     """How a stream's items become its RPC's messages, numbered in the order they leave:
     yielded by the handler (`encode`), or written by the producer itself while the stream is
-    idle (`write`, the `Stream`'s sink). Each servicer says how (`encode`)."""
+    idle (`write`, the `Stream`'s sink). Each servicer says how (`encode`, which numbers
+    each message with `count`)."""
 
-    __slots__ = ("_write",)
+    __slots__ = ("_write", "count", "source")
 
-    def __init__(self, write: Callable[[Any], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[Any], Awaitable[None]], source: str) -> None:
         self._write = write  # the call's `context.write`
+        self.count = 0  # messages encoded so far: the next one's number
+        self.source = source  # the stream's own source (the module or model name)
 
     def encode(self, item: Item) -> Any:
         """The next message, for `item`."""

@@ -37,12 +37,14 @@ class Sink:
     def __init__(self) -> None:
         self.written: list[str] = []
         self.hold: asyncio.Event | None = None
+        self.delay = 0.0  # how long each write takes
         self.entered = asyncio.Event()
 
     async def __call__(self, item: Item) -> None:
         self.entered.set()
         if self.hold is not None:
             await self.hold.wait()
+        await asyncio.sleep(self.delay)
         self.written.append(str(item.payload))
 
 
@@ -113,6 +115,35 @@ async def test_a_producer_that_runs_ahead_queues_and_coalesces() -> None:
     item = await getter
     assert item is not None and item.payload == "bcdef"  # one message for the backlog
     assert topic.coalesced == 4
+    b.close(topic)
+
+
+async def test_a_stream_behind_its_reader_queues_and_coalesces_until_it_catches_up() -> None:
+    b = Broker()
+    topic = b.open()
+    sink = topic.sink = Sink()
+    sink.delay = DIRECT_GAP * 12  # the reader's window (or a busy loop) holds the write
+    getter = await _consumer_waiting(topic)
+    await _after_gap()
+    await topic.aput(delta("a"))  # idle: written at once, but slower than tokens come
+    await _after_gap()
+    for text in "bcd":  # behind: they queue, though "b" came after a pause
+        await topic.aput(delta(text))
+    assert sink.written == ["a"]
+    item = await getter
+    assert item is not None and item.payload == "bcd"  # one message for what waited
+    sink.delay = 0.0
+    await _after_gap()
+    await topic.aput(delta("e"))  # still behind: the consumer takes it, and writes it fast
+    item = await topic.get()
+    assert item is not None and item.payload == "e"
+    getter = await _consumer_waiting(topic)  # caught up: faster than the producer's pace
+    await _after_gap()
+    await topic.aput(delta("f"))
+    assert sink.written == ["a", "f"]  # idle again: written at once
+    assert not getter.done()
+    topic.finish()
+    assert await getter is None
     b.close(topic)
 
 

@@ -38,10 +38,12 @@ class Topic:
 
     __slots__ = (
         "_async_producers",
+        "_behind",
         "_bytes",
         "_consumer",
         "_error",
         "_finished",
+        "_gap",
         "_inline",
         "_lock",
         "_loop",
@@ -50,6 +52,7 @@ class Topic:
         "_put_at",
         "_q",
         "_space_cond",
+        "_taken_at",
         "_writing",
         "accepts_intermediate",
         "blocked",
@@ -97,7 +100,10 @@ class Topic:
         #: `aput` on an idle stream calls it itself, without a hop to the consumer's task.
         self.sink: Callable[[Item], Awaitable[None]] | None = None
         self._writing = False  # an `aput` is in `sink`: the consumer waits for it
-        self._put_at = 0.0
+        self._put_at = _monotonic()  # when the producer started on its next item
+        self._gap = 0.0  # how long the producer took to make its last item
+        self._behind = False  # the last write took longer than that
+        self._taken_at = 0.0  # when the consumer took the item it is writing
         OPEN.change(1)
 
     # -- producer side -------------------------------------------------------------------
@@ -166,14 +172,16 @@ class Topic:
         producer took `DIRECT_GAP` or more to make the item) the item is written here, by
         `sink`, and the put returns once it is out: each token of a stream at a model's pace
         leaves without a hop to the consumer's task. A producer that runs ahead queues its
-        items, and a backlog coalesces as before. A write that fails closes the stream:
+        items, and so does a stream that is behind (its last write took longer than its
+        producer took to make the item: the reader's window, or a busy loop, holds it), so
+        that a backlog coalesces as before. A write that fails closes the stream:
         `StreamClosed`, as for any producer of a stream whose client left.
         """
-        if self.sink is not None and self._consumer is not None and not self._q:
+        if self.sink is not None and self._consumer is not None and not self._behind:
             now = _monotonic()
-            idle = now - self._put_at >= DIRECT_GAP
+            gap = self._gap = now - self._put_at
             self._put_at = now
-            if idle and self._claim():
+            if gap >= DIRECT_GAP and self._claim():
                 try:
                     await self.sink(item)  # type: ignore[misc]
                 except Exception as exc:
@@ -182,10 +190,11 @@ class Topic:
                     self.cancel()
                     raise self._closed_error() from exc
                 finally:
-                    self._written()
+                    self._written(now)
                 return
         else:
-            self._put_at = _monotonic()
+            now = _monotonic()
+            self._gap, self._put_at = now - self._put_at, now
         while True:
             with self._lock:
                 if self.closed:
@@ -222,9 +231,10 @@ class Topic:
             self.published += 1
             return True
 
-    def _written(self) -> None:
-        """An `aput`'s own write has ended: what came in meanwhile goes to the consumer."""
-        self._put_at = _monotonic()
+    def _written(self, started: float) -> None:
+        """An `aput`'s own write (from `started`) ended: what came meanwhile goes on."""
+        now = self._put_at = _monotonic()
+        self._behind = now - started > self._gap
         with self._lock:
             self._writing = False
             if not (self._q or self._finished or self.closed):
@@ -283,6 +293,9 @@ class Topic:
 
         Raises the producer's error after the events queued before it.
         """
+        if self._taken_at:  # the consumer has written the item it took: how fast was it?
+            self._behind = _monotonic() - self._taken_at > self._gap
+            self._taken_at = 0.0
         while True:
             with self._lock:
                 if self._writing:
@@ -306,6 +319,7 @@ class Topic:
         for p in producers:
             if not p.done():
                 p.set_result(None)
+        self._taken_at = _monotonic()
         return item
 
     def _pop(self) -> Item:

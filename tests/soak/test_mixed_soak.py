@@ -3,13 +3,15 @@
 A leaf and a gateway (`tests/fixtures/soak_modules.py`) run as `lazygrpc serve` processes
 with `--metrics-port`. Workers cycle through 500 sessions making unary calls, failing
 calls, full streams, slow reads, random cancels, missed deadlines, relayed streams and
-calls with bad headers (refused). Each server's RSS, fds and threads (psutil) and its open
-topics, tasks and producers (`/metrics`) are sampled.
+calls with bad headers (refused). Each server's RSS and fds (psutil), its threads (apart
+from grpc core's own pool, which grpc resizes by itself) and its open topics, tasks and
+producers (`/metrics`) are sampled.
 
-The run has a warm-up (a burst of held streams, then a fifth of the load), then the servers are let go quiet and measured, then
-the main load, then quiet again: the leaks are what the second quiet point holds beyond the
-first (0 topics, producers, tasks, fds, threads), and RSS over the main load must be flat
-(a least-squares slope under `LAZYGRPC_SOAK_RSS_SLOPE` MiB/min, default 4). A summary is
+The run has a warm-up (a burst of held streams, then a fifth of the load), then the
+servers are let go quiet and measured, then the main load, then quiet again: the leaks are
+what the second quiet point holds beyond the first (0 topics, producers, tasks, fds,
+threads), and RSS over the main load must be flat (a least-squares slope under
+`LAZYGRPC_SOAK_RSS_SLOPE` MiB/min, default 4). A summary is
 printed (`make soak` runs pytest with `-s`).
 """
 
@@ -76,12 +78,26 @@ class Served:
             "t": time.monotonic(),
             "rss": p.memory_info().rss / 2**20,
             "fds": p.num_fds(),
-            "threads": p.num_threads(),
+            "threads": threads_of(self.proc.pid),
             "in_flight": scraped.get("lazygrpc_server_in_flight", 0.0),
             **{g: scraped.get(g, 0.0) for g in GAUGES},
         }
         self.samples.append(row)
         return row
+
+
+#: Threads of grpc core's own EventEngine pool, which its lifeguard grows under load and
+#: shrinks when idle: their number at a quiet point says nothing about a leak.
+GRPC_POOL_THREADS = {"event_engine", "lifeguard"}
+
+
+def threads_of(pid: int) -> int:
+    """The process's threads apart from grpc core's own pool (Linux: by each thread's name)."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            count += (task / "comm").read_text().strip() not in GRPC_POOL_THREADS
+    return count
 
 
 def serve(name: str, env: dict[str, str], log: Any) -> Served:

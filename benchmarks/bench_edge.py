@@ -5,7 +5,9 @@ One lazygrpc model server (echo backend, `benchmarks/_servers.py lazy-model`) an
 Through the edge: `POST /v1/completions` with `stream: true` on a kept-alive HTTP/1.1
 connection, read by a minimal asyncio client (chunked transfer decoding, SSE parsing and
 `json.loads` of every chunk: what any HTTP client must do), so the figure is the edge's
-cost and not an HTTP library's. The two sides alternate in every round.
+cost and not an HTTP library's. A second edge runs on uvicorn's pure-Python parser
+(`--http h11`, the fallback when httptools is missing), so the row for the parser seam
+compares the two. The sides alternate in every round.
 
 With `benchmarks/litellm/.venv` (`benchmarks/litellm/setup.sh`, which `make bench` runs),
 LiteLLM's proxy (`benchmarks/litellm/proxy.py`) runs in front of the same upstream the
@@ -93,7 +95,11 @@ async def run(quick: bool = False) -> list[Row]:
     with Servers() as servers:
         model = servers.start("lazy-model")
         edge = ServerProc([sys.executable, "-m", "lazygrpc", "edge", "--upstream", model.url])
-        servers.procs.append(edge)
+        # The same edge on uvicorn's pure-Python parser: the fallback `--http h11` runs.
+        h11 = ServerProc(
+            [sys.executable, "-m", "lazygrpc", "edge", "--upstream", model.url, "--http", "h11"]
+        )
+        servers.procs += [edge, h11]
         fns: dict[str, tuple[Any, Any]] = {
             "grpc": (
                 c.lazy_generate(model.url, token_prompt(short_n)),
@@ -101,6 +107,8 @@ async def run(quick: bool = False) -> list[Row]:
             ),
             "edge": (EdgeStream(edge.address, token_prompt(short_n)),
                      EdgeStream(edge.address, token_prompt(n))),
+            "edge-h11": (EdgeStream(h11.address, token_prompt(short_n)),
+                         EdgeStream(h11.address, token_prompt(n))),
         }  # fmt: skip
         if LITELLM_PY.exists():
             # LiteLLM's proxy in front of the same upstream: the edge, which is what an
@@ -150,6 +158,9 @@ def _rows(
             added, [], "≤ 1 ms", "lazy<=1", base),
         Row(scen, f"tokens/s, {n:,}-token stream", "tokens/s", tps["edge"], tps["grpc"],
             "—", "", base),
+        Row(scen, "time to first token added: httptools vs the h11 fallback (paired)", "ms",
+            added, [h - g for h, g in zip(ttft["edge-h11"], ttft["grpc"], strict=True)],
+            "—", "", "the same edge with `--http h11` (uvicorn's pure-Python parser)"),
     ]  # fmt: skip
     if "litellm" in ttft:
         lite = "LiteLLM's proxy (litellm[proxy]) in front of the edge, loopback, no key"

@@ -17,12 +17,13 @@ from lazygrpc.demo import modules as demo
 class Edges:
     """Starts edges on the loop the test's servers run on; stops them at the end."""
 
-    def __init__(self, servers: Any) -> None:
+    def __init__(self, servers: Any, **defaults: Any) -> None:
         self.servers = servers
+        self.defaults = defaults  # options every edge starts with unless told otherwise
         self.started: list[lazygrpc.Edge] = []
 
     def start(self, *upstreams: str, **options: Any) -> lazygrpc.Edge:
-        edge = lazygrpc.Edge(list(upstreams), **options)
+        edge = lazygrpc.Edge(list(upstreams), **{**self.defaults, **options})
         self.servers.lt.run(edge.start())
         self.started.append(edge)
         return edge
@@ -34,8 +35,8 @@ class Edges:
 
 
 @contextmanager
-def running_edges(servers: Any) -> Iterator[Edges]:
-    edges = Edges(servers)
+def running_edges(servers: Any, **defaults: Any) -> Iterator[Edges]:
+    edges = Edges(servers, **defaults)
     try:
         yield edges
     finally:

@@ -25,9 +25,11 @@ from tests.edges import (
 )
 
 
-@pytest.fixture
-def edges(servers: Any) -> Iterator[Edges]:
-    with running_edges(servers) as e:
+@pytest.fixture(params=["httptools", "h11"])
+def edges(servers: Any, request: Any) -> Iterator[Edges]:
+    """Edges on each of uvicorn's HTTP/1.1 parsers: the default (httptools) and the
+    pure-Python fallback both see a client leave and a slow reader."""
+    with running_edges(servers, http=request.param) as e:
         yield e
 
 

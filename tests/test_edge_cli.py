@@ -75,9 +75,18 @@ def test_the_cli_edge_serves_the_chat_page_and_stops_on_sigterm(edge_cli: str) -
     assert httpx.get(f"{edge_cli}/static/chat.js").status_code == 200
 
 
-def test_the_cli_edge_refuses_a_bad_upstream_in_one_line() -> None:
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--upstream", "http://x:1"], ["grpc://HOST:PORT"]),
+        (["--upstream", "grpc://127.0.0.1:1", "--http", "picohttp"],
+         ["auto, httptools, h11", "'picohttp'"]),
+    ],
+    ids=["bad-upstream", "unknown-http-parser"],
+)  # fmt: skip
+def test_the_cli_edge_refuses_a_bad_option_in_one_line(argv: list[str], named: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "lazygrpc", "edge", "--upstream", "http://x:1"],
+        [sys.executable, "-m", "lazygrpc", "edge", *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -85,4 +94,4 @@ def test_the_cli_edge_refuses_a_bad_upstream_in_one_line() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "grpc://HOST:PORT" in result.stderr
+    assert all(name in result.stderr for name in named), result.stderr

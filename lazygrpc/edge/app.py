@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib.util
 import logging
 import math
 import os
@@ -42,6 +43,8 @@ STATIC = Path(__file__).with_name("static")
 UPDATE_HEADER = baggage.UPDATE_TRAILER
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: uvicorn's HTTP/1.1 implementations (`Edge(http=…)`, `lazygrpc edge --http`).
+HTTP_IMPLEMENTATIONS = ("auto", "httptools", "h11")
 
 
 class Edge:
@@ -63,18 +66,26 @@ class Edge:
         request_timeout: float = 600.0,
         expose_tracebacks: bool = False,
         grace: float = 5.0,
+        http: str = "auto",
     ) -> None:
         """`upstream`: one or more `grpc://HOST:PORT` (or `dns:///NAME:PORT`) URLs.
 
         `max_streams` bounds the upstream calls in flight (streams or not; past it: 429
         with `Retry-After`); `request_timeout` is the deadline of a request without an
         `x-request-timeout` header; tracebacks the services sent reach HTTP clients only
-        with `expose_tracebacks` (a public edge redacts them)."""
+        with `expose_tracebacks` (a public edge redacts them). `http` is uvicorn's HTTP/1.1
+        implementation: "httptools" (C, the edge extra installs it), "h11" (pure Python,
+        the fallback), or "auto" (httptools when it is installed)."""
         self.catalog = Catalog([upstream] if isinstance(upstream, str) else list(upstream))
         if max_body_bytes < 1 or max_streams < 1 or not 0 < request_timeout <= MAX_TIMEOUT:
             raise ValueError(
                 "max_body_bytes and max_streams must be ≥ 1, request_timeout in (0, 86400]"
             )
+        if http not in HTTP_IMPLEMENTATIONS:
+            raise ValueError(f"http must be one of {', '.join(HTTP_IMPLEMENTATIONS)}: {http!r}")
+        if http == "httptools" and importlib.util.find_spec("httptools") is None:
+            raise ValueError("http='httptools' needs the httptools package: pip install httptools")
+        self.http = http
         self.host = host
         self.requested_port = port
         self.port = 0
@@ -114,6 +125,7 @@ class Edge:
             log_config=None,
             access_log=False,
             lifespan="off",
+            http=self.http,
             timeout_graceful_shutdown=math.ceil(self.grace),
         )
         self._server = uvicorn.Server(config)

@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pass the tracebacks services sent on to HTTP clients (default: redacted)",
     )
     p.add_argument("--grace", type=float, default=5.0, help="seconds streams get on shutdown")
+    p.add_argument(
+        "--http",
+        default="auto",
+        help="uvicorn's HTTP/1.1 parser: httptools (C), h11 (pure Python) or auto (default: "
+        "httptools when installed)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         expose_tracebacks=args.expose_tracebacks,
         grace=args.grace,
+        http=args.http,
     )
 
     async def serve() -> int:
